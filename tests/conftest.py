@@ -1,0 +1,58 @@
+"""Shared fixtures: the reference fixture folder and demo models written once per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts.make_demo_models import write_demo_models  # noqa: E402
+
+
+def reference_root() -> Path:
+    """Conformance fixture root: $EDITX_REFERENCE_DIR, default ../shared/reference."""
+    return Path(os.environ.get("EDITX_REFERENCE_DIR", ROOT.parent / "shared" / "reference")).resolve()
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    root = reference_root()
+    if not root.is_dir():
+        pytest.fail(f"reference fixtures not found at {root}; set EDITX_REFERENCE_DIR")
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """One demo model root per session; each part is written on first use."""
+    return tmp_path_factory.mktemp("demo_models")
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer_root(demo_root) -> Path:
+    """Root holding the demo ``Step-Audio-Tokenizer/``."""
+    return write_demo_models(demo_root, ("tokenizer",))
+
+
+@pytest.fixture(scope="session")
+def demo_llm_root(demo_root) -> Path:
+    """Root holding the demo ``Step-Audio-EditX/`` LLM files."""
+    return write_demo_models(demo_root, ("llm",))
+
+
+@pytest.fixture(scope="session")
+def demo_vocoder_root(demo_root) -> Path:
+    """Root holding the demo ``Step-Audio-EditX/CosyVoice-300M-25Hz/``."""
+    return write_demo_models(demo_root, ("vocoder",))
+
+
+@pytest.fixture(scope="session")
+def demo_models_root(demo_root) -> Path:
+    """Root holding every demo part (tokenizer, LLM, vocoder)."""
+    return write_demo_models(demo_root)
