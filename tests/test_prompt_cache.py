@@ -1,0 +1,199 @@
+"""PromptCache: hits and misses, LRU bounds, persistence, corruption, degraded mode, processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import diskcache
+import numpy as np
+import pytest
+
+from prompt_cache import PromptCache, decode_array, encode_array, prompt_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _entry(i: int, seconds: float = 1.0, pad: int = 0) -> dict:
+    return {"vq02": [i, i + 1], "vq06": [i, i, i], "encode_seconds": seconds, "created": 0.0,
+            "transcript": None, "pad": "x" * pad}
+
+
+def test_hit_miss_and_time_saved_from_recorded_encode_times(tmp_path):
+    cache = PromptCache(tmp_path / "c")
+    assert cache.get("a") is None
+    cache.put("a", _entry(1, seconds=2.5))
+    cache.put("b", _entry(2, seconds=0.75))
+    assert cache.get("a")["vq02"] == [1, 2]
+    cache.get("a")
+    cache.get("b")
+    s = cache.stats()
+    assert (s["hits"], s["misses"], s["entries"]) == (3, 1, 2)
+    assert s["hit_rate"] == pytest.approx(0.75)
+    assert s["time_saved_s"] == pytest.approx(2.5 + 2.5 + 0.75)
+    assert s["persistent"] is True and s["directory"] == str(tmp_path / "c") and s["bytes"] > 0
+
+
+def test_update_merges_fields_and_clear_empties(tmp_path):
+    cache = PromptCache(tmp_path / "c")
+    cache.put("k", _entry(1))
+    cache.update("k", {"transcript": "hello", "vocoder": encode_array(np.eye(3, dtype=np.float32))})
+    cache.update("missing", {"transcript": "x"})  # no entry: nothing happens
+    value = cache.get("k")
+    assert value["transcript"] == "hello" and value["vq06"] == [1, 1, 1]
+    np.testing.assert_array_equal(decode_array(value["vocoder"]), np.eye(3, dtype=np.float32))
+    assert cache.get("missing") is None
+    cache.clear()
+    assert cache.stats()["entries"] == 0 and cache.get("k") is None
+
+
+def test_lru_eviction_by_count(tmp_path):
+    cache = PromptCache(tmp_path / "c", max_entries=3)
+    for i in range(3):
+        cache.put(f"k{i}", _entry(i))
+    assert cache.get("k0") is not None  # k0 is now more recent than k1
+    cache.put("k3", _entry(3))
+    cache.put("k4", _entry(4))
+    assert cache.stats()["entries"] == 3
+    assert cache.get("k1") is None and cache.get("k2") is None
+    assert all(cache.get(k) is not None for k in ("k0", "k3", "k4"))
+
+
+def test_lru_eviction_by_bytes(tmp_path):
+    cache = PromptCache(tmp_path / "c", max_bytes=400_000)
+    for i in range(12):
+        cache.put(f"k{i}", _entry(i, pad=100_000))  # ~100 kB each, stored as files by diskcache
+    stats = cache.stats()
+    assert stats["entries"] < 12 and stats["bytes"] <= 400_000 + 200_000
+    assert cache.get("k11") is not None and cache.get("k0") is None
+
+
+def test_memory_mode_is_bounded_too():
+    cache = PromptCache(None, max_entries=2, max_bytes=10_000)
+    for i in range(4):
+        cache.put(f"k{i}", _entry(i))
+    assert cache.stats()["entries"] == 2 and cache.stats()["persistent"] is False
+    cache.put("big", _entry(9, pad=9_000))
+    cache.put("big2", _entry(9, pad=9_000))
+    assert cache.stats()["bytes"] <= 10_000 and cache.get("big2") is not None
+
+
+def test_survives_restart(tmp_path):
+    PromptCache(tmp_path / "c").put("k", _entry(7, seconds=3.0))
+    reopened = PromptCache(tmp_path / "c")
+    assert reopened.get("k")["vq02"] == [7, 8]
+    assert reopened.stats()["time_saved_s"] == pytest.approx(3.0)
+
+
+def test_corrupt_entries_are_misses_and_removed(tmp_path, caplog):
+    folder = tmp_path / "c"
+    cache = PromptCache(folder)
+    raw = diskcache.Cache(str(folder))
+    raw.set("garbage", "{not json")
+    raw.set("wrong", json.dumps({"vq02": 3}))
+    cache.put("big", _entry(1, pad=200_000))  # large values live in their own file
+    files = [p for p in folder.rglob("*.val")]
+    assert files, "expected diskcache to store the large value as a file"
+    files[0].write_bytes(files[0].read_bytes()[:1000])  # truncate it
+    with caplog.at_level(logging.WARNING, logger="prompt_cache"):
+        assert cache.get("garbage") is None
+        assert cache.get("wrong") is None
+        assert cache.get("big") is None
+    assert "garbage" not in raw and "wrong" not in raw and "big" not in raw
+    assert cache.stats()["misses"] == 3
+    cache.put("big", _entry(1))  # usable again afterwards
+    assert cache.get("big") is not None
+
+
+def test_unwritable_directory_degrades_to_memory_with_one_warning(tmp_path, caplog):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # a path under a regular file cannot be created, even by root
+    with caplog.at_level(logging.WARNING, logger="prompt_cache"):
+        cache = PromptCache(blocker / "cache")
+        for i in range(3):
+            cache.put(f"k{i}", _entry(i))
+            assert cache.get(f"k{i}") is not None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "memory" in warnings[0].getMessage()
+    assert cache.stats()["persistent"] is False and cache.stats()["entries"] == 3
+
+
+def test_full_disk_during_put_degrades_once_and_keeps_working(tmp_path, caplog, monkeypatch):
+    cache = PromptCache(tmp_path / "c")
+    cache.put("before", _entry(0))
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(cache._disk, "set", full)
+    with caplog.at_level(logging.WARNING, logger="prompt_cache"):
+        cache.put("k1", _entry(1))
+        cache.put("k2", _entry(2))
+    assert cache.get("k1") is not None and cache.get("k2") is not None
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert cache.stats()["persistent"] is False
+
+
+def _child_writes(folder: str, start: int, count: int) -> None:
+    cache = PromptCache(Path(folder))
+    for i in range(start, start + count):
+        cache.put(f"k{i}", _entry(i))
+        cache.update(f"k{i}", {"transcript": f"t{i}"})
+
+
+def test_two_processes_share_the_folder(tmp_path):
+    folder = tmp_path / "shared"
+    PromptCache(folder).put("parent", _entry(100))
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from prompt_cache import PromptCache; "
+            f"from pathlib import Path; c = PromptCache(Path({str(folder)!r})); "
+            "assert c.get('parent')['vq02'] == [100, 101]; "
+            "c.put('child', {'vq02': [1], 'vq06': [2], 'encode_seconds': 1.0})")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert PromptCache(folder).get("child")["vq06"] == [2]
+    # concurrent writers in two processes: every entry and every merged field lands
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_child_writes, args=(str(folder), s, 15)) for s in (0, 15)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    cache = PromptCache(folder)
+    assert all(cache.get(f"k{i}")["transcript"] == f"t{i}" for i in range(30))
+    assert cache.stats()["entries"] == 32
+
+
+def test_threads_share_one_cache(tmp_path):
+    cache = PromptCache(tmp_path / "c", max_entries=1000)
+    errors = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(30):
+                cache.put(f"{t}-{i}", _entry(i))
+                assert cache.get(f"{t}-{i}")["vq02"] == [i, i + 1]
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and cache.stats()["entries"] == 120
+
+
+def test_prompt_key_depends_on_pcm_and_fingerprint():
+    a = np.linspace(-1, 1, 1000, dtype=np.float32)
+    k = prompt_key(a, "f" * 64)
+    assert k == prompt_key(a.copy(), "f" * 64)
+    assert k != prompt_key(a, "e" * 64)
+    b = a.copy()
+    b[10] += 1e-7
+    assert k != prompt_key(b, "f" * 64)
