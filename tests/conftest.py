@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -56,3 +57,12 @@ def demo_vocoder_root(demo_root) -> Path:
 def demo_models_root(demo_root) -> Path:
     """Root holding every demo part (tokenizer, LLM, vocoder)."""
     return write_demo_models(demo_root)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices: one torch thread avoids oversubscription on a shared 2-core CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,421 @@
+"""The Step1 LLM stage: load a variant, build clone/edit prompts, sample audio tokens, parse them.
+
+    llm = Step1LLM.load(root / "Step-Audio-EditX", variant="base")        # or "bnb-4bit"
+    result = llm.clone(prompt_text, prompt_token_str, target_text, GenerationOptions(seed=0))
+    result.audio_tokens   # mixed stream in [0, 5120): whole [02, 02, 06, 06, 06] groups
+
+Variants: "base" loads the checkpoint's bf16 weights (bf16 on CUDA, fp32 on CPU, fp16 on request);
+"bnb-4bit" quantizes the linear layers of the decoder to bitsandbytes NF4 with double quantization
+while loading (embedding, norms and lm_head stay in the compute dtype), or loads a folder that was
+saved pre-quantized (detected from ``quantization_config`` in its config.json).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import DynamicCache
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from models.device import pick_device, pick_dtype
+from models.prompts import (
+    AUDIO_ID_OFFSET,
+    EDIT_TASKS,
+    VQ02_CODES,
+    VQ06_CODES,
+    StepTextTokenizer,
+    TextInputError,
+    build_clone_prompt,
+    build_edit_prompt,
+)
+from models.step1 import Step1Config, Step1ForCausalLM
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("base", "bnb-4bit")
+GROUP_PATTERN = (0, 0, 1, 1, 1)  # kinds in one mixed-stream group: 2 vq02 (0) then 3 vq06 (1)
+# transformers' default top_k, which upstream's generate() call inherits (it sets no top_k).
+DEFAULT_TOP_K = 50
+NF4_BLOCK = 64  # bitsandbytes 4-bit blocksize: one absmax per 64 weights
+NESTED_BLOCK = 256  # double quantization: the absmax values are 8-bit quantized in blocks of 256
+NF4_CODE = 16  # fp32 entries of the NF4 code book
+NESTED_CODE = 256  # fp32 entries of the 8-bit code book of the nested absmax
+
+__all__ = [
+    "EDIT_TASKS", "EmptyGenerationError", "GenerationCancelled", "GenerationOptions", "GenerationResult",
+    "RepetitionAwareLogitsProcessor", "Step1LLM", "TextInputError", "estimate_weight_bytes",
+    "load_step1_model", "measured_weight_bytes", "parse_generated_ids", "realign_audio_groups",
+    "sample_from_scores",
+]
+
+
+class EmptyGenerationError(RuntimeError):
+    """The model produced no complete audio-token group, so there is nothing to vocode."""
+
+
+class GenerationCancelled(Exception):
+    """Generation was stopped through the cancel event."""
+
+
+@dataclass
+class GenerationOptions:
+    """Sampling settings (upstream: do_sample, temperature 0.7, max_length 8192 incl. the prompt).
+
+    ``temperature`` <= 0 means greedy decoding. ``top_k`` 50 is transformers' default, which the
+    upstream call inherits; 0 disables it.
+    """
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int | None = None
+    max_length: int = 8192
+    top_k: int = DEFAULT_TOP_K
+
+
+@dataclass
+class GenerationResult:
+    audio_tokens: list[int]  # mixed stream in [0, 5120): whole [02,02,06,06,06] groups (LLM id - 65536)
+    prompt_tokens: int
+    new_tokens: int  # tokens sampled, eos included
+    seconds: float
+    tokens_per_s: float
+    dropped_tokens: int  # new tokens (eos excluded) that are not in audio_tokens
+    seed: int | None = None  # the seed actually used (None for greedy)
+
+
+class RepetitionAwareLogitsProcessor(LogitsProcessor):
+    """Upstream's rule: if the last token fills more than 10% of the last 10 tokens, forbid it next.
+
+    With a full window of 10 (prompt included), a last token seen at least twice in it gets -inf.
+    """
+
+    def __init__(self, window: int = 10, threshold: float = 0.1) -> None:
+        self.window = window
+        self.threshold = threshold
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """input_ids (B, L), scores (B, V) -> scores with the repeated last token masked."""
+        if input_ids.shape[1] < self.window:
+            return scores
+        window = input_ids[:, -self.window:]
+        last = window[:, -1:]
+        ratio = (window == last).sum(dim=1).float() / self.window
+        rows = torch.nonzero(ratio > self.threshold).flatten()
+        scores[rows, last[rows, 0]] = float("-inf")
+        return scores
+
+
+def sample_from_scores(scores: torch.Tensor, generator: torch.Generator | None) -> torch.LongTensor:
+    """Draw one id per row from softmax(scores) (B, V) -> (B, 1), by inverse CDF.
+
+    Same distribution as torch.multinomial, which is far slower on CPU for a 74752-id vocabulary.
+    u is drawn in (0, 1], so an id with zero probability (score -inf) is never returned.
+    """
+    cdf = torch.softmax(scores, dim=-1).cumsum(dim=-1)
+    u = 1.0 - torch.rand((scores.shape[0], 1), generator=generator, device=scores.device)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=scores.shape[-1] - 1)
+    # Guard against rounding at the top end: fall back to the most likely id of the row.
+    bad = ~torch.isfinite(scores.gather(1, idx))
+    if bool(bad.any()):
+        idx[bad] = scores.argmax(dim=-1, keepdim=True)[bad]
+    return idx
+
+
+def _kind(code: int) -> int:
+    """0 for a vq02 code [0, 1024), 1 for a vq06 code [1024, 5120)."""
+    return 0 if code < VQ02_CODES else 1
+
+
+def realign_audio_groups(codes: list[int]) -> tuple[list[int], int]:
+    """Keep only whole [02, 02, 06, 06, 06] groups from a mixed stream of codes in [0, 5120).
+
+    Returns (codes, dropped count). A token of the wrong kind is dropped on its own, so one stray
+    token does not shift the groups after it; when it starts a run of its kind (the next token has
+    the same kind), the partial group before it is abandoned instead, since a new group has begun
+    (or, for vq06, an orphaned run is being skipped).
+    """
+    out: list[int] = []
+    group: list[int] = []
+    dropped = 0
+    for i, code in enumerate(codes):
+        kind = _kind(code)
+        if kind == GROUP_PATTERN[len(group)]:
+            group.append(code)
+            if len(group) == len(GROUP_PATTERN):
+                out += group
+                group = []
+            continue
+        next_kind = _kind(codes[i + 1]) if i + 1 < len(codes) else None
+        if next_kind == kind:
+            dropped += len(group)
+            group = []
+            if kind == GROUP_PATTERN[0]:
+                group.append(code)
+                continue
+        dropped += 1
+    return out, dropped + len(group)
+
+
+def parse_generated_ids(new_ids: list[int], eos_id: int) -> tuple[list[int], int]:
+    """Generated LLM ids -> (whole-group audio codes in [0, 5120), dropped count).
+
+    Stops at the first eos, subtracts 65536, keeps only audio codes (text ids and the other added
+    tokens above 5120 are dropped) and realigns to whole 2+3 groups.
+    """
+    if eos_id in new_ids:
+        new_ids = new_ids[:new_ids.index(eos_id)]
+    codes = [i - AUDIO_ID_OFFSET for i in new_ids if 0 <= i - AUDIO_ID_OFFSET < VQ02_CODES + VQ06_CODES]
+    tokens, dropped = realign_audio_groups(codes)
+    return tokens, dropped + len(new_ids) - len(codes)
+
+
+def estimate_weight_bytes(config: Step1Config, variant: str = "base",
+                          dtype: torch.dtype = torch.bfloat16) -> int:
+    """Weight memory (bytes) of a Step1 model from its parameter shapes, without loading it.
+
+    "base": every parameter in ``dtype``. "bnb-4bit": the decoder's linear weights as NF4 (half a
+    byte each) plus double-quantization state (one uint8 absmax per 64 weights, one fp32 absmax per
+    256 absmax values, the 16-entry NF4 and 256-entry nested fp32 code books and an fp32 offset per
+    matrix); embedding, lm_head and
+    norms stay in ``dtype`` (transformers keeps the output head unquantized).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    kv = config.num_attention_groups * config.head_dim
+    linear_shapes = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]
+    per_layer_linear = sum(a * b for a, b in linear_shapes)
+    dense = 2 * v * h + (2 * config.num_hidden_layers + 1) * h  # embedding, lm_head, norms
+    item = torch.finfo(dtype).bits // 8
+    if variant == "base":
+        return (dense + config.num_hidden_layers * per_layer_linear) * item
+    quantized = 0
+    for a, b in linear_shapes:
+        n = a * b
+        blocks = math.ceil(n / NF4_BLOCK)
+        quantized += (math.ceil(n / 2) + blocks + 4 * math.ceil(blocks / NESTED_BLOCK) + 4 * NESTED_CODE
+                      + 4 * NF4_CODE + 4)
+    return dense * item + config.num_hidden_layers * quantized
+
+
+def measured_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes held by a loaded model's parameters, buffers and bitsandbytes quantization state."""
+    seen: set[int] = set()
+    total = 0
+
+    def add(t: torch.Tensor | None) -> None:
+        nonlocal total
+        if isinstance(t, torch.Tensor) and id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+
+    for p in model.parameters():
+        add(p)
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            add(state.absmax)
+            add(state.code)
+            if getattr(state, "nested", False):
+                add(state.offset)
+                add(state.state2.absmax)
+                add(state.state2.code)
+    for b in model.buffers():
+        add(b)
+    return total
+
+
+def _read_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {model_dir}; pass the Step-Audio-EditX folder "
+                                "(or run scripts/make_demo_models.py for demo weights)")
+    return json.loads(path.read_text())
+
+
+def load_step1_model(model_dir: Path, variant: str = "base", device: str = "auto", dtype: str = "auto",
+                     trust_remote_code: bool = False) -> torch.nn.Module:
+    """Load the LLM weights from ``model_dir`` (config.json + safetensors, single file or sharded).
+
+    Nothing from the folder is executed: model_type "step1" uses our Step1ForCausalLM. An unknown
+    model_type is refused unless ``trust_remote_code=True``, which runs the folder's Python files
+    (a security risk: only for folders you trust).
+    """
+    model_dir = Path(model_dir)
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown LLM variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    raw = _read_config(model_dir)
+    dev = pick_device(device)
+    # Weights go straight to the target device (no full CPU copy of a 7 GB model first).
+    kwargs: dict = {"device_map": {"": str(dev)}}
+    pre_quantized = raw.get("quantization_config")
+    if pre_quantized:
+        method = pre_quantized.get("quant_method")
+        if method != "bitsandbytes":
+            raise RuntimeError(f"{model_dir} holds a {method!r}-quantized checkpoint, which this app "
+                               "does not load; pass the base Step-Audio-EditX folder with the bnb-4bit "
+                               "variant instead")
+        if variant != "bnb-4bit":
+            log.info("LLM: %s is pre-quantized with bitsandbytes; loading it as bnb-4bit", model_dir)
+            variant = "bnb-4bit"
+        kwargs["dtype"] = pick_dtype(dev, dtype)
+    elif variant == "bnb-4bit":
+        compute = pick_dtype(dev, dtype)
+        kwargs["dtype"] = compute
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute)
+    else:
+        kwargs["dtype"] = pick_dtype(dev, dtype)
+
+    start = time.perf_counter()
+    model_type = raw.get("model_type")
+    if model_type == Step1Config.model_type:
+        model, info = Step1ForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            raise RuntimeError(f"{model_dir} is missing weights {missing[:5]} ({len(missing)} in all); "
+                               "the download is incomplete or not a Step-Audio-EditX checkpoint")
+    elif trust_remote_code:
+        log.warning("LLM: running the Python code shipped in %s (trust_remote_code); only do this for "
+                    "folders you trust", model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, **kwargs)
+    else:
+        raise ValueError(f"{model_dir}/config.json has model_type {model_type!r}, not 'step1'; loading it "
+                         "would need trust_remote_code, which is off (it executes code from the folder)")
+    model.eval()
+    log.info("LLM: loaded %s (%s, %s on %s) in %.2f s, %.1f MB of weights", model_dir.name, variant,
+             str(kwargs["dtype"]).replace("torch.", ""), dev, time.perf_counter() - start,
+             measured_weight_bytes(model) / 1e6)
+    return model
+
+
+class Step1LLM:
+    """The LLM stage: tokenizer + model + sampling; thread-safe for one call at a time per instance."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: StepTextTokenizer, variant: str,
+                 model_dir: Path) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.variant = variant
+        self.model_dir = Path(model_dir)
+        self.device = next(model.parameters()).device
+        self.eos_id = int(model.config.eos_token_id)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_dir: Path, variant: str = "base", device: str = "auto", dtype: str = "auto",
+             trust_remote_code: bool = False) -> Step1LLM:
+        """Load the model and its tokenizer.model from ``model_dir`` (the Step-Audio-EditX folder)."""
+        model_dir = Path(model_dir)
+        model = load_step1_model(model_dir, variant, device, dtype, trust_remote_code)
+        if getattr(model.config, "quantization_config", None) is not None:
+            variant = "bnb-4bit"
+        return cls(model, StepTextTokenizer(model_dir / "tokenizer.model"), variant, model_dir)
+
+    @property
+    def weight_bytes(self) -> int:
+        return measured_weight_bytes(self.model)
+
+    def clone(self, prompt_text: str, prompt_token_str: str, target_text: str,
+              options: GenerationOptions | None = None, progress: Callable[[int], None] | None = None,
+              cancel: threading.Event | None = None, speaker: str | None = None) -> GenerationResult:
+        """Speak ``target_text`` in the voice of the reference (its transcript and ``<audio_N>`` tokens)."""
+        ids = build_clone_prompt(self.tokenizer, prompt_text, prompt_token_str, target_text, speaker)
+        return self.generate_audio_tokens(ids, options or GenerationOptions(), progress, cancel)
+
+    def edit(self, audio_text: str, audio_token_str: str, task: str, subtask: str | None,
+             options: GenerationOptions | None = None, progress: Callable[[int], None] | None = None,
+             cancel: threading.Event | None = None, new_text: str | None = None) -> GenerationResult:
+        """Edit audio given as tokens: ``task`` in EDIT_TASKS, ``subtask`` one of its options.
+
+        "paralinguistic" needs ``new_text``: the transcript with tags such as ``[Laughter]`` inserted.
+        """
+        ids = build_edit_prompt(self.tokenizer, audio_text, audio_token_str, task, subtask, new_text)
+        return self.generate_audio_tokens(ids, options or GenerationOptions(), progress, cancel)
+
+    def _processors(self, options: GenerationOptions) -> LogitsProcessorList:
+        # Same order as transformers' generate(): custom processor, then temperature, top-k, top-p.
+        procs = LogitsProcessorList([RepetitionAwareLogitsProcessor()])
+        if options.temperature > 0:
+            if options.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(options.temperature))
+            if options.top_k and options.top_k > 0:
+                procs.append(TopKLogitsWarper(options.top_k))
+            if options.top_p < 1.0:
+                procs.append(TopPLogitsWarper(options.top_p))
+        return procs
+
+    def generate_ids(self, prompt_ids: list[int], options: GenerationOptions,
+                     progress: Callable[[int], None] | None = None,
+                     cancel: threading.Event | None = None) -> tuple[list[int], int | None]:
+        """Sample new ids after ``prompt_ids`` until eos or ``options.max_length`` total ids.
+
+        Returns (new ids, eos included when produced; the seed used). ``progress(n)`` is called with
+        the number of new tokens after each step; setting ``cancel`` raises GenerationCancelled.
+        """
+        if len(prompt_ids) >= options.max_length:
+            raise TextInputError(f"the prompt is {len(prompt_ids)} tokens, which leaves no room under the "
+                                 f"length limit of {options.max_length}; use a shorter reference or text")
+        greedy = options.temperature <= 0
+        seed = None if greedy else (options.seed if options.seed is not None else random.randrange(2**31))
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed)
+        processors = self._processors(options)
+        seq = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        new: list[int] = []
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            logits = self.model(seq, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            while seq.shape[1] < options.max_length:
+                if cancel is not None and cancel.is_set():
+                    raise GenerationCancelled(f"generation cancelled after {len(new)} tokens")
+                scores = processors(seq, logits[:, -1].float())
+                if greedy:
+                    nxt = scores.argmax(dim=-1, keepdim=True)
+                else:
+                    nxt = sample_from_scores(scores, generator)
+                seq = torch.cat([seq, nxt], dim=1)
+                token = int(nxt)
+                new.append(token)
+                if progress is not None:
+                    progress(len(new))
+                if token == self.eos_id:
+                    break
+                logits = self.model(nxt, past_key_values=cache, use_cache=True).logits
+        return new, seed
+
+    def generate_audio_tokens(self, prompt_ids: list[int], options: GenerationOptions,
+                              progress: Callable[[int], None] | None = None,
+                              cancel: threading.Event | None = None) -> GenerationResult:
+        """Generate and parse: whole audio-token groups, or EmptyGenerationError."""
+        with self._lock:
+            start = time.perf_counter()
+            new, seed = self.generate_ids(prompt_ids, options, progress, cancel)
+            seconds = time.perf_counter() - start
+        tokens, dropped = parse_generated_ids(new, self.eos_id)
+        rate = len(new) / seconds if seconds > 0 else 0.0
+        log.info("LLM: prompt %d tokens, %d new tokens in %.2f s (%.1f tokens/s), %d audio tokens kept, "
+                 "%d dropped, seed %s", len(prompt_ids), len(new), seconds, rate, len(tokens), dropped, seed)
+        if not tokens:
+            ended = "at eos" if new and new[-1] == self.eos_id else "at the length limit"
+            raise EmptyGenerationError(
+                f"the LLM produced no complete audio-token group ({len(new)} tokens, stopped {ended}); "
+                "try another seed or a clearer reference clip")
+        return GenerationResult(audio_tokens=tokens, prompt_tokens=len(prompt_ids), new_tokens=len(new),
+                                seconds=seconds, tokens_per_s=rate, dropped_tokens=dropped, seed=seed)
