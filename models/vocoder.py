@@ -1,0 +1,381 @@
+"""The vocoder stage: mixed audio tokens + reference prompt -> 24 kHz waveform (CosyVoice-300M-25Hz).
+
+    vocoder = Vocoder.load(root / "Step-Audio-EditX" / "CosyVoice-300M-25Hz")
+    prompt = vocoder.prompt_features(audio, sample_rate)        # mel + CAM++ embedding, cacheable
+    wave = vocoder.decode(tokens, prompt_tokens, prompt, n_steps=10, seed=0)
+
+Frontend (here): the mixed [02,02,06,06,06] stream is reshaped to time-aligned token pairs at
+25 Hz, the reference mel is aligned to twice the prompt's pair count, prompt mel and speaker
+embedding are rounded to bfloat16 (upstream ``tts.py`` casts both before decoding).
+Networks: ``models/flow.py`` (+ ``models/dit.py``) make the mel, ``models/hift.py`` the audio.
+
+Randomness is per request: one ``torch.Generator`` seeded with ``seed`` first draws the flow's
+noise buffer (1, 80, 30000), as upstream draws its fixed buffer, sliced to the frames needed,
+then the HiFT source's draws. The same seed gives the same waveform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audio_prep import TOKENIZER_SAMPLE_RATE, VOCODER_SAMPLE_RATE, resample
+from models.cosyvoice_config import CosyVoiceConfigError, load_cosyvoice_config
+from models.device import pick_device, pick_dtype
+from models.flow import MEL_BINS, CausalMaskedDiffWithXvec, StepHook
+from models.hift import HiFTGenerator, SineDraws, fold_weight_norm
+from models.mel import MelConfig, log_mel_spectrogram, mel_filters
+from models.speaker import SpeakerEncoder
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "cosyvoice.yaml"
+FLOW_FILE = "flow.pt"
+HIFT_FILE = "hift.pt"
+SPEAKER_FILE = "campplus.onnx"
+
+VQ02_CODES = 1024  # linguistic codebook; id 1024 pads its column (one vq02 slot per 3 frames)
+MIXED_VOCAB = 5120  # mixed stream ids: vq02 in [0, 1024), vq06 + 1024 in [1024, 5120)
+GROUP = 5  # [02, 02, 06, 06, 06]
+GROUP_PAD = (0, 0, 0, VQ02_CODES, VQ02_CODES, VQ02_CODES)  # upstream pads a partial group with its tail
+NOISE_FRAMES = 50 * 600  # upstream's noise buffer: 600 s of 50 Hz mel frames
+PROMPT_PEAK = 0.6  # upstream scales the reference down to this peak before the frontend
+
+
+@dataclass
+class PromptFeatures:
+    """What the vocoder needs about the reference clip.
+
+    mel: (frames, 80) float32 log mel of the 24 kHz reference, 50 Hz.
+    speaker_embedding: (192,) float32 CAM++ embedding.
+    """
+
+    mel: np.ndarray
+    speaker_embedding: np.ndarray
+
+
+def reshape_mixed_tokens(mixed: Sequence[int]) -> np.ndarray:
+    """Mixed stream -> time-aligned pairs (3 * groups, 2) int64 (upstream ``_reshape``).
+
+    A partial last group is completed with the tail of [0, 0, 0, 1024, 1024, 1024]. Per group
+    [a, b, x, y, z]: column 0 is [a, b, 1024] (vq02 + pad), column 1 is [x, y, z] - 1024 + 1025.
+    """
+    seq = [int(t) for t in mixed]
+    if len(seq) % GROUP:
+        seq += list(GROUP_PAD[-(GROUP - len(seq) % GROUP) :])
+    groups = np.asarray(seq, dtype=np.int64).reshape(-1, GROUP)
+    vq02 = np.concatenate([groups[:, :2], np.full((len(groups), 1), VQ02_CODES, dtype=np.int64)], axis=1)
+    vq06 = groups[:, 2:] - VQ02_CODES + VQ02_CODES + 1
+    return np.stack([vq02.reshape(-1), vq06.reshape(-1)], axis=1)
+
+
+def align_prompt_mel(prompt_mel: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """(1, frames, 80) -> (1, n_frames, 80) by nearest interpolation (float32 scale, as F.interpolate)."""
+    if n_frames == 0:
+        return prompt_mel.new_zeros(prompt_mel.size(0), 0, prompt_mel.size(2))
+    if prompt_mel.size(1) == 0:
+        raise ValueError("the prompt has tokens but its mel is empty; recompute the prompt features")
+    return F.interpolate(prompt_mel.transpose(1, 2), size=n_frames, mode="nearest").transpose(1, 2)
+
+
+def bf16_round(x: torch.Tensor) -> torch.Tensor:
+    """Round to bfloat16 and back (what upstream's ``.to(torch.bfloat16)`` does to the prompt inputs)."""
+    return x.to(torch.bfloat16).to(x.dtype)
+
+
+def _check_tokens(tokens: Sequence[int], what: str) -> None:
+    for i, t in enumerate(tokens):
+        if not 0 <= int(t) < MIXED_VOCAB:
+            raise ValueError(
+                f"{what}[{i}] = {int(t)} is not a mixed audio token id in [0, {MIXED_VOCAB}); "
+                "pass LLM audio ids minus 65536"
+            )
+
+
+def load_state_dict_checked(module: nn.Module, path: Path) -> None:
+    """Load ``path`` (a plain state dict) into ``module`` strictly; errors name every bad key.
+
+    ``module`` may live on the meta device: tensors are assigned, not copied.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated download or a non-torch file
+        raise ValueError(f"{path} is not a readable torch state dict ({exc}); download it again") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {expected[k]}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(
+            f"missing keys {missing[:8]}" + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
+        )
+    if unexpected:
+        problems.append(
+            f"unexpected keys {unexpected[:8]}"
+            + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else "")
+        )
+    if wrong:
+        problems.append(
+            "wrong shapes " + "; ".join(wrong[:8]) + (f" (+{len(wrong) - 8} more)" if len(wrong) > 8 else "")
+        )
+    if problems:
+        raise ValueError(
+            f"{path.name} does not match the network described by cosyvoice.yaml: " + "; ".join(problems)
+        )
+    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+
+
+def build_networks(
+    config_text: str, device: str | torch.device = "meta"
+) -> tuple[CausalMaskedDiffWithXvec, HiFTGenerator, MelConfig]:
+    """Flow, HiFT and mel settings from cosyvoice.yaml text, built on ``device`` (meta: no memory)."""
+    with torch.device(device):
+        config = load_cosyvoice_config(config_text)
+    for key in ("flow", "hift"):
+        if key not in config:
+            raise CosyVoiceConfigError(f"cosyvoice.yaml has no top-level {key!r}")
+    flow, hift = config["flow"], config["hift"]
+    if not isinstance(flow, CausalMaskedDiffWithXvec) or not isinstance(hift, HiFTGenerator):
+        raise CosyVoiceConfigError(
+            "cosyvoice.yaml: 'flow' must be a CausalMaskedDiffWithXvec and 'hift' a HiFTGenerator"
+        )
+    mel_conf = MelConfig.from_mapping(config.get("mel_conf") or {})
+    return flow, hift, mel_conf
+
+
+def _file_digest(path: Path) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"absent"
+
+
+class Vocoder:
+    """CosyVoice-300M-25Hz flow + HiFT, and the prompt frontend (mel + CAM++)."""
+
+    sample_rate = VOCODER_SAMPLE_RATE
+
+    def __init__(
+        self,
+        flow: CausalMaskedDiffWithXvec,
+        hift: HiFTGenerator,
+        mel_conf: MelConfig,
+        speaker: SpeakerEncoder | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        fingerprint: str,
+        directory: Path | None = None,
+    ):
+        self.flow = flow.eval()
+        self.hift = hift.eval()
+        self.mel_conf = mel_conf
+        self.speaker = speaker
+        self.device = device
+        self.dtype = dtype
+        self.fingerprint = fingerprint  # identifies what prompt_features depends on (mel settings, CAM++)
+        self.directory = directory
+        self._noise_cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._noise_lock = threading.Lock()  # the UI may decode from several threads
+
+    @classmethod
+    def load(cls, cosyvoice_dir: Path, device: str = "auto", dtype: str = "auto") -> Vocoder:
+        """Load ``cosyvoice.yaml``, ``flow.pt``, ``hift.pt`` and ``campplus.onnx`` from ``cosyvoice_dir``.
+
+        CPU always runs float32. On CUDA ``dtype`` picks fp32, fp16 or bf16 for the networks; "auto"
+        means float32 there too, as upstream runs the vocoder (``CosyVoice(..., dtype=float32)``):
+        the networks are small next to the LLM and bf16 moves the mel by ~0.1. The flow's
+        integration state and the HiFT source stay float32 in every mode.
+        """
+        start = time.perf_counter()
+        cosyvoice_dir = Path(cosyvoice_dir)
+        config_path = cosyvoice_dir / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"{config_path} not found: pass the CosyVoice-300M-25Hz folder of "
+                "Step-Audio-EditX (it holds cosyvoice.yaml, flow.pt, hift.pt, campplus.onnx)"
+            )
+        torch_device = pick_device(device)
+        torch_dtype = torch.float32 if (dtype or "auto") == "auto" else pick_dtype(torch_device, dtype)
+        if torch_device.type == "cpu" and torch_dtype != torch.float32:
+            log.warning(
+                "vocoder: %s requested on CPU; using float32 (half precision is CUDA-only here)", dtype
+            )
+            torch_dtype = torch.float32
+        config_text = config_path.read_text()
+        flow, hift, mel_conf = build_networks(config_text, "meta")
+        load_state_dict_checked(flow, cosyvoice_dir / FLOW_FILE)
+        load_state_dict_checked(hift, cosyvoice_dir / HIFT_FILE)
+        fold_weight_norm(hift)  # computed once in float32, before any cast
+        flow.to(torch_device, torch_dtype)
+        hift.to(torch_device, torch_dtype)
+        mel_filters(mel_conf)  # librosa's import and the filter bank cost ~2 s: pay it at start-up
+        speaker_path = cosyvoice_dir / SPEAKER_FILE
+        speaker = SpeakerEncoder(speaker_path) if speaker_path.is_file() else None
+        if speaker is None:
+            log.warning("vocoder: %s not found; prompt_features will fail until it is present", speaker_path)
+        digest = hashlib.sha256(config_text.encode())
+        digest.update(_file_digest(speaker_path))
+        vocoder = cls(
+            flow, hift, mel_conf, speaker, torch_device, torch_dtype, digest.hexdigest()[:16], cosyvoice_dir
+        )
+        log.info(
+            "vocoder loaded from %s on %s/%s in %.2f s",
+            cosyvoice_dir,
+            torch_device,
+            str(torch_dtype).replace("torch.", ""),
+            time.perf_counter() - start,
+        )
+        return vocoder
+
+    # ---- prompt frontend -------------------------------------------------------------------------
+    def prompt_features(self, audio: np.ndarray, sample_rate: int) -> PromptFeatures:
+        """Reference clip (after ``audio_prep.prompt_prelude``; (samples,) or (channels, samples)) at
+        ``sample_rate`` Hz -> mel (frames, 80) of the 24 kHz resampled clip + (192,) CAM++ embedding
+        of the 16 kHz resampled clip. The prelude is re-applied idempotently (mono, peak <= 0.6).
+        """
+        start = time.perf_counter()
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim == 2:
+            audio = audio.mean(axis=0, dtype=np.float32) if audio.shape[0] > 1 else audio[0]
+        if audio.ndim != 1 or audio.size == 0:
+            raise ValueError(f"expected a non-empty mono clip, got shape {audio.shape}")
+        peak = float(np.abs(audio).max())
+        if peak > PROMPT_PEAK * (1 + 1e-6):  # tolerance: the prelude's own output may round to 0.6 + 1 ulp
+            audio = (torch.from_numpy(audio) / peak * PROMPT_PEAK).numpy()
+        audio_24k = resample(audio, int(sample_rate), self.mel_conf.sampling_rate)
+        mel = log_mel_spectrogram(audio_24k, self.mel_conf)[0].T.contiguous().numpy()
+        if self.speaker is None:
+            raise FileNotFoundError(
+                f"{SPEAKER_FILE} is missing from {self.directory}; the speaker embedding "
+                "needs it (download the full CosyVoice-300M-25Hz folder)"
+            )
+        embedding = self.speaker.embed(resample(audio, int(sample_rate), TOKENIZER_SAMPLE_RATE))
+        log.info(
+            "vocoder prompt features: %.2f s of audio -> %d mel frames + %d-d speaker embedding in %.3f s",
+            audio.size / sample_rate,
+            mel.shape[0],
+            embedding.size,
+            time.perf_counter() - start,
+        )
+        return PromptFeatures(mel=mel.astype(np.float32), speaker_embedding=embedding.astype(np.float32))
+
+    # ---- decoding ----------------------------------------------------------------------------------
+    def request_randomness(self, seed: int) -> tuple[torch.Tensor, torch.Generator]:
+        """Noise buffer (1, 80, 30000) and the generator state after it, for one request's ``seed``.
+
+        The last few buffers are cached (10 MB each) since drawing one costs tens of ms.
+        """
+        with self._noise_lock:
+            if seed not in self._noise_cache:
+                generator = torch.Generator().manual_seed(seed)
+                noise = torch.randn(1, MEL_BINS, NOISE_FRAMES, generator=generator)
+                self._noise_cache[seed] = (noise, generator.get_state())
+                while len(self._noise_cache) > 4:
+                    self._noise_cache.popitem(last=False)
+            self._noise_cache.move_to_end(seed)
+            noise, state = self._noise_cache[seed]
+        generator = torch.Generator()
+        generator.set_state(state)
+        return noise, generator
+
+    def synthesize(
+        self,
+        token: torch.Tensor,
+        prompt_token: torch.Tensor,
+        prompt_mel: torch.Tensor,
+        embedding: torch.Tensor,
+        noise: torch.Tensor,
+        n_steps: int = 10,
+        generator: torch.Generator | None = None,
+        draws: SineDraws | None = None,
+        on_step: StepHook | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Lower-level decode with every random input explicit (the conformance tests inject them).
+
+        token (1, T, 2), prompt_token (1, Tp, 2) int64 pairs; prompt_mel (1, 2*Tp, 80) aligned;
+        embedding (1, 192); noise (1, 80, >= 2*(Tp+T)); ``draws`` or ``generator`` for the HiFT source.
+        Returns waveform (1, 960*T), mel (1, 80, 2T) and source (1, 1, 960*T), float32 on the CPU.
+        """
+        needed = self.flow.up_rate * (token.size(1) + prompt_token.size(1))
+        if needed > noise.size(2):
+            raise ValueError(
+                f"{needed} mel frames requested; at most {noise.size(2)} "
+                f"({noise.size(2) / 50:.0f} s including the prompt) can be decoded at once"
+            )
+        dev = self.device
+        start = time.perf_counter()
+        mel = self.flow.inference(
+            token.to(dev),
+            prompt_token.to(dev),
+            prompt_mel.to(dev),
+            embedding.to(dev),
+            noise.to(dev),
+            n_steps,
+            on_step,
+        )
+        flow_s = time.perf_counter() - start
+        start = time.perf_counter()
+        speech, source = self.hift.inference(mel, generator=generator, draws=draws)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        hift_s = time.perf_counter() - start
+        seconds = speech.size(-1) / self.sample_rate
+        log.info(
+            "vocoder: %d token frames -> %.2f s of audio; flow %d steps %.3f s, hift %.3f s (RTF %.3f)",
+            token.size(1),
+            seconds,
+            n_steps,
+            flow_s,
+            hift_s,
+            (flow_s + hift_s) / max(seconds, 1e-9),
+        )
+        return speech.float().cpu(), mel.float().cpu(), source.float().cpu()
+
+    def decode(
+        self,
+        tokens: list[int],
+        prompt_tokens: list[int],
+        prompt: PromptFeatures,
+        n_steps: int = 10,
+        seed: int | None = 0,
+    ) -> np.ndarray:
+        """Mixed audio tokens in [0, 5120) (whole [02,02,06,06,06] groups; a partial group is padded as
+        upstream does) -> (samples,) float32 at 24 kHz: each group of 5 tokens is 3 frames at 25 Hz, so
+        ``2880 * ceil(len(tokens) / 5)`` samples. ``prompt_tokens`` are the reference's mixed tokens.
+        The same ``seed`` gives the same waveform; None draws a fresh random seed.
+        """
+        if len(tokens) == 0:
+            raise ValueError("no audio tokens to decode (the LLM produced no audio)")
+        _check_tokens(tokens, "tokens")
+        _check_tokens(prompt_tokens, "prompt_tokens")
+        if seed is None:
+            seed = secrets.randbits(63)
+        token = torch.from_numpy(reshape_mixed_tokens(tokens))[None]
+        prompt_token = torch.from_numpy(reshape_mixed_tokens(prompt_tokens)).reshape(1, -1, 2)
+        mel = torch.as_tensor(np.asarray(prompt.mel, dtype=np.float32)).reshape(1, -1, MEL_BINS)
+        embedding = torch.as_tensor(np.asarray(prompt.speaker_embedding, dtype=np.float32)).reshape(1, -1)
+        # upstream tts.py hands both prompt inputs to the vocoder as bfloat16
+        aligned = align_prompt_mel(bf16_round(mel), self.flow.up_rate * prompt_token.size(1))
+        noise, generator = self.request_randomness(int(seed))
+        speech, _, _ = self.synthesize(
+            token, prompt_token, aligned, bf16_round(embedding), noise, n_steps, generator=generator
+        )
+        return speech[0].numpy()
