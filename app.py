@@ -1,0 +1,73 @@
+"""EditX Studio entry point: parse flags, load the models once, warm up, build the UI, serve.
+
+    python app.py                                # ./checkpoints, else demo models; http://127.0.0.1:7860
+    python app.py --model-dir /model --host 0.0.0.0
+    python app.py --help                         # every flag (settings.py) and its EDITX_* variable
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from settings import Settings, parse_settings
+
+log = logging.getLogger("editx")
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Heavy imports after parsing, so --help and flag errors are instant.
+    from models.pipeline import ModelFilesMissing
+    try:
+        engine, examples = load(settings)
+    except ModelFilesMissing as exc:
+        log.error("%s", exc)
+        return 2
+    import ui
+
+    demo = ui.build_app(engine, examples, settings.max_text_chars)
+    log.info("serving on http://%s:%d (%s models, variant %s)", settings.host, settings.port,
+             "DEMO" if engine.demo else "real", settings.variant)
+    ui.serve(demo, engine, host=settings.host, port=settings.port, share=settings.share,
+             concurrency=settings.concurrency, allowed_paths=[settings.examples_dir.resolve()])
+    return 0
+
+
+def load(settings: Settings):
+    """Locate (or build demo) models, load the engine, write the example voices, warm up."""
+    import soundfile as sf
+
+    from models.pipeline import CloneEngine, EngineConfig, locate_models
+    from scripts.make_examples import ensure_examples
+
+    start = time.perf_counter()
+    root = locate_models(settings.model_dir, settings.demo_dir, settings.allow_demo)
+    if root.demo:
+        log.warning("running on DEMO models from %s: untrained weights, the output is noise. Get the real "
+                    "models with `python scripts/download_models.py --out %s`", root.path, settings.model_dir)
+    config = EngineConfig(variant=settings.variant, auto_transcribe=settings.auto_transcribe,
+                          max_text_chars=settings.max_text_chars,
+                          max_reference_seconds=settings.max_reference_seconds,
+                          device=settings.device, dtype=settings.dtype)
+    engine = CloneEngine.load(root.path, config, cache_dir=settings.cache_dir,
+                              cache_max_entries=settings.cache_max_entries,
+                              cache_max_bytes=settings.cache_max_bytes, ort_threads=settings.ort_threads,
+                              demo=root.demo)
+    log.info("models loaded from %s in %.1f s", root.path, time.perf_counter() - start)
+    examples = ensure_examples(settings.examples_dir)
+    if settings.warmup and examples:
+        first = examples[0]
+        audio, sr = sf.read(first.path, dtype="float32", always_2d=True)
+        try:
+            engine.warm_up(audio.T, sr, first.reference_text or "warm up", first.target_text[:40])
+        except Exception:  # serve anyway: each request reports its own error, the log has this one
+            log.exception("warm-up failed; the first request may be slow or fail the same way")
+    return engine, examples
+
+
+if __name__ == "__main__":
+    sys.exit(main())
