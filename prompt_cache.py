@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 KEY_VERSION = "v1"  # bump when the meaning of a cached value changes
 REQUIRED_FIELDS = ("vq02", "vq06")  # an entry without these is corrupt
 SQLITE_TIMEOUT_S = 10  # how long a writer waits for another process holding the lock
+ALIAS_DIR = "aliases"  # raw-input hash -> entry key, beside the entries (not counted as entries)
+ALIAS_MAX_BYTES = 16 << 20  # ~100k aliases of ~150 bytes; diskcache evicts the least recently used
+ALIAS_MEMORY_ENTRIES = 4096
 
 
 def prompt_key(pcm_16k: np.ndarray, fingerprint: str) -> str:
@@ -104,11 +107,15 @@ class PromptCache:
         self._lock = threading.RLock()
         self._memory = _MemoryLRU(self.max_entries, self.max_bytes)
         self._disk = None
+        self._aliases = None
+        self._memory_aliases: OrderedDict[str, str] = OrderedDict()
         self._hits = 0
         self._misses = 0
         self._time_saved_s = 0.0
         if self.directory is not None:
             self._disk = self._open(self.directory)
+            if self._disk is not None:
+                self._aliases = self._open_aliases(self.directory / ALIAS_DIR)
 
     # -- public interface ----------------------------------------------------------------------------
 
@@ -184,10 +191,48 @@ class PromptCache:
                 "persistent": self.persistent,
             }
 
+    def alias_get(self, alias: str) -> str | None:
+        """The entry key recorded for ``alias`` (a hash of a raw input + the model fingerprint), or None.
+
+        Aliases let a repeated upload skip resampling and trimming, also after a restart; the key
+        itself stays defined on the prepared 16 kHz PCM. Not counted as a hit or a miss.
+        """
+        with self._lock:
+            if self._aliases is not None:
+                try:
+                    key = self._aliases.get(alias, default=None, retry=True)
+                    return key if isinstance(key, str) else None
+                except (OSError, sqlite3.Error, EOFError, pickle.UnpicklingError, UnicodeDecodeError):
+                    self._aliases = None  # aliases are only a shortcut: fall back to memory silently
+            key = self._memory_aliases.get(alias)
+            if key is not None:
+                self._memory_aliases.move_to_end(alias)
+            return key
+
+    def alias_put(self, alias: str, key: str) -> None:
+        """Record that the raw input ``alias`` prepares to the entry ``key``."""
+        with self._lock:
+            if self._aliases is not None:
+                try:
+                    self._aliases.set(alias, key, retry=True)
+                    return
+                except (OSError, sqlite3.Error):
+                    self._aliases = None
+            self._memory_aliases[alias] = key
+            self._memory_aliases.move_to_end(alias)
+            while len(self._memory_aliases) > ALIAS_MEMORY_ENTRIES:
+                self._memory_aliases.popitem(last=False)
+
     def clear(self) -> None:
         """Remove every entry (on disk too) and reset the counters."""
         with self._lock:
             self._memory.clear()
+            self._memory_aliases.clear()
+            if self._aliases is not None:
+                try:
+                    self._aliases.clear(retry=True)
+                except (OSError, sqlite3.Error):
+                    self._aliases = None
             if self._disk is not None:
                 try:
                     self._disk.clear(retry=True)
@@ -197,9 +242,10 @@ class PromptCache:
             self._time_saved_s = 0.0
 
     def close(self) -> None:
-        """Close the database handle (the cache stays usable; diskcache reopens on demand)."""
-        if self._disk is not None:
-            self._disk.close()
+        """Close the database handles (the cache stays usable; diskcache reopens on demand)."""
+        for store in (self._disk, self._aliases):
+            if store is not None:
+                store.close()
 
     # -- internals -----------------------------------------------------------------------------------
 
@@ -227,6 +273,16 @@ class PromptCache:
             self._warn_memory(exc)
             return None
 
+    def _open_aliases(self, directory: Path):
+        import diskcache
+
+        try:
+            return diskcache.Cache(str(directory), size_limit=ALIAS_MAX_BYTES,
+                                   eviction_policy="least-recently-used", timeout=SQLITE_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
+            log.info("prompt cache: raw-input aliases kept in memory (%s)", exc)
+            return None
+
     def _warn_memory(self, exc: BaseException) -> None:
         log.warning("prompt cache: cannot use %s (%s); keeping prompts in memory only for this run "
                     "(they will be encoded again after a restart). Point --cache-dir to a writable "
@@ -242,6 +298,7 @@ class PromptCache:
         except Exception:  # noqa: BLE001 - the handle is already broken; nothing more to report
             pass
         self._disk = None
+        self._aliases = None
 
     def _read(self, key: str) -> str | None:
         if self._disk is not None:

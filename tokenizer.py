@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,8 +103,16 @@ class TokenizedAudio:
     encode_seconds: float  # time of the real encode (recorded in the cache entry)
     elapsed_seconds: float  # time of this call, hashing and prep included
     transcript: str | None
-    audio_16k: np.ndarray = field(repr=False)
+    _audio_16k: np.ndarray | None = field(repr=False)
     cache_entry: dict = field(repr=False)
+    _prepare: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def audio_16k(self) -> np.ndarray:
+        """The prepared 16 kHz clip the codes were computed from (rebuilt on first use after an alias hit)."""
+        if self._audio_16k is None and self._prepare is not None:
+            self._audio_16k = self._prepare()
+        return self._audio_16k
 
 
 @dataclass
@@ -485,6 +494,9 @@ class StepAudioTokenizer:
         t_prep = time.perf_counter() - t0
         entry = self.cache.get(key) if self.cache is not None else None
         from_cache = entry is not None
+        if audio_16k is None and (entry is None or (transcribe and entry.get("transcript") is None)):
+            # the key came from a persistent alias but the clip itself is needed: prepare it now
+            key, audio_16k = self._prepare(audio, sample_rate, use_alias=False)
         if entry is not None and transcribe and entry.get("transcript") is None:
             t = time.perf_counter()
             transcript = self.encode_vq02(audio_16k, transcribe=True).transcript
@@ -514,12 +526,12 @@ class StepAudioTokenizer:
             vq02=vq02_codes, vq06=vq06_codes, llm_ids=llm_ids,
             token_str="".join(f"<audio_{i - AUDIO_ID_OFFSET}>" for i in llm_ids),
             cache_key=key, from_cache=from_cache, encode_seconds=float(entry.get("encode_seconds", 0.0)),
-            elapsed_seconds=elapsed, transcript=entry.get("transcript"), audio_16k=audio_16k,
-            cache_entry=entry)
+            elapsed_seconds=elapsed, transcript=entry.get("transcript"), _audio_16k=audio_16k,
+            cache_entry=entry, _prepare=lambda: self._prepare(audio, sample_rate, use_alias=False)[1])
 
     def prepare(self, audio: np.ndarray, sample_rate: int) -> tuple[str, np.ndarray]:
         """(cache key, prepared 16 kHz clip) of an input, as ``encode`` computes them."""
-        return self._prepare(audio, sample_rate)
+        return self._prepare(audio, sample_rate, use_alias=False)
 
     def encode_vq02(self, audio_16k: np.ndarray, transcribe: bool = False,
                     batched: bool = True) -> Vq02Result:
@@ -659,8 +671,15 @@ class StepAudioTokenizer:
 
     # -- internals ------------------------------------------------------------------------------------
 
-    def _prepare(self, audio: np.ndarray, sample_rate: int) -> tuple[str, np.ndarray]:
-        """Key and prepared clip, through a small memo of raw inputs (hash of samples, shape, dtype, rate)."""
+    def _prepare(self, audio: np.ndarray, sample_rate: int,
+                 use_alias: bool = True) -> tuple[str, np.ndarray | None]:
+        """Key and prepared clip, through a memo of raw inputs (hash of samples, shape, dtype, rate).
+
+        The in-process memo holds recent inputs; the cache's persistent aliases (raw hash + model
+        fingerprint -> key) give the key after a restart without resampling or trimming, and then
+        the clip is None (``encode`` prepares it only when it needs it). The key itself is always
+        the hash of the prepared PCM.
+        """
         raw = np.ascontiguousarray(audio)
         if raw.dtype.kind not in "fiu":
             check_samples(raw, sample_rate)  # raises with a message about the dtype
@@ -669,9 +688,16 @@ class StepAudioTokenizer:
         raw_id = h.digest()
         with self._memo_lock:
             hit = self._memo.get(raw_id)
-            if hit is not None:
+            if hit is not None and (use_alias or hit[1] is not None):
                 self._memo.move_to_end(raw_id)
                 return hit
+        alias = hashlib.sha256(raw_id + self.fingerprint.encode()).hexdigest()
+        if use_alias and self.cache is not None:
+            key = self.cache.alias_get(alias)
+            if key is not None:
+                with self._memo_lock:
+                    self._memo[raw_id] = (key, None)
+                return key, None
         check_samples(raw, sample_rate)
         audio_16k = prepare_for_tokenizer(prompt_prelude(raw, int(sample_rate)), int(sample_rate))
         if not np.any(audio_16k):
@@ -683,6 +709,8 @@ class StepAudioTokenizer:
             self._memo[raw_id] = (key, audio_16k)
             while len(self._memo) > RAW_MEMO_ENTRIES:
                 self._memo.popitem(last=False)
+        if self.cache is not None:
+            self.cache.alias_put(alias, key)
         return key, audio_16k
 
     def _final_chunk_too_short(self, n_samples: int, frontend_cache: dict) -> bool:

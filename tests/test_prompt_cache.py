@@ -197,3 +197,24 @@ def test_prompt_key_depends_on_pcm_and_fingerprint():
     b = a.copy()
     b[10] += 1e-7
     assert k != prompt_key(b, "f" * 64)
+
+
+def test_aliases_persist_are_not_entries_and_clear_with_the_cache(tmp_path):
+    cache = PromptCache(tmp_path / "c")
+    cache.put("k1", _entry(1))
+    cache.alias_put("raw-hash-1", "k1")
+    reopened = PromptCache(tmp_path / "c")
+    assert reopened.alias_get("raw-hash-1") == "k1" and reopened.alias_get("other") is None
+    stats = reopened.stats()
+    assert stats["entries"] == 1 and stats["hits"] == stats["misses"] == 0  # alias look-ups count nothing
+    reopened.clear()
+    assert reopened.alias_get("raw-hash-1") is None
+
+
+def test_aliases_in_memory_when_the_folder_is_unwritable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cache = PromptCache(blocker / "cache")
+    assert not cache.persistent
+    cache.alias_put("raw", "key")
+    assert cache.alias_get("raw") == "key"

@@ -93,6 +93,49 @@ def test_cache_miss_then_hit_and_restart(tok, tokenizer_dir, tmp_path):
         tok.cache = saved
 
 
+def test_hit_after_restart_skips_prep_through_the_persistent_alias(tokenizer_dir, tmp_path, monkeypatch):
+    import tokenizer as tokenizer_module
+
+    audio = _voice(1.5, 24000, f0=140, seed=3)
+    first = StepAudioTokenizer(tokenizer_dir, device="cpu", cache=PromptCache(tmp_path / "c"))
+    cold = first.encode(audio, 24000)
+    # a restart: fresh cache object and tokenizer (empty in-process memo) on the same folder
+    second = StepAudioTokenizer(tokenizer_dir, device="cpu", cache=PromptCache(tmp_path / "c"))
+    calls = []
+    real_prepare = tokenizer_module.prepare_for_tokenizer
+    monkeypatch.setattr(tokenizer_module, "prepare_for_tokenizer",
+                        lambda *a, **k: calls.append(1) or real_prepare(*a, **k))
+    hit = second.encode(audio, 24000)
+    assert hit.from_cache and calls == []  # no resample / trim for a known input
+    assert (hit.cache_key, hit.vq02, hit.vq06, hit.token_str) == (cold.cache_key, cold.vq02, cold.vq06,
+                                                                  cold.token_str)
+    np.testing.assert_array_equal(hit.audio_16k, cold.audio_16k)  # rebuilt on demand, identical
+    assert calls == [1]
+
+
+def test_alias_to_an_evicted_entry_encodes_again(tokenizer_dir, tmp_path):
+    audio = _voice(1.2, 16000, f0=190, seed=4)
+    cache = PromptCache(tmp_path / "c")
+    tok_a = StepAudioTokenizer(tokenizer_dir, device="cpu", cache=cache)
+    cold = tok_a.encode(audio, 16000)
+    cache._disk.delete(cold.cache_key)  # evicted behind the alias's back
+    tok_b = StepAudioTokenizer(tokenizer_dir, device="cpu", cache=PromptCache(tmp_path / "c"))
+    again = tok_b.encode(audio, 16000)
+    assert not again.from_cache and again.cache_key == cold.cache_key and again.vq02 == cold.vq02
+    assert tok_b.encode(audio, 16000).from_cache
+
+
+def test_aliases_are_per_model_fingerprint(tokenizer_dir, tmp_path):
+    audio = _voice(1.2, 16000, f0=210, seed=5)
+    cache = PromptCache(tmp_path / "c")
+    tok_a = StepAudioTokenizer(tokenizer_dir, device="cpu", cache=cache)
+    key_a = tok_a.encode(audio, 16000).cache_key
+    tok_b = StepAudioTokenizer(tokenizer_dir, device="cpu", cache=PromptCache(tmp_path / "c"))
+    tok_b.fingerprint = "another-model"
+    out = tok_b.encode(audio, 16000)
+    assert not out.from_cache and out.cache_key != key_a
+
+
 def test_same_voice_hits_whatever_the_layout(tok):
     mono = _voice(1.2, 16000, f0=170)
     a = tok.encode(mono, 16000)

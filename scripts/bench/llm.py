@@ -140,14 +140,16 @@ def run(args: argparse.Namespace) -> dict:
         args.prompt_groups, args.decode_tokens, args.real_layers = 20, 16, 0
     root = Path(args.model_dir) if args.model_dir else Path("checkpoints")
     tmp = tempfile.TemporaryDirectory(prefix="editx_bench_llm_")
-    demo = not (root / "Step-Audio-EditX" / "config.json").is_file()
-    if demo:
+    built = not (root / "Step-Audio-EditX" / "config.json").is_file()
+    if built:
         from scripts.make_demo_models import write_demo_models
 
         root = write_demo_models(Path(tmp.name) / "demo", ("llm",))
         log.info("no Step-Audio-EditX under %s: benchmarking the demo LLM", args.model_dir)
     model_dir = root / "Step-Audio-EditX"
-    result: dict = {"model_dir": str(model_dir), "demo_models": demo,
+    from model_layout import is_demo_models
+
+    result: dict = {"model_dir": str(model_dir), "demo_models": is_demo_models(root),
                     "torch_threads": torch.get_num_threads(), "device": args.device, "variants": {}}
     for variant in ("base", "bnb-4bit"):
         result["variants"][variant] = bench_variant(model_dir, variant, args)
