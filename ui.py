@@ -100,14 +100,8 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
                             temperature = gr.Slider(0.1, 1.5, 0.7, step=0.05, label="Temperature")
                             top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Top-p")
                             flow_steps = gr.Slider(1, 30, 10, step=1, label="Vocoder flow steps")
-                        with gr.Row():
-                            clone_btn = gr.Button("Clone", variant="primary", elem_id="clone-button", scale=4)
-                            clone_stop = gr.Button("Stop", variant="secondary", elem_id="clone-stop", scale=1)
-                        clone_out = gr.Audio(label="Cloned speech", type="numpy", interactive=False,
-                                             buttons=["download"], elem_id="clone-output")
-                        clone_timing = gr.Dataframe(headers=TIMING_HEADERS, label="Time per stage",
-                                                    interactive=False, wrap=True, elem_id="clone-timing",
-                                                    column_widths=TIMING_WIDTHS)
+                        clone_btn, clone_stop, clone_out, clone_timing = _action_panel("clone",
+                                                                                       "Cloned speech")
 
             with gr.Tab("Edit", id="edit"):
                 with gr.Row(equal_height=False):
@@ -140,13 +134,7 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
                                               label="Insert a tag")
                         gr.Markdown("Model variant, seed and advanced settings come from the Clone tab.",
                                     elem_classes=["hint"])
-                        with gr.Row():
-                            edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-button", scale=4)
-                            edit_stop = gr.Button("Stop", variant="secondary", elem_id="edit-stop", scale=1)
-                        edit_out = gr.Audio(label="Edited speech", type="numpy", interactive=False,
-                                            buttons=["download"], elem_id="edit-output")
-                        edit_timing = gr.Dataframe(headers=TIMING_HEADERS, label="Time per stage",
-                                                   interactive=False, wrap=True, column_widths=TIMING_WIDTHS)
+                        edit_btn, edit_stop, edit_out, edit_timing = _action_panel("edit", "Edited speech")
 
         # ---- wiring ------------------------------------------------------------------------------
         options = [variant, seed, temperature, top_p, flow_steps]
@@ -176,6 +164,18 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
         refresh_btn.click(adapter.cache_rows, outputs=cache_rows, api_name="cache_stats", queue=False)
         clear_btn.click(adapter.clear_cache, outputs=cache_rows, api_visibility="private", queue=False)
     return demo
+
+
+def _action_panel(action: str, output_label: str) -> tuple[gr.Button, gr.Button, gr.Audio, gr.Dataframe]:
+    """The run/stop buttons, output audio and timing table of one tab (elem ids ``<action>-...``)."""
+    with gr.Row():
+        run = gr.Button(action.title(), variant="primary", elem_id=f"{action}-button", scale=4)
+        stop = gr.Button("Stop", variant="secondary", elem_id=f"{action}-stop", scale=1)
+    output = gr.Audio(label=output_label, type="numpy", interactive=False, buttons=["download"],
+                      elem_id=f"{action}-output")
+    timing = gr.Dataframe(headers=TIMING_HEADERS, label="Time per stage", interactive=False, wrap=True,
+                          elem_id=f"{action}-timing", column_widths=TIMING_WIDTHS)
+    return run, stop, output, timing
 
 
 def _task_controls(task: str):
