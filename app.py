@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def load(settings: Settings):
     """Locate (or build demo) models, load the engine, write the example voices, warm up."""
-    import soundfile as sf
-
+    from audio_prep import load_audio
     from models.pipeline import CloneEngine, EngineConfig, locate_models
     from scripts.make_examples import ensure_examples
 
@@ -61,9 +60,9 @@ def load(settings: Settings):
     examples = ensure_examples(settings.examples_dir)
     if settings.warmup and examples:
         first = examples[0]
-        audio, sr = sf.read(first.path, dtype="float32", always_2d=True)
         try:
-            engine.warm_up(audio.T, sr, first.reference_text or "warm up", first.target_text[:40])
+            audio, sr = load_audio(first.path)
+            engine.warm_up(audio, sr, first.reference_text or "warm up", first.target_text[:40])
         except Exception:  # serve anyway: each request reports its own error, the log has this one
             log.exception("warm-up failed; the first request may be slow or fail the same way")
     return engine, examples

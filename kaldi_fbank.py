@@ -15,6 +15,7 @@ VTLN warping is not implemented (rejected with an error).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -102,6 +103,17 @@ def mel_banks(num_mel_bins: int, fft_size: int, sample_frequency: float, low_fre
     falling = (right - mel) / (right - center)
     weights = torch.clamp_min(torch.minimum(rising, falling), 0.0)
     return torch.nn.functional.pad(weights, (0, 1))  # Nyquist bin: weight 0
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_mel_banks(*args: float) -> torch.Tensor:
+    """``mel_banks`` built once per option set: the streaming frontend calls ``fbank`` every 240 ms chunk.
+
+    fbank only reads the result; it is a normal tensor even when first built under inference mode, so
+    a later fbank with autograd can still use it.
+    """
+    with torch.inference_mode(False):
+        return mel_banks(*args)
 
 
 def _mono(waveform: torch.Tensor | np.ndarray, channel: int) -> torch.Tensor:
@@ -195,7 +207,7 @@ def fbank(
     if fft_size % 2:
         raise ValueError(f"the FFT size {fft_size} must be even: use round_to_power_of_two or another "
                          "frame_length")
-    banks = mel_banks(num_mel_bins, fft_size, sample_frequency, low_freq, high_freq).to(device, dtype)
+    banks = _shared_mel_banks(num_mel_bins, fft_size, sample_frequency, low_freq, high_freq).to(device, dtype)
     width = num_mel_bins + int(use_energy)
 
     frames = _frames(wave, window_size, window_shift, snip_edges)

@@ -33,6 +33,7 @@ SQLITE_TIMEOUT_S = 10  # how long a writer waits for another process holding the
 ALIAS_DIR = "aliases"  # raw-input hash -> entry key, beside the entries (not counted as entries)
 ALIAS_MAX_BYTES = 16 << 20  # ~100k aliases of ~150 bytes; diskcache evicts the least recently used
 ALIAS_MEMORY_ENTRIES = 4096
+MIB = 1 << 20  # --cache-max-mb counts these (settings.Settings.cache_max_bytes)
 
 
 def prompt_key(pcm_16k: np.ndarray, fingerprint: str) -> str:
@@ -203,7 +204,7 @@ class PromptCache:
                     key = self._aliases.get(alias, default=None, retry=True)
                     return key if isinstance(key, str) else None
                 except (OSError, sqlite3.Error, EOFError, pickle.UnpicklingError, UnicodeDecodeError):
-                    self._aliases = None  # aliases are only a shortcut: fall back to memory silently
+                    self._drop_aliases()  # aliases are only a shortcut: fall back to memory silently
             key = self._memory_aliases.get(alias)
             if key is not None:
                 self._memory_aliases.move_to_end(alias)
@@ -217,7 +218,7 @@ class PromptCache:
                     self._aliases.set(alias, key, retry=True)
                     return
                 except (OSError, sqlite3.Error):
-                    self._aliases = None
+                    self._drop_aliases()
             self._memory_aliases[alias] = key
             self._memory_aliases.move_to_end(alias)
             while len(self._memory_aliases) > ALIAS_MEMORY_ENTRIES:
@@ -232,7 +233,7 @@ class PromptCache:
                 try:
                     self._aliases.clear(retry=True)
                 except (OSError, sqlite3.Error):
-                    self._aliases = None
+                    self._drop_aliases()
             if self._disk is not None:
                 try:
                     self._disk.clear(retry=True)
@@ -243,9 +244,10 @@ class PromptCache:
 
     def close(self) -> None:
         """Close the database handles (the cache stays usable; diskcache reopens on demand)."""
-        for store in (self._disk, self._aliases):
-            if store is not None:
-                store.close()
+        with self._lock:
+            for store in (self._disk, self._aliases):
+                if store is not None:
+                    store.close()
 
     # -- internals -----------------------------------------------------------------------------------
 
@@ -266,8 +268,8 @@ class PromptCache:
             )
             disk.set("__probe__", "1")  # fails here, not at the first encode, if the folder is unwritable
             disk.delete("__probe__")
-            log.info("prompt cache: %s (%d entries, %.1f MB, limits %d entries / %.0f MB)", directory,
-                     len(disk), disk.volume() / 1e6, self.max_entries, self.max_bytes / 1e6)
+            log.info("prompt cache: %s (%d entries, %.1f MiB, limits %d entries / %.0f MiB)", directory,
+                     len(disk), disk.volume() / MIB, self.max_entries, self.max_bytes / MIB)
             return disk
         except (OSError, sqlite3.Error) as exc:
             self._warn_memory(exc)
@@ -293,11 +295,13 @@ class PromptCache:
         if self._disk is None:
             return
         self._warn_memory(exc)
-        try:
-            self._disk.close()
-        except Exception:  # noqa: BLE001 - the handle is already broken; nothing more to report
-            pass
+        _close_quietly(self._disk)
         self._disk = None
+        self._drop_aliases()
+
+    def _drop_aliases(self) -> None:
+        """Keep aliases in memory from now on, closing the alias database."""
+        _close_quietly(self._aliases)
         self._aliases = None
 
     def _read(self, key: str) -> str | None:
@@ -361,3 +365,13 @@ class PromptCache:
             evicted += 1
         if evicted:
             log.debug("prompt cache: evicted %d least-recently-used entries", evicted)
+
+
+def _close_quietly(store) -> None:
+    """Close a diskcache handle that failed (nothing more to report if closing fails too)."""
+    if store is None:
+        return
+    try:
+        store.close()
+    except Exception:  # noqa: BLE001 - the handle is already broken
+        pass

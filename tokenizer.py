@@ -43,15 +43,13 @@ from audio_prep import (
     prompt_prelude,
 )
 from models.device import enable_tf32, pick_device
+from models.prompts import AUDIO_ID_OFFSET, VQ02_CODES, VQ06_CODES  # noqa: F401 - VQ06_CODES re-exported
 from patches import funasr_fbank
 from prompt_cache import PromptCache, prompt_key
 
 log = logging.getLogger(__name__)
 
-# --- token layout (fixed by the LLM vocabulary) ---
-VQ02_CODES = 1024
-VQ06_CODES = 4096
-AUDIO_ID_OFFSET = 65536  # LLM id of <audio_0>
+# --- token layout (fixed by the LLM vocabulary: AUDIO_ID_OFFSET is the id of <audio_0>) ---
 VQ02_OFFSET = AUDIO_ID_OFFSET
 VQ06_OFFSET = AUDIO_ID_OFFSET + VQ02_CODES
 GROUP_VQ02, GROUP_VQ06 = 2, 3  # one interleaved group: 2 vq02 then 3 vq06 (41.67 tokens/s)
@@ -475,10 +473,16 @@ class StepAudioTokenizer:
         log.info("tokenizer: warm-up in %.2f s", time.perf_counter() - t)
 
     @staticmethod
-    def _time_vq06_run(session, mel: np.ndarray) -> float:
-        t = time.perf_counter()
+    def _run_vq06(session, mel: np.ndarray) -> np.ndarray:
+        """The ONNX tokenizer on one (1, 128, frames) log-mel: its codes, flattened."""
         inputs = session.get_inputs()
-        session.run(None, {inputs[0].name: mel, inputs[1].name: np.array([mel.shape[2]], np.int32)})
+        out = session.run(None, {inputs[0].name: mel, inputs[1].name: np.array([mel.shape[2]], np.int32)})
+        return np.asarray(out[0]).reshape(-1)
+
+    @classmethod
+    def _time_vq06_run(cls, session, mel: np.ndarray) -> float:
+        t = time.perf_counter()
+        cls._run_vq06(session, mel)
         return time.perf_counter() - t
 
     # -- public API -----------------------------------------------------------------------------------
@@ -655,13 +659,9 @@ class StepAudioTokenizer:
         ``session`` overrides the tokenizer's own (from ``make_onnx_session``; for comparisons).
         """
         session = session or self._ort_session
-        inputs = session.get_inputs()
         codes: list[int] = []
         for chunk in vq06_chunks(audio_16k):
-            mel = whisper_log_mel(chunk)[None]
-            out = session.run(None, {inputs[0].name: mel,
-                                               inputs[1].name: np.array([mel.shape[2]], np.int32)})[0]
-            chunk_codes = np.asarray(out).reshape(-1).tolist()
+            chunk_codes = self._run_vq06(session, whisper_log_mel(chunk)[None]).tolist()
             expected = len(chunk) / TOKENIZER_SAMPLE_RATE * VQ06_TOKENS_PER_SECOND
             if abs(len(chunk_codes) - expected) > 2:  # upstream asserts this; a warning is enough here
                 log.warning("tokenizer: vq06 gave %d codes for %.2f s (expected about %.0f)",

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +49,23 @@ from model_layout import (
     verify_layout,
 )
 from models.llm import (
+    VARIANTS,
     EmptyGenerationError,
     GenerationCancelled,
     GenerationOptions,
     GenerationResult,
     Step1LLM,
 )
-from models.prompts import EDIT_TASKS, TASKS_WITH_OPTION, TextInputError, audio_token_str, sanitize_text
+from models.prompts import (
+    AUDIO_ID_OFFSET,
+    EDIT_TASKS,
+    TASKS_WITH_OPTION,
+    TextInputError,
+    audio_token_str,
+    sanitize_text,
+)
 from models.vocoder import PromptFeatures, Vocoder
-from prompt_cache import PromptCache, decode_array, encode_array
+from prompt_cache import MIB, PromptCache, decode_array, encode_array
 from tokenizer import StepAudioTokenizer, TokenizedAudio
 
 log = logging.getLogger(__name__)
@@ -69,9 +77,7 @@ __all__ = [
     "TextInputError", "VoicePrompt", "locate_models", "read_audio",
 ]
 
-VARIANTS = ("base", "bnb-4bit")
 TEXTLESS_TASKS = ("denoise", "vad")  # edit tasks whose instruction does not quote the audio's text
-LLM_AUDIO_OFFSET = 65536  # LLM id of audio token 0 (DESIGN.md, "Interleaving")
 VOCODER_FIELD_PREFIX = "vocoder:"  # prompt-cache field holding the vocoder prompt features
 DOWNLOAD_HINT = "python scripts/download_models.py --out {root}"
 
@@ -179,8 +185,7 @@ class StageReport:
     tokens_from: str = "encoded"  # "encoded", "cache hit" or "kept" (a previous version's own tokens)
     cache_hit: bool = False
     encode_s_saved: float = 0.0  # recorded encode time of the cache entry that was hit
-    transcribed: bool = False  # the reference text was empty and Paraformer transcribed it
-    transcription_s: float | None = None  # None: not timed apart from the tokenizer (it shares the encoder)
+    transcribed: bool = False  # the reference text was empty and Paraformer transcribed it (in tokenizer_s)
     vocoder_prompt_s: float = 0.0
     vocoder_prompt_cached: bool = False
     llm_s: float = 0.0
@@ -206,9 +211,8 @@ class StageReport:
                                                                          "dual-codebook encode")
         rows = [["prep", f"{self.prep_s:.3f}", "validate, mono, peak"],
                 [tok_label, f"{self.tokenizer_s:.3f}", tok_detail]]
-        if self.transcribed:
-            seconds = "in tokenizer" if self.transcription_s is None else f"{self.transcription_s:.3f}"
-            rows.append(["transcription", seconds, "Paraformer (the reference text was empty)"])
+        if self.transcribed:  # not timed apart: the transcript is decoded from the vq02 encoder output
+            rows.append(["transcription", "in tokenizer", "Paraformer (the reference text was empty)"])
         rows.append(["vocoder prompt" + (" (cached)" if self.vocoder_prompt_cached else ""),
                      f"{self.vocoder_prompt_s:.3f}", "mel + speaker embedding"])
         rows.append(["LLM", f"{self.llm_s:.3f}",
@@ -219,21 +223,13 @@ class StageReport:
 
     def summary(self) -> str:
         """One log line with the whole breakdown."""
-        transcribe = ""
-        if self.transcribed:
-            timed = self.transcription_s is not None
-            transcribe = f" transcription {self.transcription_s:.3f}s" if timed else " + transcription"
+        transcribe = " + transcription" if self.transcribed else ""
         return (f"prep {self.prep_s:.3f}s | tokenizer {self.tokens_from} "
                 f"{self.tokenizer_s:.3f}s{transcribe} | vocoder prompt "
                 f"{'hit' if self.vocoder_prompt_cached else 'miss'} {self.vocoder_prompt_s:.3f}s | llm "
                 f"{self.llm_s:.3f}s ({self.new_tokens} tok, {self.tokens_per_s:.1f} tok/s) | vocoder "
                 f"{self.vocoder_s:.3f}s | total {self.total_s:.3f}s for {self.audio_s:.2f}s audio, "
                 f"RTF {self.rtf:.2f}")
-
-    def as_dict(self) -> dict:
-        out = asdict(self)
-        out["rtf"] = self.rtf
-        return out
 
 
 @dataclass
@@ -346,10 +342,7 @@ def read_audio(source: str | Path | bytes | tuple) -> tuple[np.ndarray, int]:
     if source is None:
         raise AudioInputError("no audio was given: upload or record a clip first")
     if isinstance(source, (str, Path, bytes, bytearray)):
-        if isinstance(source, (str, Path)) and not Path(source).exists():
-            raise AudioInputError(f"audio file {source} does not exist")
-        audio, sr = load_audio(source)
-        return np.asarray(audio, dtype=np.float32), int(sr)
+        return load_audio(source)  # float32 (channels, samples); a missing or unreadable file is named
     if isinstance(source, tuple) and len(source) == 2:
         first, second = source
         rate, data = (first, second) if np.isscalar(first) else (second, first)
@@ -677,9 +670,7 @@ class CloneEngine:
         """Tokens (prompt cache), transcript when asked, and vocoder features (same cache entry)."""
         t0 = time.perf_counter()
         tokens: TokenizedAudio = self.tokenizer.encode(audio, sr, transcribe=transcribe)
-        elapsed = time.perf_counter() - t0
-        transcribe_s = _transcription_seconds(tokens) if transcribe else None
-        report.tokenizer_s = elapsed - (transcribe_s or 0.0)
+        report.tokenizer_s = time.perf_counter() - t0
         report.cache_hit = bool(tokens.from_cache)
         report.tokens_from = "cache hit" if tokens.from_cache else "encoded"
         report.encode_s_saved = float(tokens.encode_seconds) if tokens.from_cache else 0.0
@@ -688,11 +679,10 @@ class CloneEngine:
                  len(tokens.vq06), tokens.cache_key[:12])
         if transcribe:
             text = (tokens.transcript or "").strip()
-            report.transcribed, report.transcription_s = True, transcribe_s
-            timing = "with the encode" if transcribe_s is None else f"{transcribe_s:.3f} s"
-            log.info("transcription: %s -> %r", timing, text[:80])
+            report.transcribed = True
+            log.info("transcription (with the encode): %r", text[:80])
         features = self._prompt_features(audio, sr, tokens, report)
-        mixed = [i - LLM_AUDIO_OFFSET for i in tokens.llm_ids]
+        mixed = [i - AUDIO_ID_OFFSET for i in tokens.llm_ids]
         return VoicePrompt(tokens.token_str, mixed, features, text, tokens.cache_key)
 
     def _version_voice(self, version: SynthesisResult, report: StageReport) -> VoicePrompt:
@@ -814,14 +804,6 @@ class CloneEngine:
         return 8192 if not self.demo else 512
 
 
-def _transcription_seconds(tokens: TokenizedAudio) -> float | None:
-    """Seconds the tokenizer spent transcribing, when it reports them (attribute or cache entry)."""
-    value = getattr(tokens, "transcribe_seconds", None)
-    if value is None:
-        value = (tokens.cache_entry or {}).get("transcribe_seconds") if not tokens.from_cache else None
-    return float(value) if value is not None else None
-
-
 def open_cache(directory: Path | None, max_entries: int, max_bytes: int) -> PromptCache:
     """The persistent prompt cache; an unusable folder degrades to an in-memory cache (logged)."""
     try:
@@ -831,7 +813,6 @@ def open_cache(directory: Path | None, max_entries: int, max_bytes: int) -> Prom
         log.warning("prompt cache at %s is not usable (%s); using an in-memory cache for this run",
                     directory, exc)
         cache = PromptCache(None, max_entries=max_entries, max_bytes=max_bytes)
-    stats = cache.stats()
-    log.info("prompt cache: %s, %d entries, %.1f MB", stats.get("directory") or "in memory",
-             stats.get("entries", 0), stats.get("bytes", 0) / 1e6)
+    if not cache.persistent:  # a persistent cache logs its folder, size and limits when it opens
+        log.info("prompt cache: in memory only (limits %d entries / %.0f MiB)", max_entries, max_bytes / MIB)
     return cache

@@ -139,9 +139,11 @@ def ensure_examples(out: Path, force: bool = False) -> list[Example]:
             log.info("example voice %s written with %s", path, source)
         text = voice.reference_text if source == "espeak-ng" else ""
         examples.append(Example(path, text, voice.target_text, source))
-    index = {e.path.stem: {"source": e.source, "reference_text": e.reference_text} for e in examples}
+    written = {e.path.stem: {"source": e.source, "reference_text": e.reference_text} for e in examples}
+    if written == index:  # every clip was already there and recorded
+        return examples
     try:
-        index_path.write_text(json.dumps(index, indent=2) + "\n")
+        index_path.write_text(json.dumps(written, indent=2) + "\n")
     except OSError as exc:  # a read-only examples folder still serves the clips it has
         log.warning("could not write %s (%s)", index_path, exc)
     return examples

@@ -41,13 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _reference(args: argparse.Namespace, scratch: Path):
     """(audio (channels, samples), rate, text) of the reference clip to clone."""
     import numpy as np
-    import soundfile as sf
 
+    from audio_prep import load_audio
     from scripts.make_examples import VOICES, espeak_available, synthetic_voice
 
     if args.reference is not None:
-        audio, sr = sf.read(args.reference, dtype="float32", always_2d=True)
-        return audio.T, sr, args.reference_text or ""
+        audio, sr = load_audio(args.reference)
+        return audio, sr, args.reference_text or ""
     seconds = 5.0 if args.quick else 10.0
     if espeak_available():
         import subprocess
@@ -57,9 +57,8 @@ def _reference(args: argparse.Namespace, scratch: Path):
         path = scratch / "reference.wav"
         subprocess.run(["espeak-ng", "-v", voice.espeak_voice, "-s", str(voice.words_per_minute), "-w",
                         str(path), words], check=True, capture_output=True)
-        audio, sr = sf.read(path, dtype="float32", always_2d=True)
-        audio = audio[: int(seconds * sr)]
-        return audio.T, sr, args.reference_text or voice.reference_text
+        audio, sr = load_audio(path)
+        return audio[:, : int(seconds * sr)], sr, args.reference_text or voice.reference_text
     sr = 24000
     return np.asarray(synthetic_voice(seconds, sr))[None], sr, args.reference_text or "synthetic voice"
 
