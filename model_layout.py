@@ -37,9 +37,8 @@ LLM_FOLDER = "Step-Audio-EditX"
 VOCODER_FOLDER = f"{LLM_FOLDER}/CosyVoice-300M-25Hz"
 AWQ_FOLDER = "Step-Audio-EditX-AWQ-4bit"
 BNB_FOLDER = "Step-Audio-EditX-bnb-4bit"
-PARAFORMER_FOLDER = (
-    f"{TOKENIZER_FOLDER}/dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
-)
+PARAFORMER_SUBDIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
+PARAFORMER_FOLDER = f"{TOKENIZER_FOLDER}/{PARAFORMER_SUBDIR}"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 MB = 1_000_000

@@ -84,12 +84,9 @@ def _tagged_value(loader: _Loader, node: yaml.Node) -> Any:
     return None if value in ("", None) else value
 
 
-def _construct_new(loader: _Loader, suffix: str, node: yaml.Node) -> _New:
-    return _New(suffix, _tagged_value(loader, node), node.start_mark.line + 1)
-
-
-def _construct_name(loader: _Loader, suffix: str, node: yaml.Node) -> _Name:
-    return _Name(suffix, _tagged_value(loader, node), node.start_mark.line + 1)
+def _construct_tagged(kind: type[_New], loader: _Loader, suffix: str, node: yaml.Node) -> _New:
+    """A ``!new:`` (``_New``) or ``!name:`` (``_Name``) node as a placeholder."""
+    return kind(suffix, _tagged_value(loader, node), node.start_mark.line + 1)
 
 
 def _construct_ref(loader: _Loader, node: yaml.Node) -> _Ref:
@@ -103,8 +100,8 @@ def _unknown_tag(loader: _Loader, suffix: str, node: yaml.Node) -> Any:
     )
 
 
-_Loader.add_multi_constructor("!new:", _construct_new)
-_Loader.add_multi_constructor("!name:", _construct_name)
+_Loader.add_multi_constructor("!new:", functools.partial(_construct_tagged, _New))
+_Loader.add_multi_constructor("!name:", functools.partial(_construct_tagged, _Name))
 _Loader.add_constructor("!ref", _construct_ref)
 _Loader.add_multi_constructor("!", _unknown_tag)  # after the specific prefixes: PyYAML tries them in order
 

@@ -33,10 +33,10 @@ from transformers.generation.logits_process import (
 
 from models.device import pick_device, pick_dtype
 from models.prompts import (
+    AUDIO_CODES,
     AUDIO_ID_OFFSET,
     EDIT_TASKS,
     VQ02_CODES,
-    VQ06_CODES,
     StepTextTokenizer,
     TextInputError,
     build_clone_prompt,
@@ -178,7 +178,7 @@ def parse_generated_ids(new_ids: list[int], eos_id: int) -> tuple[list[int], int
     """
     if eos_id in new_ids:
         new_ids = new_ids[:new_ids.index(eos_id)]
-    codes = [i - AUDIO_ID_OFFSET for i in new_ids if 0 <= i - AUDIO_ID_OFFSET < VQ02_CODES + VQ06_CODES]
+    codes = [i - AUDIO_ID_OFFSET for i in new_ids if 0 <= i - AUDIO_ID_OFFSET < AUDIO_CODES]
     tokens, dropped = realign_audio_groups(codes)
     return tokens, dropped + len(new_ids) - len(codes)
 
@@ -325,10 +325,6 @@ class Step1LLM:
         if getattr(model.config, "quantization_config", None) is not None:
             variant = "bnb-4bit"
         return cls(model, StepTextTokenizer(model_dir / "tokenizer.model"), variant, model_dir)
-
-    @property
-    def weight_bytes(self) -> int:
-        return measured_weight_bytes(self.model)
 
     def clone(self, prompt_text: str, prompt_token_str: str, target_text: str,
               options: GenerationOptions | None = None, progress: Callable[[int], None] | None = None,

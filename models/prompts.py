@@ -156,7 +156,7 @@ class StepTextTokenizer:
                                     "folder is incomplete (download it again)")
         self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         self.model_file = model_file
-        # Byte pieces let a forbidden piece be re-spelled from its bytes (see _safe_text_ids).
+        # Byte pieces let a forbidden piece be re-spelled from its bytes (see safe_text_ids).
         self._byte_ids = {}
         for b in range(256):
             pid = self.sp.piece_to_id(f"<0x{b:02X}>")
@@ -203,10 +203,6 @@ class StepTextTokenizer:
                     if b in self._byte_ids]
         return out
 
-    def encode_user_text(self, text: str) -> list[int]:
-        """Sanitised user text -> ids that contain no special, control or audio id."""
-        return self.safe_text_ids(self.encode_text(sanitize_text(text)))
-
 
 def clone_speaker_name(prompt_text: str, prompt_token_str: str) -> str:
     """A stable voice id for the clone template (upstream hashes text + samples; we hash text + tokens)."""
@@ -219,12 +215,13 @@ def _frame(tok: StepTextTokenizer, system_ids: list[int], human_ids: list[int]) 
             + [EOT_ID, BOT_ID] + tok.encode("assistant\n"))
 
 
-def _system_ids(tok: StepTextTokenizer, system_text: str, allowed_audio: list[int]) -> list[int]:
-    """enc("system\\n" + text); only the audio ids we put there ourselves may appear in it."""
-    ids = tok.encode("system\n" + system_text, safe_text=True)
-    audio = [i for i in ids if i >= AUDIO_ID_OFFSET]
-    if audio != allowed_audio or any(i in TURN_IDS for i in ids):
-        raise TextInputError("the prompt text contains control tokens that could not be removed")
+def _checked_ids(tok: StepTextTokenizer, text: str, audio_tokens: str, what: str) -> list[int]:
+    """enc(text) with safe text parts; the only audio ids in it must be those of ``audio_tokens``
+    (the ones we put there ourselves) and no turn id may appear."""
+    ids = tok.encode(text, safe_text=True)
+    allowed = [AUDIO_ID_OFFSET + int(n) for n in AUDIO_TOKEN_RE.findall(audio_tokens)]
+    if [i for i in ids if i >= AUDIO_ID_OFFSET] != allowed or any(i in TURN_IDS for i in ids):
+        raise TextInputError(f"{what} contains control tokens that could not be removed")
     return ids
 
 
@@ -237,8 +234,7 @@ def build_clone_prompt(tok: StepTextTokenizer, prompt_text: str, prompt_token_st
     speaker = sanitize_text(speaker) if speaker else clone_speaker_name(prompt_text, prompt_token_str)
     system = CLONE_SYSTEM_PROMPT_TEMPLATE.format(speaker=speaker, prompt_text=prompt_text,
                                                  prompt_wav_tokens=prompt_token_str)
-    allowed = [AUDIO_ID_OFFSET + int(n) for n in AUDIO_TOKEN_RE.findall(prompt_token_str)]
-    system_ids = _system_ids(tok, system, allowed)
+    system_ids = _checked_ids(tok, "system\n" + system, prompt_token_str, "the prompt text")
     newline = tok.encode_text("\n")
     target = tok.encode_text("\n" + target_text)
     if target[:len(newline)] == newline:
@@ -278,10 +274,7 @@ def encode_edit_prompt(tok: StepTextTokenizer, system_prompt: str, instruction: 
                        audio_tokens: str) -> list[int]:
     """Edit prompt ids from an already-built instruction (upstream ``_encode_audio_edit_prompt``)."""
     audio_tokens = audio_tokens.strip()
-    allowed = [AUDIO_ID_OFFSET + int(n) for n in AUDIO_TOKEN_RE.findall(audio_tokens)]
-    human = tok.encode(f"{instruction}\n{audio_tokens}\n", safe_text=True)
-    if [i for i in human if i >= AUDIO_ID_OFFSET] != allowed or any(i in TURN_IDS for i in human):
-        raise TextInputError("the edit instruction contains control tokens that could not be removed")
+    human = _checked_ids(tok, f"{instruction}\n{audio_tokens}\n", audio_tokens, "the edit instruction")
     return _frame(tok, tok.encode("system\n" + system_prompt, safe_text=True), human)
 
 

@@ -31,13 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audio_prep import TOKENIZER_SAMPLE_RATE, VOCODER_SAMPLE_RATE, resample
+from audio_prep import PROMPT_PEAK, VOCODER_SAMPLE_RATE, resample
 from models.cosyvoice_config import CosyVoiceConfigError, load_cosyvoice_config
 from models.device import pick_device, pick_dtype
 from models.flow import MEL_BINS, CausalMaskedDiffWithXvec, StepHook
 from models.hift import HiFTGenerator, SineDraws, fold_weight_norm
 from models.mel import MelConfig, log_mel_spectrogram, mel_filters
-from models.speaker import SpeakerEncoder
+from models.prompts import AUDIO_CODES, VQ02_CODES
+from models.speaker import SPEAKER_SAMPLE_RATE, SpeakerEncoder
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,11 @@ FLOW_FILE = "flow.pt"
 HIFT_FILE = "hift.pt"
 SPEAKER_FILE = "campplus.onnx"
 
-VQ02_CODES = 1024  # linguistic codebook; id 1024 pads its column (one vq02 slot per 3 frames)
-MIXED_VOCAB = 5120  # mixed stream ids: vq02 in [0, 1024), vq06 + 1024 in [1024, 5120)
+# Mixed stream ids: vq02 in [0, VQ02_CODES), vq06 + 1024 in [VQ02_CODES, AUDIO_CODES). In the
+# vocoder's vq02 column, id VQ02_CODES pads the third slot of each group (one vq02 per 3 frames).
 GROUP = 5  # [02, 02, 06, 06, 06]
 GROUP_PAD = (0, 0, 0, VQ02_CODES, VQ02_CODES, VQ02_CODES)  # upstream pads a partial group with its tail
 NOISE_FRAMES = 50 * 600  # upstream's noise buffer: 600 s of 50 Hz mel frames
-PROMPT_PEAK = 0.6  # upstream scales the reference down to this peak before the frontend
 
 
 @dataclass
@@ -97,9 +97,9 @@ def bf16_round(x: torch.Tensor) -> torch.Tensor:
 
 def _check_tokens(tokens: Sequence[int], what: str) -> None:
     for i, t in enumerate(tokens):
-        if not 0 <= int(t) < MIXED_VOCAB:
+        if not 0 <= int(t) < AUDIO_CODES:
             raise ValueError(
-                f"{what}[{i}] = {int(t)} is not a mixed audio token id in [0, {MIXED_VOCAB}); "
+                f"{what}[{i}] = {int(t)} is not a mixed audio token id in [0, {AUDIO_CODES}); "
                 "pass LLM audio ids minus 65536"
             )
 
@@ -164,6 +164,19 @@ def build_networks(
     return flow, hift, mel_conf
 
 
+def vocoder_dtype(device: torch.device, requested: str | None = "auto") -> torch.dtype:
+    """The networks' dtype: float32 for "auto" (as upstream runs the vocoder) and always on the CPU
+    (a half precision asked for there is logged and ignored); fp16 / bf16 / fp32 on CUDA on request."""
+    if (requested or "auto") == "auto":
+        return torch.float32
+    dtype = pick_dtype(device, requested)
+    if device.type == "cpu" and dtype != torch.float32:
+        log.warning("vocoder: %s requested on CPU; using float32 (half precision is CUDA-only here)",
+                    requested)
+        return torch.float32
+    return dtype
+
+
 def _file_digest(path: Path) -> bytes:
     return hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"absent"
 
@@ -213,12 +226,7 @@ class Vocoder:
                 "Step-Audio-EditX (it holds cosyvoice.yaml, flow.pt, hift.pt, campplus.onnx)"
             )
         torch_device = pick_device(device)
-        torch_dtype = torch.float32 if (dtype or "auto") == "auto" else pick_dtype(torch_device, dtype)
-        if torch_device.type == "cpu" and torch_dtype != torch.float32:
-            log.warning(
-                "vocoder: %s requested on CPU; using float32 (half precision is CUDA-only here)", dtype
-            )
-            torch_dtype = torch.float32
+        torch_dtype = vocoder_dtype(torch_device, dtype)
         config_text = config_path.read_text()
         flow, hift, mel_conf = build_networks(config_text, "meta")
         load_state_dict_checked(flow, cosyvoice_dir / FLOW_FILE)
@@ -260,14 +268,14 @@ class Vocoder:
         peak = float(np.abs(audio).max())
         if peak > PROMPT_PEAK * (1 + 1e-6):  # tolerance: the prelude's own output may round to 0.6 + 1 ulp
             audio = (torch.from_numpy(audio) / peak * PROMPT_PEAK).numpy()
-        audio_24k = resample(audio, int(sample_rate), self.mel_conf.sampling_rate)
-        mel = log_mel_spectrogram(audio_24k, self.mel_conf)[0].T.contiguous().numpy()
         if self.speaker is None:
             raise FileNotFoundError(
                 f"{SPEAKER_FILE} is missing from {self.directory}; the speaker embedding "
                 "needs it (download the full CosyVoice-300M-25Hz folder)"
             )
-        embedding = self.speaker.embed(resample(audio, int(sample_rate), TOKENIZER_SAMPLE_RATE))
+        audio_24k = resample(audio, int(sample_rate), self.mel_conf.sampling_rate)
+        mel = log_mel_spectrogram(audio_24k, self.mel_conf)[0].T.contiguous().numpy()
+        embedding = self.speaker.embed(resample(audio, int(sample_rate), SPEAKER_SAMPLE_RATE))
         log.info(
             "vocoder prompt features: %.2f s of audio -> %d mel frames + %d-d speaker embedding in %.3f s",
             audio.size / sample_rate,
@@ -327,7 +335,7 @@ class Vocoder:
             prompt_token.to(dev),
             prompt_mel.to(dev),
             embedding.to(dev),
-            noise.to(dev),
+            noise[:, :, :needed].to(dev),  # only the frames used travel to the device
             n_steps,
             on_step,
         )

@@ -26,15 +26,20 @@ if str(ROOT) not in sys.path:
 STAGES = ("tokenizer", "llm", "vocoder", "clone", "all")
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every stage has (``args.model_dir``, ``args.json``)."""
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="model root (default: ./checkpoints, else demo models are built)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True)
     for stage in STAGES:
         module = importlib.import_module(f"scripts.bench.{stage}")
         sp = sub.add_parser(stage, help=(module.__doc__ or stage).strip().splitlines()[0])
-        sp.add_argument("--model-dir", type=Path, default=None,
-                        help="model root (default: ./checkpoints, else demo models are built)")
-        sp.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+        add_common_arguments(sp)
         module.add_arguments(sp)
         sp.set_defaults(_module=module)
     return parser

@@ -86,6 +86,12 @@ def parse_dockerfile(text: str) -> list[Instruction]:
     instructions: list[Instruction] = []
     pending: list[str] = []
     start = 0
+
+    def flush() -> None:
+        keyword, _, args = " ".join(p for p in pending if p).partition(" ")
+        instructions.append(Instruction(start, keyword.upper(), args.strip()))
+        pending.clear()
+
     for number, raw in enumerate(text.splitlines(), start=1):
         stripped = raw.strip()
         if stripped.startswith("#") or (not stripped and not pending):
@@ -96,14 +102,9 @@ def parse_dockerfile(text: str) -> list[Instruction]:
             pending.append(stripped[:-1].strip())
             continue
         pending.append(stripped)
-        joined = " ".join(p for p in pending if p)
-        pending = []
-        keyword, _, args = joined.partition(" ")
-        instructions.append(Instruction(start, keyword.upper(), args.strip()))
+        flush()
     if pending:
-        joined = " ".join(pending)
-        keyword, _, args = joined.partition(" ")
-        instructions.append(Instruction(start, keyword.upper(), args.strip()))
+        flush()
     return instructions
 
 
@@ -485,17 +486,19 @@ def cuda_major_of_requirements(requires_dist: list[str]) -> int | None:
     majors = set()
     for req in requires_dist:
         name = re.split(r"[\s\[;<>=~!]", req, maxsplit=1)[0].lower()
-        if name == "cuda-toolkit":
-            version = re.search(r"(?:==|~=|>=)\s*(\d+)", req)
-            if version:
-                majors.add(int(version.group(1)))
-        elif name.startswith("nvidia-") and re.search(r"-cu(\d+)$", name):
-            majors.add(int(re.search(r"-cu(\d+)$", name).group(1)))
-        elif name in ("nvidia-cuda-runtime", "nvidia-cuda-nvrtc"):
+        suffix = re.search(r"-cu(\d+)$", name) if name.startswith("nvidia-") else None
+        if suffix:
+            majors.add(int(suffix.group(1)))
+        elif name in ("cuda-toolkit", "nvidia-cuda-runtime", "nvidia-cuda-nvrtc"):
             version = re.search(r"(?:==|~=|>=)\s*(\d+)", req)
             if version:
                 majors.add(int(version.group(1)))
     return max(majors) if len(majors) == 1 else (None if not majors else -1)
+
+
+def _canonical(name: str) -> str:
+    """PEP 503 normalised distribution name."""
+    return re.sub(r"[-_.]+", "-", name.lower())
 
 
 def check_report(report: dict, target: ImageTarget) -> tuple[list[str], list[tuple[str, str]]]:
@@ -506,7 +509,7 @@ def check_report(report: dict, target: ImageTarget) -> tuple[list[str], list[tup
     by_name: dict[str, dict] = {}
     for item in report.get("install", []):
         meta = item.get("metadata", {})
-        name = re.sub(r"[-_.]+", "-", meta.get("name", "?").lower())
+        name = _canonical(meta.get("name", "?"))
         by_name[name] = item
         url = item.get("download_info", {}).get("url", "")
         pin = f"{name}=={meta.get('version')}"
@@ -577,7 +580,7 @@ def _ort_library_problems(ort: dict, by_name: dict[str, dict]) -> list[str]:
             continue
         if req.marker is None or not any(req.marker.evaluate({"extra": e}) for e in ("cuda", "cudnn")):
             continue
-        have = by_name.get(re.sub(r"[-_.]+", "-", req.name.lower()))
+        have = by_name.get(_canonical(req.name))
         version = have["metadata"]["version"] if have else None
         if version is None or not req.specifier.contains(version, prereleases=True):
             problems.append(f"onnxruntime-gpu's CUDA provider needs {req.name}{req.specifier}; the image has "

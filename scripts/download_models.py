@@ -43,11 +43,15 @@ class RepoDownload:
     parts: tuple[str, ...]
 
 
+def wanted_parts(awq: bool = False) -> tuple[str, ...]:
+    """The model parts to fetch or check: the default ones, plus the AWQ LLM when asked."""
+    return (*DEFAULT_PARTS, "awq") if awq else DEFAULT_PARTS
+
+
 def plan(awq: bool = False) -> list[RepoDownload]:
     """The repos to fetch: tokenizer and EditX (LLM + vocoder), plus the AWQ LLM when asked."""
-    wanted = list(DEFAULT_PARTS) + (["awq"] if awq else [])
     repos: dict[str, RepoDownload] = {}
-    for name in wanted:
+    for name in wanted_parts(awq):
         part = PARTS[name]
         folder = part.folder.split("/", 1)[0]  # the vocoder sits inside the EditX repo folder
         known = repos.get(part.repo_id)
@@ -135,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     if args.verify is not None:
-        parts = (*DEFAULT_PARTS, "awq") if args.awq else DEFAULT_PARTS
-        return 1 if verify(args.verify, parts) else 0
+        return 1 if verify(args.verify, wanted_parts(args.awq)) else 0
     try:
         problems = download_models(args.out, args.awq, args.source, args.revision, args.force,
                                    args.max_workers)

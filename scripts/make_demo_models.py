@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from model_layout import DEMO_MARKER  # noqa: E402
+
 log = logging.getLogger("make_demo_models")
 
 # part name -> module under scripts/demo exposing write(root: Path, seed: int) -> None
@@ -27,7 +29,6 @@ PARTS = {
     "llm": "scripts.demo.llm_assets",
     "vocoder": "scripts.demo.vocoder_assets",
 }
-DEMO_MARKER = "EDITX_DEMO_MODELS"
 
 
 def write_demo_models(out: Path, parts: tuple[str, ...] = tuple(PARTS), seed: int = 0,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from model_layout import VOCODER_FOLDER
 from models.cosyvoice_config import (
     DEMO_SIZES,
     CosyVoiceConfigError,
@@ -22,7 +23,7 @@ from models.flow import CausalMaskedDiffWithXvec, UpsampleConformerEncoderV2
 from models.hift import ConvRNNF0Predictor, HiFTGenerator
 from models.vocoder import PromptFeatures, Vocoder, reshape_mixed_tokens
 
-SUBDIR = Path("Step-Audio-EditX") / "CosyVoice-300M-25Hz"
+SUBDIR = Path(VOCODER_FOLDER)
 SAMPLES_PER_GROUP = 2880  # 5 mixed tokens = 3 frames at 25 Hz = 0.12 s at 24 kHz
 
 

@@ -46,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def stage_namespace(module: Any, model_dir: Path | None, device: str | None,
                     quick: bool) -> argparse.Namespace:
     """The stage's own defaults (from its add_arguments), with model_dir and the shared overrides."""
+    from scripts.benchmark import add_common_arguments
+
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--model-dir", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None)
+    add_common_arguments(parser)
     module.add_arguments(parser)
     args = parser.parse_args([])
     args.model_dir = model_dir

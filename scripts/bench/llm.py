@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import tempfile
@@ -22,12 +21,13 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from transformers.cache_utils import DynamicCache
 
+from model_layout import LLM_FOLDER, is_demo_models
 from models.llm import GenerationOptions, Step1LLM, estimate_weight_bytes, measured_weight_bytes
 from models.prompts import audio_token_str, build_clone_prompt
 from models.step1 import Step1Config
+from scripts.demo.llm_assets import write_checkpoint
 
 log = logging.getLogger("bench.llm")
 
@@ -103,7 +103,6 @@ def bench_variant(model_dir: Path, variant: str, args: argparse.Namespace, dtype
 def write_real_shape_model(out: Path, layers: int, seed: int = 0) -> Step1Config:
     """Random bf16 weights with the real checkpoint's shapes and key names, ``layers`` layers."""
     config = Step1Config(**REAL_SHAPES, num_hidden_layers=layers)
-    out.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
     kv = config.num_attention_groups * config.head_dim
@@ -122,14 +121,10 @@ def write_real_shape_model(out: Path, layers: int, seed: int = 0) -> Step1Config
                             ("self_attn.v_proj", (kv, h)), ("self_attn.o_proj", (h, h)),
                             ("mlp.gate_proj", (i, h)), ("mlp.up_proj", (i, h)), ("mlp.down_proj", (h, i))):
             w[p + name + ".weight"] = randn(*shape, std=shape[1] ** -0.5)
-    save_file(w, str(out / "model-00001.safetensors"), metadata={"format": "pt"})
-    total = sum(t.numel() * t.element_size() for t in w.values())
-    (out / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": {k: "model-00001.safetensors" for k in w}}))
     raw = {"architectures": ["Step1ForCausalLM"], "model_type": "step1", **REAL_SHAPES,
            "num_hidden_layers": layers, "max_seq_len": 32768, "rms_norm_eps": 1e-5, "bos_token_id": 1,
            "pad_token_id": 0, "eos_token_id": 3, "torch_dtype": "bfloat16"}
-    (out / "config.json").write_text(json.dumps(raw, indent=2))
+    write_checkpoint(out, w, raw)
     return config
 
 
@@ -138,17 +133,18 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     if getattr(args, "quick", False):
         args.prompt_groups, args.decode_tokens, args.real_layers = 20, 16, 0
+    with tempfile.TemporaryDirectory(prefix="editx_bench_llm_") as tmp:
+        return _run(args, Path(tmp))
+
+
+def _run(args: argparse.Namespace, tmp: Path) -> dict:
     root = Path(args.model_dir) if args.model_dir else Path("checkpoints")
-    tmp = tempfile.TemporaryDirectory(prefix="editx_bench_llm_")
-    built = not (root / "Step-Audio-EditX" / "config.json").is_file()
-    if built:
+    if not (root / LLM_FOLDER / "config.json").is_file():
         from scripts.make_demo_models import write_demo_models
 
-        root = write_demo_models(Path(tmp.name) / "demo", ("llm",))
-        log.info("no Step-Audio-EditX under %s: benchmarking the demo LLM", args.model_dir)
-    model_dir = root / "Step-Audio-EditX"
-    from model_layout import is_demo_models
-
+        root = write_demo_models(tmp / "demo", ("llm",))
+        log.info("no %s under %s: benchmarking the demo LLM", LLM_FOLDER, args.model_dir)
+    model_dir = root / LLM_FOLDER
     result: dict = {"model_dir": str(model_dir), "demo_models": is_demo_models(root),
                     "torch_threads": torch.get_num_threads(), "device": args.device, "variants": {}}
     for variant in ("base", "bnb-4bit"):
@@ -157,7 +153,7 @@ def run(args: argparse.Namespace) -> dict:
     result["memory_ratio_4bit_vs_base"] = round(v["bnb-4bit"]["weight_bytes"] / v["base"]["weight_bytes"], 3)
 
     if args.real_layers > 0:
-        real_dir = Path(tmp.name) / "real_shape"
+        real_dir = tmp / "real_shape"
         start = time.perf_counter()
         config = write_real_shape_model(real_dir, args.real_layers)
         # The tokenizer of the benchmarked model serves for the prompt (ids are all the forward needs).
@@ -176,5 +172,4 @@ def run(args: argparse.Namespace) -> dict:
         real["full_32_layer_estimate_bytes"] = full_bytes
         real["full_32_layer_estimated_ratio"] = round(full_bytes["bnb-4bit"] / full_bytes["base"], 4)
         result["real_shape"] = real
-    tmp.cleanup()
     return result

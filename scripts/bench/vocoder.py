@@ -20,14 +20,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model_layout import VOCODER_FOLDER
 from models.cosyvoice_config import REAL_SIZES, render_cosyvoice_yaml
-from models.device import pick_device, pick_dtype
+from models.device import pick_device
 from models.hift import fold_weight_norm
-from models.vocoder import Vocoder, align_prompt_mel, build_networks, reshape_mixed_tokens
+from models.vocoder import (
+    CONFIG_FILE,
+    Vocoder,
+    align_prompt_mel,
+    build_networks,
+    reshape_mixed_tokens,
+    vocoder_dtype,
+)
 
 log = logging.getLogger("bench.vocoder")
 
-SUBDIR = Path("Step-Audio-EditX") / "CosyVoice-300M-25Hz"
+SUBDIR = Path(VOCODER_FOLDER)
 TOKENS_PER_SECOND = 25 * 5 / 3  # mixed tokens: 3 frames of 25 Hz per 5-token group
 
 
@@ -66,6 +74,7 @@ def time_decode(vocoder: Vocoder, args: argparse.Namespace, steps: list[int]) ->
     prompt_mel = align_prompt_mel(torch.randn(1, n_prompt, 80) - 5, n_prompt)
     embedding = torch.randn(1, 192)
     noise, generator = vocoder.request_randomness(0)
+    noise = noise[:, :, : vocoder.flow.up_rate * (token.size(1) + prompt_token.size(1))]  # the frames used
     dev = vocoder.device
 
     def flow(n: int) -> torch.Tensor:
@@ -117,10 +126,10 @@ def resolve_model(model_dir: Path | None, scratch: Path) -> tuple[Path, str]:
     """The CosyVoice folder to measure and what it is ("given" or "demo")."""
     for root in [model_dir] if model_dir else [Path("checkpoints")]:
         for candidate in (root / SUBDIR, root):
-            if (candidate / "cosyvoice.yaml").is_file():
+            if (candidate / CONFIG_FILE).is_file():
                 return candidate, "given"
     if model_dir:
-        raise FileNotFoundError(f"no cosyvoice.yaml under {model_dir} or {model_dir / SUBDIR}")
+        raise FileNotFoundError(f"no {CONFIG_FILE} under {model_dir} or {model_dir / SUBDIR}")
     from scripts.make_demo_models import write_demo_models
 
     write_demo_models(scratch, ("vocoder",))
@@ -132,9 +141,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    # as Vocoder.load: float32 unless a half precision is asked for on CUDA
-    half = device.type == "cuda" and args.dtype != "auto"
-    dtype = pick_dtype(device, args.dtype) if half else torch.float32
+    dtype = vocoder_dtype(device, args.dtype)  # as Vocoder.load
     result: dict = {
         "stage": "vocoder",
         "device": str(device),

@@ -20,19 +20,19 @@ import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
 
+from model_layout import LLM_FOLDER, SAFETENSORS_INDEX
 from models.prompts import (
+    AUDIO_CODES,
     AUDIO_ID_OFFSET,
     CLONE_SYSTEM_PROMPT_TEMPLATE,
     EDIT_SYSTEM_PROMPT,
     EDIT_TASKS,
     EOT_ID,
     VQ02_CODES,
-    VQ06_CODES,
 )
 
 log = logging.getLogger(__name__)
 
-LLM_DIR = "Step-Audio-EditX"
 SHARD = "model-00001.safetensors"
 CONFIG = {
     "architectures": ["Step1ForCausalLM"],
@@ -154,7 +154,7 @@ def _weights(rng: np.random.Generator) -> dict[str, torch.Tensor]:
     head = normal((v, h), HEAD_STD)
     # After the final norm the bias channel is about BIAS_CHANNEL_VALUE / rms(x) ~ 2.5.
     bias = np.full(v, LOGIT_BIAS_TEXT, dtype=np.float32)
-    bias[AUDIO_ID_OFFSET:AUDIO_ID_OFFSET + VQ02_CODES + VQ06_CODES] = LOGIT_BIAS_AUDIO
+    bias[AUDIO_ID_OFFSET:AUDIO_ID_OFFSET + AUDIO_CODES] = LOGIT_BIAS_AUDIO
     bias[AUDIO_ID_OFFSET:AUDIO_ID_OFFSET + VQ02_CODES] += LOGIT_BIAS_VQ02
     bias[EOT_ID] = LOGIT_BIAS_EOS
     head[EOT_ID] = normal((h,), EOS_ROW_STD)
@@ -163,18 +163,23 @@ def _weights(rng: np.random.Generator) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(a).to(torch.bfloat16) for k, a in w.items()}
 
 
+def write_checkpoint(out: Path, weights: dict[str, torch.Tensor], config: dict) -> None:
+    """Write ``weights`` as one safetensors shard + its index, and ``config`` as config.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / SHARD), metadata={"format": "pt"})
+    total = sum(t.numel() * t.element_size() for t in weights.values())
+    index = {"metadata": {"total_size": total}, "weight_map": {k: SHARD for k in weights}}
+    (out / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def write(root: Path, seed: int) -> None:
     """Write ``root/Step-Audio-EditX/`` (LLM files only; the vocoder part adds CosyVoice-300M-25Hz/)."""
     start = time.perf_counter()
     rng = np.random.default_rng([seed, 0x57E91])
-    out = Path(root) / LLM_DIR
+    out = Path(root) / LLM_FOLDER
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.model").write_bytes(train_tokenizer(rng))
     (out / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
-    weights = _weights(rng)
-    save_file(weights, str(out / SHARD), metadata={"format": "pt"})
-    total = sum(t.numel() * t.element_size() for t in weights.values())
-    index = {"metadata": {"total_size": total}, "weight_map": {k: SHARD for k in weights}}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (out / "config.json").write_text(json.dumps(CONFIG, indent=2) + "\n")
+    write_checkpoint(out, _weights(rng), CONFIG)
     log.info("demo LLM written to %s in %.2f s", out, time.perf_counter() - start)

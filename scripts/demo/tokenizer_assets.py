@@ -23,12 +23,11 @@ import numpy as np
 import torch
 import yaml
 
+from model_layout import PARAFORMER_SUBDIR, TOKENIZER_FOLDER
+from models.prompts import VQ02_CODES, VQ06_CODES  # codebook sizes, fixed by the LLM vocabulary
+
 log = logging.getLogger(__name__)
 
-TOKENIZER_FOLDER = "Step-Audio-Tokenizer"
-PARAFORMER_SUBDIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
-VQ02_CODEBOOK_SIZE = 1024  # fixed by the LLM vocabulary (vq06 ids start at 65536 + 1024)
-VQ06_CODEBOOK_SIZE = 4096
 N_MELS_VQ06 = 128
 N_FBANK = 80  # Paraformer frontend mel bins; LFR m=7 makes 560 inputs
 LFR_M, LFR_N = 7, 6
@@ -92,7 +91,7 @@ def write_tokenizer(tokenizer_dir: Path, paraformer: ParaformerScale, semantic: 
     _write_cmvn(model_dir / "am.mvn", rng)
     state = _paraformer_state(config, len(tokens), seed)
     torch.save(state, model_dir / "model.pt")
-    centroids = rng.standard_normal((VQ02_CODEBOOK_SIZE, paraformer.output_size)).astype(np.float32)
+    centroids = rng.standard_normal((VQ02_CODES, paraformer.output_size)).astype(np.float32)
     np.save(tokenizer_dir / "linguistic_tokenizer.npy", centroids)
     write_semantic_onnx(tokenizer_dir / "speech_tokenizer_v1.onnx", semantic, rng)
     return tokenizer_dir
@@ -268,7 +267,7 @@ def write_semantic_onnx(path: Path, scale: SemanticScale, rng: np.random.Generat
         h = linear(gelu(linear(h, f"{p}.mlp.0", c, c * scale.mlp_ratio), f"{p}.mlp.gelu"),
                    f"{p}.mlp.2", c * scale.mlp_ratio, c)
         x = node("Add", [x, h], f"{p}.res2")
-    codebook = rng.standard_normal((c, VQ06_CODEBOOK_SIZE)).astype(np.float32)
+    codebook = rng.standard_normal((c, VQ06_CODES)).astype(np.float32)
     codebook /= np.linalg.norm(codebook, axis=0, keepdims=True)  # unit codes: argmax = cosine nearest
     inits.append(numpy_helper.from_array(codebook, "onnx::MatMul_1672"))
     scores = node("MatMul", [x, "onnx::MatMul_1672"], "code_scores")

@@ -17,14 +17,15 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from model_layout import VOCODER_FOLDER
 from models.cosyvoice_config import DEMO_SIZES, render_cosyvoice_yaml
+from models.speaker import FBANK_BINS
 from models.vocoder import CONFIG_FILE, FLOW_FILE, HIFT_FILE, SPEAKER_FILE, build_networks
 
 log = logging.getLogger(__name__)
 
-SUBDIR = Path("Step-Audio-EditX") / "CosyVoice-300M-25Hz"
+SUBDIR = Path(VOCODER_FOLDER)
 SPEAKER_DIM = 192  # CAM++ embedding width
-FBANK_BINS = 80
 SPEAKER_HIDDEN = 64  # width of the toy speaker network
 ONNX_OPSET = 17
 
