@@ -1,4 +1,4 @@
-"""EditX Studio entry point: parse flags, load the models once, warm up, build the UI, serve.
+"""EditX Studio entry point: parse flags, load the models once, warm up, build the page, serve.
 
     python app.py                                # ./checkpoints, else demo models; http://127.0.0.1:7860
     python app.py --model-dir /model --host 0.0.0.0
@@ -21,30 +21,37 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Heavy imports after parsing, so --help and flag errors are instant.
-    from models.pipeline import ModelFilesMissing
+    from errors import EditXError
+
     try:
         engine, examples = load(settings)
-    except ModelFilesMissing as exc:
-        log.error("%s", exc)
+    except EditXError as exc:  # missing model files, a device that is not there: a message, no traceback
+        log.error("cannot start: %s", exc)
         return 2
-    import ui
+    import server
+    from ui.page import build_app
 
-    demo = ui.build_app(engine, examples, settings.max_text_chars)
+    page = build_app(engine, examples, settings.max_text_chars)
     log.info("serving on http://%s:%d (%s models, variant %s)", settings.host, settings.port,
              "DEMO" if engine.demo else "real", settings.variant)
-    ui.serve(demo, engine, host=settings.host, port=settings.port, share=settings.share,
-             concurrency=settings.concurrency, allowed_paths=[settings.examples_dir.resolve()])
+    server.serve(page, engine, server.ServeOptions(
+        host=settings.host, port=settings.port, share=settings.share, concurrency=settings.concurrency,
+        allowed_paths=(settings.examples_dir.resolve(),)))
     return 0
 
 
 def load(settings: Settings):
     """Locate (or build demo) models, load the engine, write the example voices, warm up."""
     from audio_prep import load_audio
-    from models.pipeline import CloneEngine, EngineConfig, locate_models
-    from scripts.make_examples import ensure_examples
+    from demo import write_demo_models
+    from demo.examples import ensure_examples
+    from engine import CloneEngine
+    from model_layout import locate_models
+    from synthesis import EngineConfig
 
     start = time.perf_counter()
-    root = locate_models(settings.model_dir, settings.demo_dir, settings.allow_demo)
+    root = locate_models(settings.model_dir, settings.demo_dir if settings.allow_demo else None,
+                         write_demo_models if settings.allow_demo else None)
     if root.demo:
         log.warning("running on DEMO models from %s: untrained weights, the output is noise. Get the real "
                     "models with `python scripts/download_models.py --out %s`", root.path, settings.model_dir)

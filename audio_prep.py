@@ -12,8 +12,6 @@ import functools
 import hashlib
 import io
 import math
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,7 +19,11 @@ import numpy as np
 import soundfile
 import torch
 
-TOKENIZER_SAMPLE_RATE = 16000  # Hz, both tokenizer streams and the CAM++ fbank
+from errors import AudioInputError
+from lru import LRU
+
+TOKENIZER_SAMPLE_RATE = 16000  # Hz, both tokenizer streams
+SPEAKER_SAMPLE_RATE = TOKENIZER_SAMPLE_RATE  # Hz, the CAM++ speaker model's fbank reads 16 kHz too
 VOCODER_SAMPLE_RATE = 24000  # Hz, the vocoder's output and its prompt mel
 
 SINC_WIDTH = 6  # lowpass_filter_width of torchaudio's default Resample
@@ -86,10 +88,6 @@ MIN_SPEECH_SECONDS = 0.5  # validate_reference: shorter speech makes no usable v
 SILENCE_PEAK = 1e-4  # a clip whose peak stays under this is treated as silent (about -80 dBFS)
 
 
-class AudioInputError(ValueError):
-    """The reference audio cannot be used; the message says what was wrong and what to do."""
-
-
 def load_audio(path_or_bytes: str | Path | bytes | BinaryIO) -> tuple[np.ndarray, int]:
     """Read an audio file (wav, flac, ogg, or anything libsndfile reads) without resampling.
 
@@ -110,6 +108,41 @@ def load_audio(path_or_bytes: str | Path | bytes | BinaryIO) -> tuple[np.ndarray
     if data.size == 0:
         raise AudioInputError(f"{name} contains no audio samples; record or upload a clip of a few seconds")
     return np.ascontiguousarray(data.T), int(sr)
+
+
+def read_audio(source: str | Path | bytes | tuple) -> tuple[np.ndarray, int]:
+    """Any accepted audio input -> (float32 array (samples,) or (channels, samples), rate in Hz).
+
+    ``source`` is a file path, the file's bytes, ``(array, rate)`` or Gradio's ``(rate, array)``
+    (integer PCM is scaled to [-1, 1]; (samples, channels) arrays are transposed).
+    """
+    if source is None:
+        raise AudioInputError("no audio was given: upload or record a clip first")
+    if isinstance(source, (str, Path, bytes, bytearray)):
+        return load_audio(source)  # float32 (channels, samples); a missing or unreadable file is named
+    if isinstance(source, tuple) and len(source) == 2:
+        first, second = source
+        rate, data = (first, second) if np.isscalar(first) else (second, first)
+        return to_float(np.asarray(data)), int(rate)
+    raise AudioInputError(f"unsupported audio input of type {type(source).__name__}; "
+                          "give a file or (array, rate)")
+
+
+def to_float(data: np.ndarray) -> np.ndarray:
+    """PCM of any dtype -> float32 in [-1, 1], channels first when 2-D."""
+    if data.dtype.kind == "i":
+        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
+    elif data.dtype.kind == "u":
+        info = np.iinfo(data.dtype)
+        data = (data.astype(np.float32) - (info.max + 1) / 2) / ((info.max + 1) / 2)
+    elif data.dtype.kind != "f":
+        raise AudioInputError(f"audio samples of type {data.dtype} are not supported; use PCM or float")
+    data = data.astype(np.float32, copy=False)
+    if data.ndim == 2 and data.shape[0] > data.shape[1]:
+        data = data.T  # (samples, channels) as soundfile and Gradio give it
+    if data.ndim not in (1, 2):
+        raise AudioInputError(f"audio must be 1-D or 2-D (channels, samples), got shape {data.shape}")
+    return np.ascontiguousarray(data)
 
 
 def prompt_prelude(audio: np.ndarray, sr: int) -> np.ndarray:
@@ -196,26 +229,20 @@ def validate_reference(audio: np.ndarray, sr: int, max_seconds: float | None = N
         )
 
 
-_SPEECH_MEMO: OrderedDict[bytes, float] = OrderedDict()  # validating the same upload again costs a hash
-_SPEECH_MEMO_ENTRIES = 32
-_SPEECH_MEMO_LOCK = threading.Lock()
+_SPEECH_MEMO: LRU[bytes, float] = LRU(32)  # validating the same upload again costs a hash
 
 
 def speech_seconds(audio: np.ndarray, sr: int) -> float:
     """Seconds of speech the tokenizer's trim keeps of ``audio`` ((samples,) or (channels, samples))."""
     raw = np.ascontiguousarray(audio, dtype=np.float32)
     key = hashlib.sha256(f"{raw.shape}:{int(sr)}:".encode() + memoryview(raw).cast("B")).digest()
-    with _SPEECH_MEMO_LOCK:
-        if key in _SPEECH_MEMO:
-            _SPEECH_MEMO.move_to_end(key)
-            return _SPEECH_MEMO[key]
+    seconds = _SPEECH_MEMO.get(key)
+    if seconds is not None:
+        return seconds
     x = energy_norm(resample(prompt_prelude(raw, sr), int(sr), TOKENIZER_SAMPLE_RATE))
     start, end = speech_span(x)
     seconds = (end - start) / TOKENIZER_SAMPLE_RATE
-    with _SPEECH_MEMO_LOCK:
-        _SPEECH_MEMO[key] = seconds
-        while len(_SPEECH_MEMO) > _SPEECH_MEMO_ENTRIES:
-            _SPEECH_MEMO.popitem(last=False)
+    _SPEECH_MEMO.put(key, seconds)
     return seconds
 
 

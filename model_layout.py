@@ -19,15 +19,15 @@ from the parameter counts in shared/reference; demo models are tiny and skip tho
 from __future__ import annotations
 
 import json
-import mmap
-import struct
-import zipfile
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import yaml
+from errors import ModelFilesError
+from model_files import MB, file_problem, human_size
+
+log = logging.getLogger(__name__)
 
 # Written by scripts/make_demo_models.py at the root of the tiny random-weight models.
 DEMO_MARKER = "EDITX_DEMO_MODELS"
@@ -39,10 +39,23 @@ AWQ_FOLDER = "Step-Audio-EditX-AWQ-4bit"
 BNB_FOLDER = "Step-Audio-EditX-bnb-4bit"
 PARAFORMER_SUBDIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
 PARAFORMER_FOLDER = f"{TOKENIZER_FOLDER}/{PARAFORMER_SUBDIR}"
+# Files of the tokenizer part (paths relative to TOKENIZER_FOLDER / PARAFORMER_SUBDIR).
+CENTROIDS_FILE = "linguistic_tokenizer.npy"
+VQ06_ONNX_FILE = "speech_tokenizer_v1.onnx"
+PARAFORMER_FILES = ("config.yaml", "model.pt", "am.mvn", "tokens.json", "configuration.json")
+PARAFORMER_SEG_DICT = "seg_dict"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+# Vocoder part files (under VOCODER_FOLDER).
+COSYVOICE_CONFIG_FILE = "cosyvoice.yaml"
+FLOW_FILE = "flow.pt"
+HIFT_FILE = "hift.pt"
+SPEAKER_FILE = "campplus.onnx"
 
-MB = 1_000_000
-GIT_LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+# LLM variants the native backend loads: "base" (the checkpoint's bf16 weights) and "bnb-4bit"
+# (NF4 + double quantization, quantized while loading, or a pre-quantized save in BNB_FOLDER).
+VARIANTS = ("base", "bnb-4bit")
+DOWNLOAD_HINT = "python scripts/download_models.py --out {root}"
+
 
 
 @dataclass(frozen=True)
@@ -104,17 +117,17 @@ PARTS: dict[str, Part] = {
         repo_id="stepfun-ai/Step-Audio-Tokenizer",
         description="dual-codebook audio tokenizer (Paraformer vq02 + ONNX vq06)",
         files=(
-            FileSpec(f"{PARAFORMER_FOLDER}/config.yaml", "Paraformer config", "yaml"),
+            FileSpec(f"{PARAFORMER_FOLDER}/{PARAFORMER_FILES[0]}", "Paraformer config", "yaml"),
             # Paraformer-large streaming, ~220 M fp32 parameters.
-            FileSpec(f"{PARAFORMER_FOLDER}/model.pt", "Paraformer weights", "torch", 100 * MB),
-            FileSpec(f"{PARAFORMER_FOLDER}/am.mvn", "Paraformer feature normalisation (CMVN)"),
-            FileSpec(f"{PARAFORMER_FOLDER}/tokens.json", "Paraformer token list", "json"),
-            FileSpec(f"{PARAFORMER_FOLDER}/seg_dict", "Paraformer segmentation dictionary"),
-            FileSpec(f"{PARAFORMER_FOLDER}/configuration.json", "FunASR model description", "json"),
+            FileSpec(f"{PARAFORMER_FOLDER}/{PARAFORMER_FILES[1]}", "Paraformer weights", "torch", 100 * MB),
+            FileSpec(f"{PARAFORMER_FOLDER}/{PARAFORMER_FILES[2]}", "Paraformer feature normalisation (CMVN)"),
+            FileSpec(f"{PARAFORMER_FOLDER}/{PARAFORMER_FILES[3]}", "Paraformer token list", "json"),
+            FileSpec(f"{PARAFORMER_FOLDER}/{PARAFORMER_SEG_DICT}", "Paraformer segmentation dictionary"),
+            FileSpec(f"{PARAFORMER_FOLDER}/{PARAFORMER_FILES[4]}", "FunASR model description", "json"),
             # 1024 x 512 float32 centroids = 2,097,152 data bytes.
-            FileSpec(f"{TOKENIZER_FOLDER}/linguistic_tokenizer.npy", "vq02 centroids", "npy", 2_097_152),
+            FileSpec(f"{TOKENIZER_FOLDER}/{CENTROIDS_FILE}", "vq02 centroids", "npy", 2_097_152),
             # Whisper-style encoder, ~118 M parameters.
-            FileSpec(f"{TOKENIZER_FOLDER}/speech_tokenizer_v1.onnx", "vq06 semantic tokenizer", "protobuf:7",
+            FileSpec(f"{TOKENIZER_FOLDER}/{VQ06_ONNX_FILE}", "vq06 semantic tokenizer", "protobuf:7",
                      100 * MB),
         ),
     ),
@@ -133,12 +146,13 @@ PARTS: dict[str, Part] = {
         repo_id="stepfun-ai/Step-Audio-EditX",
         description="CosyVoice flow + HiFT vocoder",
         files=(
-            FileSpec(f"{VOCODER_FOLDER}/cosyvoice.yaml", "vocoder hyperparameters (hyperpyyaml)", "yaml"),
+            FileSpec(f"{VOCODER_FOLDER}/{COSYVOICE_CONFIG_FILE}", "vocoder hyperparameters (hyperpyyaml)",
+                     "yaml"),
             # 153.8 M flow and 20.8 M HiFT floats (shared/reference/vocoder/manifest_real.json).
-            FileSpec(f"{VOCODER_FOLDER}/flow.pt", "flow-matching decoder weights", "torch", 100 * MB),
-            FileSpec(f"{VOCODER_FOLDER}/hift.pt", "HiFT vocoder weights", "torch", 20 * MB),
+            FileSpec(f"{VOCODER_FOLDER}/{FLOW_FILE}", "flow-matching decoder weights", "torch", 100 * MB),
+            FileSpec(f"{VOCODER_FOLDER}/{HIFT_FILE}", "HiFT vocoder weights", "torch", 20 * MB),
             # CAM++, ~7 M parameters.
-            FileSpec(f"{VOCODER_FOLDER}/campplus.onnx", "CAM++ speaker embedding", "protobuf:7", 5 * MB),
+            FileSpec(f"{VOCODER_FOLDER}/{SPEAKER_FILE}", "CAM++ speaker embedding", "protobuf:7", 5 * MB),
         ),
     ),
     "awq": Part(
@@ -162,151 +176,6 @@ PARTS: dict[str, Part] = {
 }
 DEFAULT_PARTS: tuple[str, ...] = ("tokenizer", "llm", "vocoder")
 ROOT_FOLDERS: tuple[str, ...] = (TOKENIZER_FOLDER, LLM_FOLDER, AWQ_FOLDER, BNB_FOLDER)
-
-
-# --- format checks: each returns None when the file is sound, else what is wrong -------------------
-
-def _check_json(path: Path) -> str | None:
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return f"is not valid JSON ({exc})"
-    return None
-
-
-class _TagTolerantLoader(yaml.SafeLoader):
-    """SafeLoader that accepts hyperpyyaml tags (``!new:``, ``!name:``, ``!ref``) without running them."""
-
-
-_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
-def _check_yaml(path: Path) -> str | None:
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_TagTolerantLoader)  # noqa: S506
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        return f"is not valid YAML ({str(exc).splitlines()[0]})"
-    if not isinstance(data, dict):
-        return "is not a YAML mapping"
-    return None
-
-
-def _check_npy(path: Path) -> str | None:
-    with path.open("rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                return None  # format 3.0 (utf-8 header) has no public reader; the size floor still applies
-        except ValueError as exc:
-            return f"is not a .npy array ({exc})"
-        if dtype.hasobject:
-            return None
-        expected = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    return _length_problem(path, expected, f"its header ({shape} {dtype})")
-
-
-def _check_safetensors(path: Path) -> str | None:
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return "is truncated (no safetensors header)"
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(size - 8, 100 * MB):
-            return f"is truncated or not safetensors (header length {header_len} vs file {size} bytes)"
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return "is not a safetensors file (header is not JSON)"
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    return _length_problem(path, 8 + header_len + max(ends, default=0), "its safetensors header")
-
-
-def _check_torch(path: Path) -> str | None:
-    with path.open("rb") as f:
-        magic = f.read(4)
-    if magic.startswith(b"\x80"):
-        return None  # legacy (pre-1.6) pickle format: no length to check
-    if magic != b"PK\x03\x04":
-        return "is not a PyTorch checkpoint (neither zip nor pickle)"
-    # torch.save writes a zip whose central directory sits at the very end: a cut file loses it.
-    if not zipfile.is_zipfile(path):
-        return "is truncated (the zip directory of the torch checkpoint is missing)"
-    return None
-
-
-def _read_varint(buf: mmap.mmap, pos: int, end: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= end or shift > 63:
-            raise ValueError("varint runs past the end")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _protobuf_fields(path: Path) -> set[int]:
-    """Walk the top-level fields of a protobuf message file; raise ValueError if one runs past EOF."""
-    fields: set[int] = set()
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        pos, end = 0, len(buf)
-        while pos < end:
-            key, pos = _read_varint(buf, pos, end)
-            number, wire = key >> 3, key & 7
-            if number == 0:
-                raise ValueError("field number 0")
-            if wire == 0:
-                _, pos = _read_varint(buf, pos, end)
-            elif wire == 1:
-                pos += 8
-            elif wire == 2:
-                length, pos = _read_varint(buf, pos, end)
-                pos += length
-            elif wire == 5:
-                pos += 4
-            else:
-                raise ValueError(f"unsupported wire type {wire}")
-            if pos > end:
-                raise ValueError(f"field {number} needs {pos - end} more bytes")
-            fields.add(number)
-    return fields
-
-
-def _check_protobuf(path: Path, required_field: int) -> str | None:
-    # ONNX ModelProto keeps the graph in field 7; a SentencePiece ModelProto its pieces in field 1.
-    try:
-        fields = _protobuf_fields(path)
-    except ValueError as exc:
-        return f"is truncated or not a protobuf model ({exc})"
-    if required_field not in fields:
-        return f"is not the expected protobuf model (top-level field {required_field} is absent)"
-    return None
-
-
-def _length_problem(path: Path, expected: int, source: str) -> str | None:
-    size = path.stat().st_size
-    if size < expected:
-        return f"is truncated: {source} needs {expected} bytes, the file has {size}"
-    if size > expected:
-        return f"has {size - expected} unexpected bytes after the data {source} describes"
-    return None
-
-
-def _format_problem(path: Path, kind: str) -> str | None:
-    if kind == "bytes":
-        return None
-    if kind.startswith("protobuf:"):
-        return _check_protobuf(path, int(kind.split(":", 1)[1]))
-    check = {"json": _check_json, "yaml": _check_yaml, "npy": _check_npy,
-             "safetensors": _check_safetensors, "torch": _check_torch}[kind]
-    return check(path)
 
 
 # --- public API -------------------------------------------------------------------------------------
@@ -342,7 +211,7 @@ def verify_layout(root: Path | str, parts: Iterable[str] = DEFAULT_PARTS,
             problems.append(f"{part.folder}/: missing folder of the {part.description}{hint}; needs {names}")
             continue
         for spec in part.files:
-            problem = _file_problem(root / spec.path, spec.kind, spec.min_real_bytes if real else 1)
+            problem = file_problem(root / spec.path, spec.kind, spec.min_real_bytes if real else 1)
             if problem:
                 problems.append(f"{spec.path}: {problem} ({spec.what})")
         if part.weights:
@@ -371,6 +240,50 @@ def find_model_root(path: Path | str | None) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class ModelRoot:
+    """A model root folder and whether it holds the untrained demo models."""
+
+    path: Path
+    demo: bool
+
+
+def locate_models(model_dir: Path | str, demo_dir: Path | str | None = None,
+                  demo_writer: Callable[[Path], object] | None = None) -> ModelRoot:
+    """The root to load: ``model_dir`` (or the root found from it) when it holds every required file.
+
+    Otherwise, with a ``demo_writer`` (``demo.write_demo_models``) and a ``demo_dir``, the tiny
+    demo models are written once into ``demo_dir`` and used (the caller says so in the log and the
+    page); without them a ``ModelFilesError`` names the missing files and how to get them.
+    """
+    model_dir = find_model_root(model_dir) or Path(model_dir)
+    missing = verify_layout(model_dir)
+    if not missing:
+        return ModelRoot(model_dir, is_demo_models(model_dir))
+    shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
+    if demo_writer is None or demo_dir is None:
+        raise ModelFilesError(f"model files missing or unusable under {model_dir}: {shown}. Download them "
+                              f"with `{DOWNLOAD_HINT.format(root=model_dir)}` or pass --model-dir to the "
+                              "folder holding them.")
+    log.warning("no complete models under %s (%s); using the untrained demo models in %s (the output "
+                "is noise; get the real ones with `%s`)", model_dir, shown, demo_dir,
+                DOWNLOAD_HINT.format(root=model_dir))
+    demo_writer(Path(demo_dir))
+    still = verify_layout(Path(demo_dir))
+    if still:
+        raise ModelFilesError(f"the demo models under {demo_dir} are incomplete ({'; '.join(still[:3])}); "
+                              "delete the folder so they are written again")
+    return ModelRoot(Path(demo_dir), True)
+
+
+def llm_dir_for(root: Path | str, variant: str) -> Path:
+    """Folder of the LLM ``variant``: a pre-quantized BnB save when present, else the base weights
+    (quantized while loading)."""
+    if variant == "bnb-4bit" and (Path(root) / BNB_FOLDER / "config.json").exists():
+        return Path(root) / BNB_FOLDER
+    return Path(root) / LLM_FOLDER
+
+
 def has_real_models(root: Path | str | None, parts: Iterable[str] = DEFAULT_PARTS) -> bool:
     """True when ``root`` holds complete, sound real checkpoints (not the demo models) for ``parts``."""
     if root is None or not Path(root).is_dir() or is_demo_models(Path(root)):
@@ -388,24 +301,6 @@ def _part(name: str) -> Part:
 
 def _holds_parts(path: Path) -> bool:
     return any((path / folder).is_dir() for folder in ROOT_FOLDERS)
-
-
-def _file_problem(path: Path, kind: str, min_bytes: int) -> str | None:
-    if not path.exists():
-        return "missing"
-    if not path.is_file():
-        return "is not a file"
-    size = path.stat().st_size
-    if size == 0:
-        return "is empty (0 bytes)"
-    if size < 1024:
-        with path.open("rb") as f:
-            if f.read(len(GIT_LFS_POINTER_PREFIX)) == GIT_LFS_POINTER_PREFIX:
-                return "is a Git LFS pointer, not the file (run `git lfs pull` or scripts/download_models.py)"
-    if size < min_bytes:
-        return (f"is {_human(size)}, the real checkpoint file is at least {_human(min_bytes)} "
-                "(incomplete download?)")
-    return _format_problem(path, kind)
 
 
 def _weights_problems(root: Path, spec: WeightsSpec, real: bool) -> list[str]:
@@ -430,19 +325,12 @@ def _weights_problems(root: Path, spec: WeightsSpec, real: bool) -> list[str]:
     total = 0
     for shard in shards:
         path = folder / shard
-        problem = _file_problem(path, "safetensors", 1)
+        problem = file_problem(path, "safetensors", 1)
         if problem:
             problems.append(f"{spec.folder}/{shard}: {problem} (LLM weight shard)")
         else:
             total += path.stat().st_size
     if real and not problems and total < spec.min_real_total_bytes:
-        problems.append(f"{spec.folder}/: LLM weights total {_human(total)}, the real checkpoint has at "
-                        f"least {_human(spec.min_real_total_bytes)} (incomplete download?)")
+        problems.append(f"{spec.folder}/: LLM weights total {human_size(total)}, the real checkpoint has at "
+                        f"least {human_size(spec.min_real_total_bytes)} (incomplete download?)")
     return problems
-
-
-def _human(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"

@@ -20,10 +20,11 @@ import os
 import pickle
 import sqlite3
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+
+from lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -62,38 +63,6 @@ def decode_array(obj: dict) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
 
 
-class _MemoryLRU:
-    """In-memory fallback with the same bounds (entries and bytes of the JSON strings)."""
-
-    def __init__(self, max_entries: int, max_bytes: int):
-        self.max_entries, self.max_bytes = max_entries, max_bytes
-        self.items: OrderedDict[str, str] = OrderedDict()
-        self.bytes = 0
-
-    def get(self, key: str) -> str | None:
-        text = self.items.get(key)
-        if text is not None:
-            self.items.move_to_end(key)
-        return text
-
-    def set(self, key: str, text: str) -> None:
-        self.delete(key)
-        self.items[key] = text
-        self.bytes += len(text)
-        while self.items and (len(self.items) > self.max_entries or self.bytes > self.max_bytes):
-            _, old = self.items.popitem(last=False)
-            self.bytes -= len(old)
-
-    def delete(self, key: str) -> None:
-        old = self.items.pop(key, None)
-        if old is not None:
-            self.bytes -= len(old)
-
-    def clear(self) -> None:
-        self.items.clear()
-        self.bytes = 0
-
-
 class PromptCache:
     """Persistent LRU cache of prompt-encoding results, safe under threads and processes.
 
@@ -106,10 +75,10 @@ class PromptCache:
         self.max_entries, self.max_bytes = int(max_entries), int(max_bytes)
         self.directory = Path(directory) if directory is not None else None
         self._lock = threading.RLock()
-        self._memory = _MemoryLRU(self.max_entries, self.max_bytes)
+        self._memory: LRU[str, str] = LRU(self.max_entries, self.max_bytes, size_of=len)
         self._disk = None
         self._aliases = None
-        self._memory_aliases: OrderedDict[str, str] = OrderedDict()
+        self._memory_aliases: LRU[str, str] = LRU(ALIAS_MEMORY_ENTRIES)
         self._hits = 0
         self._misses = 0
         self._time_saved_s = 0.0
@@ -167,19 +136,19 @@ class PromptCache:
             if value is None:
                 return
             value.update(fields)
-            self._memory.set(key, json.dumps(value, separators=(",", ":")))
+            self._memory.put(key, json.dumps(value, separators=(",", ":")))
 
     def stats(self) -> dict:
         """hits, misses, hit_rate, entries, bytes (on disk, or of the JSON in memory), time_saved_s,
         directory, persistent. Hit and miss counts are this process's since start-up."""
         with self._lock:
-            entries, size = len(self._memory.items), self._memory.bytes
+            entries, size = len(self._memory), self._memory.bytes
             if self._disk is not None:
                 try:
                     entries, size = len(self._disk), int(self._disk.volume())
                 except (OSError, sqlite3.Error) as exc:
                     self._degrade(exc)
-                    entries, size = len(self._memory.items), self._memory.bytes
+                    entries, size = len(self._memory), self._memory.bytes
             total = self._hits + self._misses
             return {
                 "hits": self._hits,
@@ -205,10 +174,7 @@ class PromptCache:
                     return key if isinstance(key, str) else None
                 except (OSError, sqlite3.Error, EOFError, pickle.UnpicklingError, UnicodeDecodeError):
                     self._drop_aliases()  # aliases are only a shortcut: fall back to memory silently
-            key = self._memory_aliases.get(alias)
-            if key is not None:
-                self._memory_aliases.move_to_end(alias)
-            return key
+            return self._memory_aliases.get(alias)
 
     def alias_put(self, alias: str, key: str) -> None:
         """Record that the raw input ``alias`` prepares to the entry ``key``."""
@@ -219,10 +185,7 @@ class PromptCache:
                     return
                 except (OSError, sqlite3.Error):
                     self._drop_aliases()
-            self._memory_aliases[alias] = key
-            self._memory_aliases.move_to_end(alias)
-            while len(self._memory_aliases) > ALIAS_MEMORY_ENTRIES:
-                self._memory_aliases.popitem(last=False)
+            self._memory_aliases.put(alias, key)
 
     def clear(self) -> None:
         """Remove every entry (on disk too) and reset the counters."""
@@ -324,7 +287,7 @@ class PromptCache:
                 return
             except (OSError, sqlite3.Error) as exc:
                 self._degrade(exc)
-        self._memory.set(key, text)
+        self._memory.put(key, text)
 
     def _parse(self, key: str, text: str) -> dict | None:
         try:
@@ -342,7 +305,7 @@ class PromptCache:
                 self._disk.delete(key, retry=True)
             except (OSError, sqlite3.Error) as exc:
                 self._degrade(exc)
-        self._memory.delete(key)
+        self._memory.pop(key)
         return None
 
     def _enforce_bounds(self, keep: str) -> None:
@@ -375,3 +338,17 @@ def _close_quietly(store) -> None:
         store.close()
     except Exception:  # noqa: BLE001 - the handle is already broken
         pass
+
+
+def open_prompt_cache(directory: Path | None, max_entries: int, max_bytes: int) -> PromptCache:
+    """The persistent prompt cache; an unusable folder degrades to an in-memory cache (logged)."""
+    try:
+        cache = PromptCache(Path(directory) if directory else None, max_entries=max_entries,
+                            max_bytes=max_bytes)
+    except Exception as exc:  # unwritable or corrupt folder: keep serving, just without persistence
+        log.warning("prompt cache at %s is not usable (%s); using an in-memory cache for this run",
+                    directory, exc)
+        cache = PromptCache(None, max_entries=max_entries, max_bytes=max_bytes)
+    if not cache.persistent:  # a persistent cache logs its folder, size and limits when it opens
+        log.info("prompt cache: in memory only (limits %d entries / %.0f MiB)", max_entries, max_bytes / MIB)
+    return cache

@@ -16,8 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from model_layout import VARIANTS
+from models.prompts import DEFAULT_MAX_TEXT_CHARS
+from prompt_cache import MIB
+
 ENV_PREFIX = "EDITX_"
-VARIANTS = ("base", "bnb-4bit")
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 
@@ -34,13 +37,13 @@ class Settings:
     dtype: str = "auto"
     cache_dir: Path | None = Path("cache/funasr")
     cache_max_entries: int = 2000
-    cache_max_mb: int = 1024
+    cache_max_mb: float = 1024
     ort_threads: int | None = None
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
     auto_transcribe: bool = True
-    max_text_chars: int = 1000
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     max_reference_seconds: float = 30.0
     concurrency: int = 1
     warmup: bool = True
@@ -49,7 +52,7 @@ class Settings:
 
     @property
     def cache_max_bytes(self) -> int:
-        return int(self.cache_max_mb) * 1024 * 1024
+        return max(1, int(self.cache_max_mb * MIB))
 
 
 # (flag, Settings field, type, help); bools are "store_true"-style switches.
@@ -61,7 +64,7 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--dtype", "dtype", str, "auto (bf16 on CUDA, fp32 on CPU), fp32, fp16 or bf16"),
     ("--cache-dir", "cache_dir", Path, "persistent prompt-cache folder ('none' keeps it in memory only)"),
     ("--cache-max-entries", "cache_max_entries", int, "prompt-cache size bound: number of voices"),
-    ("--cache-max-mb", "cache_max_mb", int, "prompt-cache size bound: megabytes on disk"),
+    ("--cache-max-mb", "cache_max_mb", float, "prompt-cache size bound: MiB on disk (fractions allowed)"),
     ("--ort-threads", "ort_threads", int, "ONNX Runtime intra-op threads (none: one per physical core)"),
     ("--host", "host", str, "address to listen on (0.0.0.0 to serve the network)"),
     ("--port", "port", int, "port to listen on"),
@@ -153,9 +156,11 @@ def validate(values: dict) -> list[str]:
         problems.append(f"--dtype must be auto, fp32, fp16 or bf16, got {values['dtype']!r}")
     if not (0 < values["port"] < 65536):
         problems.append(f"--port must be in 1..65535, got {values['port']}")
-    for name in ("cache_max_entries", "cache_max_mb", "max_text_chars", "concurrency"):
+    for name in ("cache_max_entries", "max_text_chars", "concurrency"):
         if values[name] < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1, got {values[name]}")
+    if not values["cache_max_mb"] > 0:
+        problems.append(f"--cache-max-mb must be positive, got {values['cache_max_mb']}")
     if values["max_reference_seconds"] <= 0:
         problems.append(f"--max-reference-seconds must be positive, got {values['max_reference_seconds']}")
     if values["ort_threads"] is not None and values["ort_threads"] < 1:

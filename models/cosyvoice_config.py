@@ -23,9 +23,7 @@ from typing import Any
 
 import yaml
 
-
-class CosyVoiceConfigError(ValueError):
-    """cosyvoice.yaml cannot be read into our modules; the message names the tag, class or key."""
+from errors import ModelFilesError
 
 
 def vocoder_classes() -> dict[str, Callable]:
@@ -94,7 +92,7 @@ def _construct_ref(loader: _Loader, node: yaml.Node) -> _Ref:
 
 
 def _unknown_tag(loader: _Loader, suffix: str, node: yaml.Node) -> Any:
-    raise CosyVoiceConfigError(
+    raise ModelFilesError(
         f"cosyvoice.yaml line {node.start_mark.line + 1}: unsupported tag "
         f"{node.tag!r}; supported: !new:<class>, !name:<class>, !ref <key>"
     )
@@ -128,12 +126,12 @@ def _arithmetic(expr: str) -> Any:
             return _BINARY_OPS[type(node.op)](ev(node.left), ev(node.right))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
             return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
-        raise CosyVoiceConfigError(f"unsupported !ref expression {expr!r}")
+        raise ModelFilesError(f"unsupported !ref expression {expr!r}")
 
     try:
         return ev(ast.parse(expr, mode="eval"))
     except SyntaxError as exc:
-        raise CosyVoiceConfigError(f"unsupported !ref expression {expr!r}") from exc
+        raise ModelFilesError(f"unsupported !ref expression {expr!r}") from exc
 
 
 class _Builder:
@@ -147,7 +145,7 @@ class _Builder:
         # memoised so that two references to one !new: node share one object, as in hyperpyyaml
         if key not in self.done:
             if key in self.active:
-                raise CosyVoiceConfigError(f"cosyvoice.yaml: circular !ref involving {key!r}")
+                raise ModelFilesError(f"cosyvoice.yaml: circular !ref involving {key!r}")
             self.active.add(key)
             self.done[key] = self.build(self.raw[key])
             self.active.discard(key)
@@ -156,13 +154,13 @@ class _Builder:
     def lookup(self, path: str, line: int) -> Any:
         parts = [p for p in re.split(r"[.\[\]/]", path.strip()) if p]
         if not parts or parts[0] not in self.raw:
-            raise CosyVoiceConfigError(f"cosyvoice.yaml line {line}: !ref <{path}> names no top-level key")
+            raise ModelFilesError(f"cosyvoice.yaml line {line}: !ref <{path}> names no top-level key")
         value = self.top(parts[0])
         for part in parts[1:]:
             try:
                 value = value[int(part)] if isinstance(value, list) else value[part]
             except (KeyError, IndexError, TypeError, ValueError) as exc:
-                raise CosyVoiceConfigError(f"cosyvoice.yaml line {line}: !ref <{path}>: no {part!r}") from exc
+                raise ModelFilesError(f"cosyvoice.yaml line {line}: !ref <{path}>: no {part!r}") from exc
         return value
 
     def resolve_ref(self, ref: _Ref) -> Any:
@@ -175,7 +173,7 @@ class _Builder:
     def cls(self, node: _New) -> Callable:
         name = node.path.rsplit(".", 1)[-1]
         if name not in self.classes:
-            raise CosyVoiceConfigError(
+            raise ModelFilesError(
                 f"cosyvoice.yaml line {node.line}: class {node.path!r} is not implemented here "
                 f"(known: {', '.join(sorted(self.classes))})"
             )
@@ -199,7 +197,7 @@ class _Builder:
             try:
                 return target(*pos, **kw)
             except TypeError as exc:
-                raise CosyVoiceConfigError(
+                raise ModelFilesError(
                     f"cosyvoice.yaml line {node.line}: cannot build {node.path} "
                     f"with arguments {sorted(kw)}: {exc}"
                 ) from exc
@@ -215,9 +213,9 @@ def load_cosyvoice_config(text: str, classes: Mapping[str, Callable] | None = No
     try:
         raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise CosyVoiceConfigError(f"cosyvoice.yaml is not valid YAML: {exc}") from exc
+        raise ModelFilesError(f"cosyvoice.yaml is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise CosyVoiceConfigError("cosyvoice.yaml must be a mapping at the top level")
+        raise ModelFilesError("cosyvoice.yaml must be a mapping at the top level")
     builder = _Builder(raw, classes if classes is not None else vocoder_classes())
     return {key: builder.top(key) for key in raw}
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LogitsProcessor, LogitsProcessorList
+from transformers import BitsAndBytesConfig, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicCache
 from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
@@ -31,44 +31,24 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from errors import EmptyGenerationError, GenerationCancelled, ModelFilesError, OptionsError, TextInputError
+from model_layout import VARIANTS
+from models.audio_tokens import AUDIO_CODES, AUDIO_ID_OFFSET, realign_groups
 from models.device import pick_device, pick_dtype
-from models.prompts import (
-    AUDIO_CODES,
-    AUDIO_ID_OFFSET,
-    EDIT_TASKS,
-    VQ02_CODES,
-    StepTextTokenizer,
-    TextInputError,
-    build_clone_prompt,
-    build_edit_prompt,
-)
+from models.prompts import StepTextTokenizer, build_clone_prompt, build_edit_prompt
 from models.step1 import Step1Config, Step1ForCausalLM
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("base", "bnb-4bit")
-GROUP_PATTERN = (0, 0, 1, 1, 1)  # kinds in one mixed-stream group: 2 vq02 (0) then 3 vq06 (1)
 # transformers' default top_k, which upstream's generate() call inherits (it sets no top_k).
 DEFAULT_TOP_K = 50
 NF4_BLOCK = 64  # bitsandbytes 4-bit blocksize: one absmax per 64 weights
 NESTED_BLOCK = 256  # double quantization: the absmax values are 8-bit quantized in blocks of 256
 NF4_CODE = 16  # fp32 entries of the NF4 code book
 NESTED_CODE = 256  # fp32 entries of the 8-bit code book of the nested absmax
-
-__all__ = [
-    "EDIT_TASKS", "EmptyGenerationError", "GenerationCancelled", "GenerationOptions", "GenerationResult",
-    "RepetitionAwareLogitsProcessor", "Step1LLM", "TextInputError", "estimate_weight_bytes",
-    "load_step1_model", "measured_weight_bytes", "parse_generated_ids", "realign_audio_groups",
-    "sample_from_scores",
-]
-
-
-class EmptyGenerationError(RuntimeError):
-    """The model produced no complete audio-token group, so there is nothing to vocode."""
-
-
-class GenerationCancelled(Exception):
-    """Generation was stopped through the cancel event."""
+# bitsandbytes' CPU 4-bit kernels on CPUs with AVX-512-BF16/AMX pack the weights in blocks of 32
+# output rows and assert N % 32 == 0; every real Step1 width is a multiple of it.
+BNB_CPU_BLOCK_N = 32
 
 
 @dataclass
@@ -84,6 +64,7 @@ class GenerationOptions:
     seed: int | None = None
     max_length: int = 8192
     top_k: int = DEFAULT_TOP_K
+    max_new_tokens: int | None = None  # stop after this many new tokens (None: only max_length)
 
 
 @dataclass
@@ -135,41 +116,6 @@ def sample_from_scores(scores: torch.Tensor, generator: torch.Generator | None) 
     return idx
 
 
-def _kind(code: int) -> int:
-    """0 for a vq02 code [0, 1024), 1 for a vq06 code [1024, 5120)."""
-    return 0 if code < VQ02_CODES else 1
-
-
-def realign_audio_groups(codes: list[int]) -> tuple[list[int], int]:
-    """Keep only whole [02, 02, 06, 06, 06] groups from a mixed stream of codes in [0, 5120).
-
-    Returns (codes, dropped count). A token of the wrong kind is dropped on its own, so one stray
-    token does not shift the groups after it; when it starts a run of its kind (the next token has
-    the same kind), the partial group before it is abandoned instead, since a new group has begun
-    (or, for vq06, an orphaned run is being skipped).
-    """
-    out: list[int] = []
-    group: list[int] = []
-    dropped = 0
-    for i, code in enumerate(codes):
-        kind = _kind(code)
-        if kind == GROUP_PATTERN[len(group)]:
-            group.append(code)
-            if len(group) == len(GROUP_PATTERN):
-                out += group
-                group = []
-            continue
-        next_kind = _kind(codes[i + 1]) if i + 1 < len(codes) else None
-        if next_kind == kind:
-            dropped += len(group)
-            group = []
-            if kind == GROUP_PATTERN[0]:
-                group.append(code)
-                continue
-        dropped += 1
-    return out, dropped + len(group)
-
-
 def parse_generated_ids(new_ids: list[int], eos_id: int) -> tuple[list[int], int]:
     """Generated LLM ids -> (whole-group audio codes in [0, 5120), dropped count).
 
@@ -179,7 +125,7 @@ def parse_generated_ids(new_ids: list[int], eos_id: int) -> tuple[list[int], int
     if eos_id in new_ids:
         new_ids = new_ids[:new_ids.index(eos_id)]
     codes = [i - AUDIO_ID_OFFSET for i in new_ids if 0 <= i - AUDIO_ID_OFFSET < AUDIO_CODES]
-    tokens, dropped = realign_audio_groups(codes)
+    tokens, dropped = realign_groups(codes)
     return tokens, dropped + len(new_ids) - len(codes)
 
 
@@ -194,7 +140,7 @@ def estimate_weight_bytes(config: Step1Config, variant: str = "base",
     norms stay in ``dtype`` (transformers keeps the output head unquantized).
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        raise OptionsError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
     kv = config.num_attention_groups * config.head_dim
     linear_shapes = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]
@@ -238,26 +184,75 @@ def measured_weight_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def _read_config(model_dir: Path) -> dict:
-    path = model_dir / "config.json"
+def read_llm_config(model_dir: Path) -> dict:
+    """The LLM folder's config.json as a dict; a ModelFilesError names what is wrong with it."""
+    path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {model_dir}; pass the Step-Audio-EditX folder "
-                                "(or run scripts/make_demo_models.py for demo weights)")
-    return json.loads(path.read_text())
+        raise ModelFilesError(f"no config.json in {path.parent.name}/; pass the Step-Audio-EditX folder "
+                              "(or run scripts/make_demo_models.py for demo weights)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFilesError(f"cannot read config.json in {path.parent.name}/ ({exc}); download it "
+                              "again") from exc
+    if not isinstance(raw, dict):
+        raise ModelFilesError(f"config.json in {path.parent.name}/ is not a JSON object")
+    return raw
 
 
-def load_step1_model(model_dir: Path, variant: str = "base", device: str = "auto", dtype: str = "auto",
-                     trust_remote_code: bool = False) -> torch.nn.Module:
+def bnb_shape_problem(config: dict) -> str | None:
+    """Why bitsandbytes 4-bit cannot quantize this model's linear layers on every CPU, or None.
+
+    Each quantized matrix's output width must be a multiple of 32 (see BNB_CPU_BLOCK_N).
+    """
+    try:
+        hidden, inter = int(config["hidden_size"]), int(config["intermediate_size"])
+        heads, groups = int(config["num_attention_heads"]), int(config["num_attention_groups"])
+    except (KeyError, TypeError, ValueError):
+        return "config.json lacks the layer sizes"
+    widths = {"hidden_size": hidden, "intermediate_size": inter, "key/value width": groups * hidden // heads}
+    bad = {name: w for name, w in widths.items() if w % BNB_CPU_BLOCK_N}
+    if bad:
+        shown = ", ".join(f"{name} {w}" for name, w in bad.items())
+        return (f"bitsandbytes 4-bit needs layer widths that are multiples of {BNB_CPU_BLOCK_N} "
+                f"({shown} are not)")
+    return None
+
+
+def variant_problem(model_dir: Path, variant: str) -> str | None:
+    """Why ``variant`` cannot run from ``model_dir`` here (None when it can): its files, its shapes,
+    or a missing bitsandbytes. The page offers only variants without a problem."""
+    if variant not in VARIANTS:
+        return f"unknown variant {variant!r}"
+    try:
+        config = read_llm_config(model_dir)
+    except ModelFilesError as exc:
+        return str(exc)
+    if variant == "bnb-4bit" and not config.get("quantization_config"):
+        problem = bnb_shape_problem(config)
+        if problem:
+            return problem
+        try:
+            import bitsandbytes  # noqa: F401 - only whether it imports
+        except Exception as exc:  # noqa: BLE001 - a broken install raises anything
+            return f"bitsandbytes is not usable here ({type(exc).__name__})"
+    return None
+
+
+def load_step1_model(model_dir: Path, variant: str = "base", device: str = "auto",
+                     dtype: str = "auto") -> torch.nn.Module:
     """Load the LLM weights from ``model_dir`` (config.json + safetensors, single file or sharded).
 
-    Nothing from the folder is executed: model_type "step1" uses our Step1ForCausalLM. An unknown
-    model_type is refused unless ``trust_remote_code=True``, which runs the folder's Python files
-    (a security risk: only for folders you trust).
+    Nothing from the folder is executed: model_type "step1" uses our Step1ForCausalLM, and any
+    other model_type is refused (loading it would mean running the folder's Python code).
     """
     model_dir = Path(model_dir)
     if variant not in VARIANTS:
-        raise ValueError(f"unknown LLM variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    raw = _read_config(model_dir)
+        raise OptionsError(f"unknown LLM variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    raw = read_llm_config(model_dir)
+    if raw.get("model_type") != Step1Config.model_type:
+        raise ModelFilesError(f"config.json in {model_dir.name}/ has model_type {raw.get('model_type')!r}, "
+                              "not 'step1'; pass the Step-Audio-EditX folder")
     dev = pick_device(device)
     # Weights go straight to the target device (no full CPU copy of a 7 GB model first).
     kwargs: dict = {"device_map": {"": str(dev)}}
@@ -265,14 +260,17 @@ def load_step1_model(model_dir: Path, variant: str = "base", device: str = "auto
     if pre_quantized:
         method = pre_quantized.get("quant_method")
         if method != "bitsandbytes":
-            raise RuntimeError(f"{model_dir} holds a {method!r}-quantized checkpoint, which this app "
-                               "does not load; pass the base Step-Audio-EditX folder with the bnb-4bit "
-                               "variant instead")
+            raise ModelFilesError(f"{model_dir.name}/ holds a {method!r}-quantized checkpoint, which the "
+                                  "native LLM backend does not load; use --llm-backend vllm for it, or "
+                                  "the base Step-Audio-EditX folder with the bnb-4bit variant")
         if variant != "bnb-4bit":
-            log.info("LLM: %s is pre-quantized with bitsandbytes; loading it as bnb-4bit", model_dir)
+            log.debug("LLM: %s is pre-quantized with bitsandbytes; loading it as bnb-4bit", model_dir)
             variant = "bnb-4bit"
         kwargs["dtype"] = pick_dtype(dev, dtype)
     elif variant == "bnb-4bit":
+        problem = bnb_shape_problem(raw)
+        if problem:
+            raise OptionsError(f"the bnb-4bit variant cannot run this model: {problem}; use base")
         compute = pick_dtype(dev, dtype)
         kwargs["dtype"] = compute
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -282,22 +280,17 @@ def load_step1_model(model_dir: Path, variant: str = "base", device: str = "auto
         kwargs["dtype"] = pick_dtype(dev, dtype)
 
     start = time.perf_counter()
-    model_type = raw.get("model_type")
-    if model_type == Step1Config.model_type:
+    try:
         model, info = Step1ForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kwargs)
-        missing = sorted(info.get("missing_keys") or [])
-        if missing:
-            raise RuntimeError(f"{model_dir} is missing weights {missing[:5]} ({len(missing)} in all); "
-                               "the download is incomplete or not a Step-Audio-EditX checkpoint")
-    elif trust_remote_code:
-        log.warning("LLM: running the Python code shipped in %s (trust_remote_code); only do this for "
-                    "folders you trust", model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True, **kwargs)
-    else:
-        raise ValueError(f"{model_dir}/config.json has model_type {model_type!r}, not 'step1'; loading it "
-                         "would need trust_remote_code, which is off (it executes code from the folder)")
+    except (OSError, ValueError) as exc:  # a damaged or unreadable safetensors file
+        raise ModelFilesError(f"cannot load the LLM weights in {model_dir.name}/ ({exc}); download them "
+                              "again") from exc
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelFilesError(f"{model_dir.name}/ is missing weights {missing[:5]} ({len(missing)} in all); "
+                              "the download is incomplete or not a Step-Audio-EditX checkpoint")
     model.eval()
-    log.info("LLM: loaded %s (%s, %s on %s) in %.2f s, %.1f MB of weights", model_dir.name, variant,
+    log.debug("LLM: loaded %s (%s, %s on %s) in %.2f s, %.1f MB of weights", model_dir.name, variant,
              str(kwargs["dtype"]).replace("torch.", ""), dev, time.perf_counter() - start,
              measured_weight_bytes(model) / 1e6)
     return model
@@ -317,11 +310,11 @@ class Step1LLM:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_dir: Path, variant: str = "base", device: str = "auto", dtype: str = "auto",
-             trust_remote_code: bool = False) -> Step1LLM:
+    def load(cls, model_dir: Path, variant: str = "base", device: str = "auto",
+             dtype: str = "auto") -> Step1LLM:
         """Load the model and its tokenizer.model from ``model_dir`` (the Step-Audio-EditX folder)."""
         model_dir = Path(model_dir)
-        model = load_step1_model(model_dir, variant, device, dtype, trust_remote_code)
+        model = load_step1_model(model_dir, variant, device, dtype)
         if getattr(model.config, "quantization_config", None) is not None:
             variant = "bnb-4bit"
         return cls(model, StepTextTokenizer(model_dir / "tokenizer.model"), variant, model_dir)
@@ -378,7 +371,10 @@ class Step1LLM:
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
             logits = self.model(seq, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-            while seq.shape[1] < options.max_length:
+            limit = options.max_length
+            if options.max_new_tokens is not None:
+                limit = min(limit, len(prompt_ids) + options.max_new_tokens)
+            while seq.shape[1] < limit:
                 if cancel is not None and cancel.is_set():
                     raise GenerationCancelled(f"generation cancelled after {len(new)} tokens")
                 scores = processors(seq, logits[:, -1].float())
@@ -406,7 +402,7 @@ class Step1LLM:
             seconds = time.perf_counter() - start
         tokens, dropped = parse_generated_ids(new, self.eos_id)
         rate = len(new) / seconds if seconds > 0 else 0.0
-        log.info("LLM: prompt %d tokens, %d new tokens in %.2f s (%.1f tokens/s), %d audio tokens kept, "
+        log.debug("LLM: prompt %d tokens, %d new tokens in %.2f s (%.1f tokens/s), %d audio tokens kept, "
                  "%d dropped, seed %s", len(prompt_ids), len(new), seconds, rate, len(tokens), dropped, seed)
         if not tokens:
             ended = "at eos" if new and new[-1] == self.eos_id else "at the length limit"

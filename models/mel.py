@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from audio_prep import VOCODER_SAMPLE_RATE
+
 MAGNITUDE_EPS = 1e-9  # inside the sqrt of the STFT power
 LOG_CLAMP = 1e-5  # floor before the log
 
@@ -26,7 +28,7 @@ class MelConfig:
     n_fft: int = 1920
     hop_size: int = 480
     win_size: int = 1920
-    sampling_rate: int = 24000
+    sampling_rate: int = VOCODER_SAMPLE_RATE
     fmin: float = 0
     fmax: float | None = 8000
 

@@ -14,10 +14,14 @@ with ``enc_text(t)`` = ``enc("\\n" + t)`` minus the leading tokens of ``enc("\\n
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from pathlib import Path
 
-import sentencepiece as spm
+from errors import ModelFilesError, TextInputError
+from models.audio_tokens import AUDIO_CODES, AUDIO_ID_OFFSET, AUDIO_TOKEN_RE, codes_in
+
+log = logging.getLogger(__name__)
 
 # Special ids of the checkpoint's tokenizer / config.json (STEP1_FACTS §3).
 UNK_ID = 0  # also the pad id
@@ -27,15 +31,8 @@ EOT_ID = 3  # end of turn; the model's eos_token_id
 BOT_ID = 4  # begin of turn
 TURN_IDS = frozenset({BOS_ID, TOKENIZER_EOS_ID, EOT_ID, BOT_ID})
 
-# Audio tokens: <audio_N> = id AUDIO_ID_OFFSET + N. vq02 codes are N in [0, 1024), vq06 codes are
-# N = 1024 + code in [1024, 5120); ids from 65536 + 5120 up are other added tokens.
-AUDIO_ID_OFFSET = 65536
-VQ02_CODES = 1024
-VQ06_CODES = 4096
-AUDIO_CODES = VQ02_CODES + VQ06_CODES
-
-AUDIO_TOKEN_RE = re.compile(r"<audio_(\d+)>")
-MAX_TEXT_CHARS = 2000
+# Longest text a person may send (--max-text-chars); the prompt builders themselves take any length.
+DEFAULT_MAX_TEXT_CHARS = 1000
 
 # Upstream config/prompts.py: AUDIO_EDIT_CLONE_SYSTEM_PROMPT_TPL and AUDIO_EDIT_SYSTEM_PROMPT.
 CLONE_SYSTEM_PROMPT_TEMPLATE = (
@@ -84,16 +81,14 @@ EDIT_TASKS: dict[str, list[str]] = {
 }
 # Tasks whose instruction names one option from EDIT_TASKS.
 TASKS_WITH_OPTION = ("emotion", "style", "speed")
+# Tasks whose instruction does not quote the audio's text (so an empty text is fine there).
+TEXTLESS_TASKS = ("denoise", "vad")
 
 # Strings that mean something to the prompt frame or the tokenizer and must not come from user text.
 _CONTROL_RE = re.compile(
     r"<audio_\d+>|</?s>|<unk>|<\|[^<>|]{0,40}\|>|\[speaker_(?:start|end)\]",
     re.IGNORECASE,
 )
-
-
-class TextInputError(ValueError):
-    """Text that cannot be used (empty, too long, nothing left after sanitising); the message says why."""
 
 
 def sanitize_text(text: str) -> str:
@@ -112,22 +107,44 @@ def sanitize_text(text: str) -> str:
     return text.strip()
 
 
-def validate_text(text: str, what: str = "text", max_chars: int = MAX_TEXT_CHARS) -> str:
-    """Sanitise and check a user text; raises TextInputError when it is empty or too long."""
+def clean_text(text: str | None, what: str, limit: int, warnings: list[str],
+               allow_empty: bool = False) -> str:
+    """Strip and sanitise a person's ``text`` (control tokens such as ``<audio_3>`` are removed, with
+    a note appended to ``warnings``); refuse it when it is longer than ``limit`` characters, not
+    valid Unicode, or (unless ``allow_empty``) empty."""
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise TextInputError(f"the {what} must be text, got {type(text).__name__}")
+    raw = text.strip()
+    if len(raw) > limit:
+        raise TextInputError(f"the {what} is {len(raw)} characters long; the limit is {limit} "
+                             f"(--max-text-chars). Split it into shorter pieces.")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate (e.g. "\ud800"), sendable as JSON escapes
+        raise TextInputError(f"the {what} contains a character that is not valid Unicode (position "
+                             f"{exc.start}); remove it or retype the text") from None
+    cleaned = sanitize_text(raw)
+    if cleaned != raw:
+        note = f"removed control tokens or markup from the {what}"
+        log.warning("%s: %r -> %r", note, raw[:80], cleaned[:80])
+        warnings.append(note)
+    if not cleaned and not allow_empty:
+        if raw:
+            raise TextInputError(f"the {what} contains only control tokens or markup; type ordinary words")
+        raise TextInputError(f"the {what} is empty; type the words to speak")
+    return cleaned
+
+
+def validate_text(text: str | None, what: str = "text") -> str:
+    """Sanitise a text for a prompt; raises TextInputError when nothing usable is left."""
     if text is None:
         raise TextInputError(f"{what} is empty: type the text to speak")
-    if len(text) > max_chars:
-        raise TextInputError(f"{what} is {len(text)} characters long; the limit is {max_chars}. "
-                             "Split it into shorter parts.")
     clean = sanitize_text(text)
     if not clean:
         raise TextInputError(f"{what} is empty (after removing control tokens): type the text to speak")
     return clean
-
-
-def audio_token_str(llm_codes: list[int]) -> str:
-    """Mixed-stream codes in [0, 5120) -> ``"<audio_N>..."`` (N = code)."""
-    return "".join(f"<audio_{int(c)}>" for c in llm_codes)
 
 
 def validate_audio_token_str(token_str: str, what: str = "audio tokens") -> str:
@@ -137,7 +154,7 @@ def validate_audio_token_str(token_str: str, what: str = "audio tokens") -> str:
     if rest.strip():
         raise TextInputError(f"{what} must contain only <audio_N> tokens; found other text "
                              f"{rest.strip()[:40]!r}")
-    codes = [int(n) for n in AUDIO_TOKEN_RE.findall(token_str)]
+    codes = codes_in(token_str)
     if not codes:
         raise TextInputError(f"{what} are empty: the reference audio produced no tokens")
     bad = [c for c in codes if c >= AUDIO_CODES]
@@ -150,11 +167,17 @@ class StepTextTokenizer:
     """The checkpoint's sentencepiece ``tokenizer.model`` plus the ``<audio_N>`` added tokens."""
 
     def __init__(self, model_file: Path) -> None:
+        import sentencepiece as spm  # here, so that importing the prompt rules stays light
+
         model_file = Path(model_file)
         if not model_file.is_file():
-            raise FileNotFoundError(f"tokenizer.model not found at {model_file}; the Step-Audio-EditX "
-                                    "folder is incomplete (download it again)")
-        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+            raise ModelFilesError(f"tokenizer.model not found in {model_file.parent.name}; the "
+                                  "Step-Audio-EditX folder is incomplete (download it again)")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        except (OSError, RuntimeError) as exc:
+            raise ModelFilesError(f"cannot read {model_file.name} in {model_file.parent.name} ({exc}); "
+                                  "the file is damaged, download it again") from exc
         self.model_file = model_file
         # Byte pieces let a forbidden piece be re-spelled from its bytes (see safe_text_ids).
         self._byte_ids = {}
@@ -219,7 +242,7 @@ def _checked_ids(tok: StepTextTokenizer, text: str, audio_tokens: str, what: str
     """enc(text) with safe text parts; the only audio ids in it must be those of ``audio_tokens``
     (the ones we put there ourselves) and no turn id may appear."""
     ids = tok.encode(text, safe_text=True)
-    allowed = [AUDIO_ID_OFFSET + int(n) for n in AUDIO_TOKEN_RE.findall(audio_tokens)]
+    allowed = [AUDIO_ID_OFFSET + n for n in codes_in(audio_tokens)]
     if [i for i in ids if i >= AUDIO_ID_OFFSET] != allowed or any(i in TURN_IDS for i in ids):
         raise TextInputError(f"{what} contains control tokens that could not be removed")
     return ids

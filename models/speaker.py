@@ -16,10 +16,11 @@ import onnxruntime
 import torch
 
 import kaldi_fbank as kaldi
+from audio_prep import SPEAKER_SAMPLE_RATE
+from errors import AudioInputError, ModelFilesError
 
 log = logging.getLogger(__name__)
 
-SPEAKER_SAMPLE_RATE = 16000  # Hz, CAM++ input rate
 FBANK_BINS = 80
 MIN_SAMPLES = 400  # one 25 ms frame at 16 kHz
 
@@ -31,9 +32,9 @@ def kaldi_fbank(audio_16k: np.ndarray) -> np.ndarray:
     """
     audio_16k = np.ascontiguousarray(np.asarray(audio_16k, dtype=np.float32).reshape(-1))
     if audio_16k.size < MIN_SAMPLES:
-        raise ValueError(
-            f"reference audio too short for the speaker embedding: {audio_16k.size} samples "
-            f"at 16 kHz, need at least {MIN_SAMPLES}"
+        raise AudioInputError(
+            f"the clip is too short for the speaker embedding: {audio_16k.size} samples at 16 kHz, "
+            f"need at least {MIN_SAMPLES}; use a longer clip"
         )
     # CosyVoice's frontend: kaldi.fbank(speech, num_mel_bins=80, dither=0, sample_frequency=16000)
     feat = kaldi.fbank(torch.from_numpy(audio_16k), num_mel_bins=FBANK_BINS, dither=0.0,
@@ -47,16 +48,21 @@ class SpeakerEncoder:
     def __init__(self, onnx_path: Path, threads: int | None = None):
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
-            raise FileNotFoundError(
-                f"speaker model not found: {onnx_path} (campplus.onnx of CosyVoice-300M-25Hz)"
+            raise ModelFilesError(
+                f"speaker model {onnx_path.name} not found in {onnx_path.parent.name}/ (download the "
+                "full CosyVoice-300M-25Hz folder of Step-Audio-EditX)"
             )
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(
-            str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several types for a bad file
+            raise ModelFilesError(f"cannot load {onnx_path.name} ({exc}); the file is damaged, "
+                                  "download it again") from exc
         self.input_name = self.session.get_inputs()[0].name
 
     def embed(self, audio_16k: np.ndarray) -> np.ndarray:

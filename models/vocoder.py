@@ -19,11 +19,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,39 +28,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audio_prep import PROMPT_PEAK, VOCODER_SAMPLE_RATE, resample
-from models.cosyvoice_config import CosyVoiceConfigError, load_cosyvoice_config
+from audio_prep import PROMPT_PEAK, SPEAKER_SAMPLE_RATE, VOCODER_SAMPLE_RATE, resample
+from errors import ModelFilesError
+from lru import LRU
+from model_layout import COSYVOICE_CONFIG_FILE, FLOW_FILE, HIFT_FILE, SPEAKER_FILE
+from models.audio_tokens import AUDIO_CODES, GROUP_SIZE, VQ02_CODES
+from models.cosyvoice_config import load_cosyvoice_config
 from models.device import pick_device, pick_dtype
 from models.flow import MEL_BINS, CausalMaskedDiffWithXvec, StepHook
 from models.hift import HiFTGenerator, SineDraws, fold_weight_norm
 from models.mel import MelConfig, log_mel_spectrogram, mel_filters
-from models.prompts import AUDIO_CODES, VQ02_CODES
-from models.speaker import SPEAKER_SAMPLE_RATE, SpeakerEncoder
+from models.prompt_features import PromptFeatures
+from models.speaker import SpeakerEncoder
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "cosyvoice.yaml"
-FLOW_FILE = "flow.pt"
-HIFT_FILE = "hift.pt"
-SPEAKER_FILE = "campplus.onnx"
 
 # Mixed stream ids: vq02 in [0, VQ02_CODES), vq06 + 1024 in [VQ02_CODES, AUDIO_CODES). In the
 # vocoder's vq02 column, id VQ02_CODES pads the third slot of each group (one vq02 per 3 frames).
-GROUP = 5  # [02, 02, 06, 06, 06]
 GROUP_PAD = (0, 0, 0, VQ02_CODES, VQ02_CODES, VQ02_CODES)  # upstream pads a partial group with its tail
 NOISE_FRAMES = 50 * 600  # upstream's noise buffer: 600 s of 50 Hz mel frames
-
-
-@dataclass
-class PromptFeatures:
-    """What the vocoder needs about the reference clip.
-
-    mel: (frames, 80) float32 log mel of the 24 kHz reference, 50 Hz.
-    speaker_embedding: (192,) float32 CAM++ embedding.
-    """
-
-    mel: np.ndarray
-    speaker_embedding: np.ndarray
+NOISE_BUFFERS_KEPT = 4  # per-seed noise buffers kept (10 MB each; drawing one costs tens of ms)
 
 
 def reshape_mixed_tokens(mixed: Sequence[int]) -> np.ndarray:
@@ -73,9 +58,9 @@ def reshape_mixed_tokens(mixed: Sequence[int]) -> np.ndarray:
     [a, b, x, y, z]: column 0 is [a, b, 1024] (vq02 + pad), column 1 is [x, y, z] - 1024 + 1025.
     """
     seq = [int(t) for t in mixed]
-    if len(seq) % GROUP:
-        seq += list(GROUP_PAD[-(GROUP - len(seq) % GROUP) :])
-    groups = np.asarray(seq, dtype=np.int64).reshape(-1, GROUP)
+    if len(seq) % GROUP_SIZE:
+        seq += list(GROUP_PAD[-(GROUP_SIZE - len(seq) % GROUP_SIZE) :])
+    groups = np.asarray(seq, dtype=np.int64).reshape(-1, GROUP_SIZE)
     vq02 = np.concatenate([groups[:, :2], np.full((len(groups), 1), VQ02_CODES, dtype=np.int64)], axis=1)
     vq06 = groups[:, 2:] - VQ02_CODES + VQ02_CODES + 1
     return np.stack([vq02.reshape(-1), vq06.reshape(-1)], axis=1)
@@ -110,13 +95,15 @@ def load_state_dict_checked(module: nn.Module, path: Path) -> None:
     ``module`` may live on the meta device: tensors are assigned, not copied.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise ModelFilesError(f"vocoder checkpoint {path.name} not found in {path.parent.name}/; download "
+                              "the CosyVoice-300M-25Hz folder of Step-Audio-EditX again")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated download or a non-torch file
-        raise ValueError(f"{path} is not a readable torch state dict ({exc}); download it again") from exc
+        raise ModelFilesError(f"{path.name} is not a readable torch state dict ({exc}); download it "
+                              "again") from exc
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict")
+        raise ModelFilesError(f"{path.name} holds a {type(state).__name__}, expected a state dict")
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -154,10 +141,10 @@ def build_networks(
         config = load_cosyvoice_config(config_text)
     for key in ("flow", "hift"):
         if key not in config:
-            raise CosyVoiceConfigError(f"cosyvoice.yaml has no top-level {key!r}")
+            raise ModelFilesError(f"cosyvoice.yaml has no top-level {key!r}")
     flow, hift = config["flow"], config["hift"]
     if not isinstance(flow, CausalMaskedDiffWithXvec) or not isinstance(hift, HiFTGenerator):
-        raise CosyVoiceConfigError(
+        raise ModelFilesError(
             "cosyvoice.yaml: 'flow' must be a CausalMaskedDiffWithXvec and 'hift' a HiFTGenerator"
         )
     mel_conf = MelConfig.from_mapping(config.get("mel_conf") or {})
@@ -205,8 +192,7 @@ class Vocoder:
         self.dtype = dtype
         self.fingerprint = fingerprint  # identifies what prompt_features depends on (mel settings, CAM++)
         self.directory = directory
-        self._noise_cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._noise_lock = threading.Lock()  # the UI may decode from several threads
+        self._noise_cache: LRU[int, tuple[torch.Tensor, torch.Tensor]] = LRU(NOISE_BUFFERS_KEPT)
 
     @classmethod
     def load(cls, cosyvoice_dir: Path, device: str = "auto", dtype: str = "auto") -> Vocoder:
@@ -219,11 +205,11 @@ class Vocoder:
         """
         start = time.perf_counter()
         cosyvoice_dir = Path(cosyvoice_dir)
-        config_path = cosyvoice_dir / CONFIG_FILE
+        config_path = cosyvoice_dir / COSYVOICE_CONFIG_FILE
         if not config_path.is_file():
-            raise FileNotFoundError(
-                f"{config_path} not found: pass the CosyVoice-300M-25Hz folder of "
-                "Step-Audio-EditX (it holds cosyvoice.yaml, flow.pt, hift.pt, campplus.onnx)"
+            raise ModelFilesError(
+                f"{COSYVOICE_CONFIG_FILE} not found in {cosyvoice_dir.name}/: pass the CosyVoice-300M-25Hz "
+                "folder of Step-Audio-EditX (it holds cosyvoice.yaml, flow.pt, hift.pt, campplus.onnx)"
             )
         torch_device = pick_device(device)
         torch_dtype = vocoder_dtype(torch_device, dtype)
@@ -244,7 +230,7 @@ class Vocoder:
         vocoder = cls(
             flow, hift, mel_conf, speaker, torch_device, torch_dtype, digest.hexdigest()[:16], cosyvoice_dir
         )
-        log.info(
+        log.debug(
             "vocoder loaded from %s on %s/%s in %.2f s",
             cosyvoice_dir,
             torch_device,
@@ -269,14 +255,14 @@ class Vocoder:
         if peak > PROMPT_PEAK * (1 + 1e-6):  # tolerance: the prelude's own output may round to 0.6 + 1 ulp
             audio = (torch.from_numpy(audio) / peak * PROMPT_PEAK).numpy()
         if self.speaker is None:
-            raise FileNotFoundError(
-                f"{SPEAKER_FILE} is missing from {self.directory}; the speaker embedding "
-                "needs it (download the full CosyVoice-300M-25Hz folder)"
+            raise ModelFilesError(
+                f"{SPEAKER_FILE} is missing from the vocoder folder; the speaker embedding needs it "
+                "(download the full CosyVoice-300M-25Hz folder)"
             )
         audio_24k = resample(audio, int(sample_rate), self.mel_conf.sampling_rate)
         mel = log_mel_spectrogram(audio_24k, self.mel_conf)[0].T.contiguous().numpy()
         embedding = self.speaker.embed(resample(audio, int(sample_rate), SPEAKER_SAMPLE_RATE))
-        log.info(
+        log.debug(
             "vocoder prompt features: %.2f s of audio -> %d mel frames + %d-d speaker embedding in %.3f s",
             audio.size / sample_rate,
             mel.shape[0],
@@ -291,15 +277,13 @@ class Vocoder:
 
         The last few buffers are cached (10 MB each) since drawing one costs tens of ms.
         """
-        with self._noise_lock:
-            if seed not in self._noise_cache:
-                generator = torch.Generator().manual_seed(seed)
-                noise = torch.randn(1, MEL_BINS, NOISE_FRAMES, generator=generator)
-                self._noise_cache[seed] = (noise, generator.get_state())
-                while len(self._noise_cache) > 4:
-                    self._noise_cache.popitem(last=False)
-            self._noise_cache.move_to_end(seed)
-            noise, state = self._noise_cache[seed]
+        cached = self._noise_cache.get(seed)
+        if cached is None:  # two threads may both draw the same buffer once: same values, no harm
+            generator = torch.Generator().manual_seed(seed)
+            noise = torch.randn(1, MEL_BINS, NOISE_FRAMES, generator=generator)
+            cached = (noise, generator.get_state())
+            self._noise_cache.put(seed, cached)
+        noise, state = cached
         generator = torch.Generator()
         generator.set_state(state)
         return noise, generator
@@ -346,7 +330,7 @@ class Vocoder:
             torch.cuda.synchronize(dev)
         hift_s = time.perf_counter() - start
         seconds = speech.size(-1) / self.sample_rate
-        log.info(
+        log.debug(
             "vocoder: %d token frames -> %.2f s of audio; flow %d steps %.3f s, hift %.3f s (RTF %.3f)",
             token.size(1),
             seconds,

@@ -16,12 +16,7 @@ import argparse
 import importlib
 import json
 import logging
-import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 STAGES = ("tokenizer", "llm", "vocoder", "clone", "all")
 

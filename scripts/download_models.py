@@ -18,14 +18,9 @@ import argparse
 import importlib
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from model_layout import DEFAULT_PARTS, PARTS, verify_layout  # noqa: E402
 

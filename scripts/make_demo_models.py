@@ -2,57 +2,24 @@
 
     python scripts/make_demo_models.py --out demo_models
 
-The app uses them when no real models are present and every test runs on them. Each part is
-written by its own module under ``scripts/demo/`` with the real file names and config keys, so
-loading demo and real models goes through the same code.
+The writers live in the ``demo`` package (the app writes the same models at start-up when no
+real ones are present).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from model_layout import DEMO_MARKER  # noqa: E402
+from demo import PARTS, write_demo_models
 
 log = logging.getLogger("make_demo_models")
-
-# part name -> module under scripts/demo exposing write(root: Path, seed: int) -> None
-PARTS = {
-    "tokenizer": "scripts.demo.tokenizer_assets",
-    "llm": "scripts.demo.llm_assets",
-    "vocoder": "scripts.demo.vocoder_assets",
-}
-
-
-def write_demo_models(out: Path, parts: tuple[str, ...] = tuple(PARTS), seed: int = 0,
-                      force: bool = False) -> Path:
-    """Write the requested parts under ``out`` (idempotent unless ``force``); returns ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for part in parts:
-        if part not in PARTS:
-            raise ValueError(f"unknown demo part {part!r}; choose from {sorted(PARTS)}")
-        done = out / f".{part}.done"
-        if done.exists() and not force:
-            continue
-        importlib.import_module(PARTS[part]).write(out, seed)
-        done.write_text("ok\n")
-        log.info("demo %s models written under %s", part, out)
-    # A marker file so the app can say plainly that these are untrained demo weights.
-    (out / DEMO_MARKER).write_text("tiny random-weight demo models: untrained, the output is noise\n")
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "demo_models", help="output root folder")
+    parser.add_argument("--out", type=Path, default=Path("demo_models"), help="output root folder")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help="comma-separated subset of: " + ", ".join(PARTS))
     parser.add_argument("--seed", type=int, default=0)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from demo import write_demo_models
 
-from scripts.make_demo_models import write_demo_models  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference_root() -> Path:

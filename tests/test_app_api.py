@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.pipeline import AudioInputError, OptionsError
-from scripts.make_examples import synthetic_voice
+from demo.examples import synthetic_voice
+from errors import AudioInputError, OptionsError
 from tests.app_server import ROOT, free_port, get_json, running_app
-from ui_adapter import EngineAdapter, cache_table, synthesis_options
+from ui.adapter import EngineAdapter, cache_table, synthesis_options
 
 
 @pytest.fixture(scope="module")

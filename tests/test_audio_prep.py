@@ -10,7 +10,6 @@ import pytest
 import soundfile
 
 from audio_prep import (
-    AudioInputError,
     load_audio,
     prepare_for_tokenizer,
     prompt_prelude,
@@ -18,6 +17,7 @@ from audio_prep import (
     trim_silence,
     validate_reference,
 )
+from errors import AudioInputError
 
 
 def _voice(seconds: float, sr: int, lead: float = 0.0, tail: float = 0.0, amp: float = 0.5) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from scripts.make_examples import synthetic_voice
+from demo.examples import synthetic_voice
 from tests.app_server import ROOT, running_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -20,7 +20,6 @@ from model_layout import (
     is_demo_models,
     verify_layout,
 )
-from scripts.make_demo_models import DEMO_MARKER as WRITER_MARKER
 
 
 def _tiny_onnx(path: Path) -> None:
@@ -56,10 +55,6 @@ def _problem_for(problems: list[str], relative: str) -> str:
     hits = [p for p in problems if p.startswith(relative)]
     assert hits, f"no problem reported for {relative}: {problems}"
     return hits[0]
-
-
-def test_marker_matches_demo_writer():
-    assert DEMO_MARKER == WRITER_MARKER
 
 
 def test_fixture_layout_is_complete(fixture_layout):
@@ -205,3 +200,57 @@ def test_missing_root_is_reported(tmp_path):
 def test_unknown_part_is_an_error(fixture_layout):
     with pytest.raises(ValueError, match="unknown model part"):
         verify_layout(fixture_layout, parts=("vocoders",))
+
+
+def test_demo_model_files_are_readable_by_other_users(demo_models_root):
+    # The image runs as uid 10001 over host-mounted models: nothing the writer makes may be private.
+    private = [p for p in demo_models_root.rglob("*") if p.is_file() and not p.stat().st_mode & 0o004]
+    assert private == []
+
+
+def test_a_model_file_the_app_user_cannot_read_is_named_with_the_fix(demo_models_root):
+    import os
+    import tempfile
+
+    # A folder other users may enter (pytest's own tmp folders are private to their owner).
+    root = Path(tempfile.mkdtemp(prefix="editx-unreadable-"))
+    try:
+        root.chmod(0o755)
+        copy = root / "models"
+        shutil.copytree(demo_models_root, copy)
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        shard = copy / "Step-Audio-EditX" / "model-00001.safetensors"
+        shard.chmod(0o600)
+        if os.geteuid() != 0:
+            shard.chmod(0o000)
+            problems = verify_layout(copy)
+        else:  # root reads every file: check from a forked child running as "nobody", like uid 10001
+            problems = _verify_as_user(copy, 65534)
+        line = _problem_for(problems, "Step-Audio-EditX/model-00001.safetensors")
+        assert "not readable by this user" in line and "chmod" in line
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _verify_as_user(root: Path, uid: int) -> list[str]:
+    """verify_layout(root) in a forked child whose real and effective uid are ``uid``."""
+    import json
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop to the uid, verify, report through the pipe, exit without cleanup
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            os.write(write, json.dumps(verify_layout(root)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)

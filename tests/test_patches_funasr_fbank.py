@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import kaldi_fbank
+from models.vq02 import import_funasr
 from patches import funasr_fbank
-from tokenizer import import_funasr
 
 SR = 16000
 INT16_SCALE = 1 << 15  # FunASR scales [-1, 1] audio to int16 range before the fbank

@@ -9,29 +9,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_prep import VOCODER_SAMPLE_RATE
-from models.pipeline import (
-    VOCODER_FIELD_PREFIX,
+from audio_prep import VOCODER_SAMPLE_RATE, read_audio
+from demo import write_demo_models
+from demo.examples import synthetic_voice
+from engine import VOCODER_FIELD_PREFIX, CloneEngine
+from errors import (
     AudioInputError,
-    CloneEngine,
-    CloneRequest,
-    EditRequest,
     EmptyGenerationError,
-    EngineConfig,
     GenerationCancelled,
-    ModelFilesMissing,
+    ModelFilesError,
     OptionsError,
-    SynthesisOptions,
     TextInputError,
-    audio_digest,
-    decode_features,
-    encode_features,
-    locate_models,
-    open_cache,
-    read_audio,
 )
-from models.vocoder import PromptFeatures
-from scripts.make_examples import synthetic_voice
+from model_layout import locate_models
+from models.prompt_features import PromptFeatures, audio_digest, decode_features, encode_features
+from prompt_cache import open_prompt_cache
+from synthesis import CloneRequest, EditRequest, EngineConfig, SynthesisOptions
 
 SR = 22050  # an odd rate on purpose: the engine accepts any
 MAX_LENGTH = 640  # LLM total-length cap (prompt included): the random demo LLM rarely stops on its own
@@ -325,7 +318,7 @@ def test_unreadable_files_are_refused(tmp_path):
 def test_unusable_cache_folder_degrades_to_memory(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    cache = open_cache(blocker, 10, 1 << 20)
+    cache = open_prompt_cache(blocker, 10, 1 << 20)
     cache.put("k", {"vq02": [1], "vq06": [2]})
     assert cache.get("k") == {"vq02": [1], "vq06": [2]}
     assert cache.stats()["persistent"] is False
@@ -335,22 +328,22 @@ def test_corrupt_cache_database_degrades(tmp_path):
     folder = tmp_path / "cache"
     folder.mkdir()
     (folder / "cache.db").write_bytes(b"\x00garbage" * 64)
-    cache = open_cache(folder, 10, 1 << 20)
+    cache = open_prompt_cache(folder, 10, 1 << 20)
     cache.put("k", {"vq02": [1], "vq06": [2]})
     assert cache.get("k") == {"vq02": [1], "vq06": [2]}
 
 
 def test_missing_model_files_are_named(tmp_path):
-    with pytest.raises(ModelFilesMissing) as info:
-        locate_models(tmp_path / "nothing_here", allow_demo=False)
+    with pytest.raises(ModelFilesError) as info:
+        locate_models(tmp_path / "nothing_here")
     assert "download_models.py" in str(info.value)
     (tmp_path / "partial" / "Step-Audio-Tokenizer").mkdir(parents=True)
-    with pytest.raises(ModelFilesMissing, match=r"Step-Audio-Tokenizer/.*: missing"):
-        locate_models(tmp_path / "partial", allow_demo=False)
+    with pytest.raises(ModelFilesError, match=r"Step-Audio-Tokenizer/.*: missing"):
+        locate_models(tmp_path / "partial")
 
 
 def test_missing_models_fall_back_to_the_demo_models(tmp_path, demo_models_root):
-    root = locate_models(tmp_path / "empty", demo_dir=demo_models_root, allow_demo=True)
+    root = locate_models(tmp_path / "empty", demo_models_root, write_demo_models)
     assert root.demo and root.path == demo_models_root
     assert locate_models(demo_models_root).demo
 

@@ -6,28 +6,28 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from models.audio_tokens import AUDIO_ID_OFFSET, token_str
 from models.prompts import (
-    AUDIO_ID_OFFSET,
     BOS_ID,
     BOT_ID,
     CLONE_SYSTEM_PROMPT_TEMPLATE,
+    DEFAULT_MAX_TEXT_CHARS,
     EDIT_SYSTEM_PROMPT,
     EDIT_TASKS,
     EOT_ID,
-    MAX_TEXT_CHARS,
     TURN_IDS,
     StepTextTokenizer,
     TextInputError,
-    audio_token_str,
     build_clone_prompt,
     build_edit_prompt,
+    clean_text,
     edit_instruction,
     sanitize_text,
     validate_audio_token_str,
     validate_text,
 )
 
-AUDIO = audio_token_str([5, 900, 1024, 3000, 5119, 0, 1, 2000, 2001, 2002])
+AUDIO = token_str([5, 900, 1024, 3000, 5119, 0, 1, 2000, 2001, 2002])
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +168,20 @@ def test_validate_text_errors():
     for bad in ["", "   ", "<|EOT|>", "<audio_1><audio_2>", None]:
         with pytest.raises(TextInputError, match="empty"):
             validate_text(bad)
-    with pytest.raises(TextInputError, match="limit"):
-        validate_text("a" * (MAX_TEXT_CHARS + 1))
     assert validate_text(" ok ") == "ok"
+
+
+def test_clean_text_limits_markup_and_bad_unicode():
+    warnings: list[str] = []
+    with pytest.raises(TextInputError, match="limit is 1000"):
+        clean_text("a" * (DEFAULT_MAX_TEXT_CHARS + 1), "target text", DEFAULT_MAX_TEXT_CHARS, warnings)
+    assert clean_text(" Hi <audio_5> there ", "target text", 100, warnings) == "Hi  there"
+    assert warnings and "control tokens" in warnings[0]
+    with pytest.raises(TextInputError, match="not valid Unicode"):  # a lone surrogate, as raw JSON can send
+        clean_text("hello \ud800 world", "target text", 100, [])
+    with pytest.raises(TextInputError, match="empty"):
+        clean_text("  ", "target text", 100, [])
+    assert clean_text(None, "reference text", 100, [], allow_empty=True) == ""
 
 
 def test_validate_audio_token_str():

@@ -13,18 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audio_prep import AudioInputError
+from errors import AudioInputError, ModelFilesError
+from model_layout import PARAFORMER_SUBDIR
+from models.audio_tokens import AUDIO_ID_OFFSET, VQ02_CODES, VQ06_CODES, interleave, to_llm_ids, token_str
 from prompt_cache import PromptCache
-from tokenizer import (
-    AUDIO_ID_OFFSET,
-    PARAFORMER_SUBDIR,
-    VQ02_CODES,
-    VQ06_CODES,
-    StepAudioTokenizer,
-    TokenizerFilesError,
-    audio_token_str,
-    interleave_llm_ids,
-)
+from tokenizer import StepAudioTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,11 +44,11 @@ def tok(tokenizer_dir, tmp_path_factory) -> StepAudioTokenizer:
 
 def test_interleave_groups_and_text_form():
     vq02, vq06 = [1, 2, 3, 4, 5], [10, 11, 12, 13, 14, 15, 16]
-    ids = interleave_llm_ids(vq02, vq06)
+    ids = to_llm_ids(interleave(vq02, vq06))
     assert ids == [65537, 65538, 66570, 66571, 66572, 65539, 65540, 66573, 66574, 66575]
-    assert audio_token_str(vq02, vq06) == ("<audio_1><audio_2><audio_1034><audio_1035><audio_1036>"
-                                           "<audio_3><audio_4><audio_1037><audio_1038><audio_1039>")
-    assert interleave_llm_ids([1], [1, 2, 3]) == [] and audio_token_str([], []) == ""
+    assert token_str(interleave(vq02, vq06)) == ("<audio_1><audio_2><audio_1034><audio_1035><audio_1036>"
+                                                 "<audio_3><audio_4><audio_1037><audio_1038><audio_1039>")
+    assert interleave([1], [1, 2, 3]) == [] and token_str(interleave([], [])) == ""
 
 
 def test_encode_gives_consistent_tokens(tok):
@@ -170,7 +163,7 @@ def test_missing_or_truncated_files_fail_at_start_naming_the_file(tokenizer_dir,
         target.unlink()
     else:
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 3])
-    with pytest.raises(TokenizerFilesError, match=re.escape(target.name)):
+    with pytest.raises(ModelFilesError, match=re.escape(target.name)):
         StepAudioTokenizer(copy, device="cpu")
 
 
@@ -267,7 +260,7 @@ def test_transcription_is_a_string_cached_and_added_to_old_entries(tok, caplog):
 def test_codes_are_deterministic_with_dither_forced_off(tokenizer_dir, caplog):
     config = (tokenizer_dir / PARAFORMER_SUBDIR / "config.yaml").read_text()
     assert "dither:" not in config  # like the real file: FunASR would default to dither 1.0
-    with caplog.at_level(logging.INFO, logger="tokenizer"):
+    with caplog.at_level(logging.DEBUG, logger="models"):
         uncached = StepAudioTokenizer(tokenizer_dir, device="cpu", cache=None)
     assert any("dither forced to 0" in r.getMessage() for r in caplog.records)
     audio = _voice(1.3, 16000, seed=9)
@@ -281,15 +274,15 @@ def test_batched_streaming_encoder_matches_funasr_chunk_loop(tok):
     # lengths around the chunk (3840) and trim (240) grids, incl. the two end-of-audio rules
     for n in (400, 700, 3840, 4080, 4320, 4560, 7680, 7920, 8160, 11520, 11760, 12000, len(audio)):
         clip = audio[:n]
-        batched = tok.encode_vq02(clip, transcribe=True)
-        chunked = tok.encode_vq02(clip, transcribe=True, batched=False)
+        batched = tok.vq02.encode(clip, transcribe=True)
+        chunked = tok.vq02.encode(clip, transcribe=True, batched=False)
         assert batched.enc_out.shape == chunked.enc_out.shape, n
         np.testing.assert_allclose(batched.enc_out, chunked.enc_out, atol=1e-4, err_msg=str(n))
         assert batched.codes == chunked.codes and batched.transcript == chunked.transcript, n
 
 
 def test_demo_assets_are_deterministic_from_the_seed(tmp_path):
-    from scripts.demo.tokenizer_assets import write
+    from demo.tokenizer_assets import write
 
     write(tmp_path / "a", 3)
     write(tmp_path / "b", 3)

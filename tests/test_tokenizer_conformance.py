@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from audio_prep import energy_norm, prepare_for_tokenizer, prompt_prelude, resample
-from tokenizer import StepAudioTokenizer, audio_token_str, interleave_llm_ids
+from models.audio_tokens import interleave, to_llm_ids, token_str
+from tokenizer import StepAudioTokenizer
 
 VQ02_MARGIN = 1e-3  # codes whose 2nd-best distance is closer than this may flip (README)
 VQ06_MARGIN = 1e-4
@@ -78,7 +79,7 @@ def test_conformance_tokenizer_prep(ref):
 def test_conformance_tokenizer_vq02(ref, ref_tokenizer, batched):
     failures = []
     for name, _info, arr in _signals(ref):
-        result = ref_tokenizer.encode_vq02(arr("audio_16k"), batched=batched)
+        result = ref_tokenizer.vq02.encode(arr("audio_16k"), batched=batched)
         feats, enc = arr("vq02_lfr_feats"), arr("enc_out")
         if result.lfr_feats.shape != feats.shape or result.enc_out.shape != enc.shape:
             failures.append(f"{name}: shapes feats {result.lfr_feats.shape} vs {feats.shape}, "
@@ -100,13 +101,13 @@ def test_conformance_tokenizer_vq06(ref, ref_tokenizer):
     failures = []
     for name, _info, arr in _signals(ref):
         audio = arr("audio_16k")
-        mel = np.concatenate(ref_tokenizer.log_mel_chunks(audio), axis=1)
+        mel = np.concatenate(ref_tokenizer.vq06.log_mel_chunks(audio), axis=1)
         expected = arr("mel128")
         if mel.shape != expected.shape:
             failures.append(f"{name}/mel128: shape {mel.shape} != {expected.shape}")
         elif float(np.abs(mel - expected).max()) > ATOL_FEATS:
             failures.append(f"{name}/mel128: max abs diff {float(np.abs(mel - expected).max()):.3g}")
-        _check_same_codes(ref_tokenizer.encode_vq06(audio), arr("vq06"), arr("vq06_margin"), VQ06_MARGIN,
+        _check_same_codes(ref_tokenizer.vq06.encode(audio), arr("vq06"), arr("vq06_margin"), VQ06_MARGIN,
                           f"{name}/vq06", failures)
     assert not failures, "\n".join(failures)
 
@@ -114,8 +115,8 @@ def test_conformance_tokenizer_vq06(ref, ref_tokenizer):
 def test_conformance_tokenizer_interleave(ref):
     for name, info, arr in _signals(ref):
         vq02, vq06 = [int(c) for c in arr("vq02")], [int(c) for c in arr("vq06")]
-        assert interleave_llm_ids(vq02, vq06) == arr("llm_ids").tolist() == info["llm_ids"], name
-        assert audio_token_str(vq02, vq06) == info["token_str"], name
+        assert to_llm_ids(interleave(vq02, vq06)) == arr("llm_ids").tolist() == info["llm_ids"], name
+        assert token_str(interleave(vq02, vq06)) == info["token_str"], name
 
 
 def test_conformance_tokenizer_end_to_end(ref, ref_tokenizer):

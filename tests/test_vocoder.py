@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from errors import ModelFilesError
 from model_layout import VOCODER_FOLDER
 from models.cosyvoice_config import (
     DEMO_SIZES,
-    CosyVoiceConfigError,
     load_cosyvoice_config,
     render_cosyvoice_yaml,
 )
 from models.dit import DiT
 from models.flow import CausalMaskedDiffWithXvec, UpsampleConformerEncoderV2
 from models.hift import ConvRNNF0Predictor, HiFTGenerator
-from models.vocoder import PromptFeatures, Vocoder, reshape_mixed_tokens
+from models.prompt_features import PromptFeatures
+from models.vocoder import Vocoder, reshape_mixed_tokens
 
 SUBDIR = Path(VOCODER_FOLDER)
 SAMPLES_PER_GROUP = 2880  # 5 mixed tokens = 3 frames at 25 Hz = 0.12 s at 24 kHz
@@ -130,7 +131,7 @@ hift_f0: !new:anything.ConvRNNF0Predictor
     ],
 )
 def test_yaml_unknown_tag_or_class_fails_clearly(text, needle):
-    with pytest.raises(CosyVoiceConfigError, match=needle.replace("[", r"\[")):
+    with pytest.raises(ModelFilesError, match=needle.replace("[", r"\[")):
         with torch.device("meta"):
             load_cosyvoice_config(text)
 
@@ -166,7 +167,7 @@ def test_missing_and_unexpected_keys_are_named(cosyvoice_dir, tmp_path):
 
 
 def test_missing_folder_says_what_to_pass(tmp_path):
-    with pytest.raises(FileNotFoundError, match="cosyvoice.yaml"):
+    with pytest.raises(ModelFilesError, match="cosyvoice.yaml"):
         Vocoder.load(tmp_path, device="cpu")
 
 

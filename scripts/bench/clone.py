@@ -43,7 +43,7 @@ def _reference(args: argparse.Namespace, scratch: Path):
     import numpy as np
 
     from audio_prep import load_audio
-    from scripts.make_examples import VOICES, espeak_available, synthetic_voice
+    from demo.examples import VOICES, espeak_available, synthetic_voice
 
     if args.reference is not None:
         audio, sr = load_audio(args.reference)
@@ -64,16 +64,18 @@ def _reference(args: argparse.Namespace, scratch: Path):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from model_layout import has_real_models
-    from models.pipeline import CloneEngine, CloneRequest, EngineConfig, SynthesisOptions, locate_models
+    from demo import write_demo_models
+    from engine import CloneEngine
+    from model_layout import has_real_models, locate_models
+    from synthesis import CloneRequest, EngineConfig, SynthesisOptions
 
     with tempfile.TemporaryDirectory(prefix="bench_clone_") as scratch:
         scratch = Path(scratch)
         model_dir = args.model_dir or Path("checkpoints")
         if args.model_dir is None and not has_real_models(model_dir):
-            root = locate_models(scratch / "none", demo_dir=scratch / "demo_models")
+            root = locate_models(scratch / "none", scratch / "demo_models", write_demo_models)
         else:
-            root = locate_models(model_dir, allow_demo=False)
+            root = locate_models(model_dir)
         t0 = time.perf_counter()
         engine = CloneEngine.load(root.path, EngineConfig(variant=args.variant, device=args.device,
                                                           max_reference_seconds=60.0),

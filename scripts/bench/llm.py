@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 from transformers.cache_utils import DynamicCache
 
+from demo.llm_assets import write_checkpoint
 from model_layout import LLM_FOLDER, is_demo_models
+from models.audio_tokens import token_str
 from models.llm import GenerationOptions, Step1LLM, estimate_weight_bytes, measured_weight_bytes
-from models.prompts import audio_token_str, build_clone_prompt
+from models.prompts import build_clone_prompt
 from models.step1 import Step1Config
-from scripts.demo.llm_assets import write_checkpoint
 
 log = logging.getLogger("bench.llm")
 
@@ -51,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _clone_prompt(llm: Step1LLM, groups: int) -> list[int]:
     codes = [c for g in range(groups) for c in (g % 1024, (7 * g) % 1024, 1024 + g, 2048 + g, 3072 + g)]
-    return build_clone_prompt(llm.tokenizer, "This is the reference sentence.", audio_token_str(codes),
+    return build_clone_prompt(llm.tokenizer, "This is the reference sentence.", token_str(codes),
                               "And this is the sentence to say in that voice.")
 
 
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
 def _run(args: argparse.Namespace, tmp: Path) -> dict:
     root = Path(args.model_dir) if args.model_dir else Path("checkpoints")
     if not (root / LLM_FOLDER / "config.json").is_file():
-        from scripts.make_demo_models import write_demo_models
+        from demo import write_demo_models
 
         root = write_demo_models(tmp / "demo", ("llm",))
         log.info("no %s under %s: benchmarking the demo LLM", LLM_FOLDER, args.model_dir)

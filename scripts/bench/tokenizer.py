@@ -30,7 +30,6 @@ import numpy as np
 
 log = logging.getLogger("bench.tokenizer")
 
-ORT_OPTIONS = ("tuned", "default", "upstream")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +69,7 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def _model_root(model_dir: Path | None, tmp: Path) -> tuple[Path, bool]:
-    from scripts.make_demo_models import write_demo_models
+    from demo import write_demo_models
 
     if model_dir is not None and (Path(model_dir) / "Step-Audio-Tokenizer").is_dir():
         from model_layout import is_demo_models
@@ -93,12 +92,12 @@ def _cold(tok, audio: np.ndarray, sr: int, repeats: int, sessions: dict) -> dict
         t0 = time.perf_counter()
         audio_16k = prepare_for_tokenizer(prompt_prelude(audio, sr), sr)
         t1 = time.perf_counter()
-        tok.encode_vq02(audio_16k)
+        tok.vq02.encode(audio_16k)
         prep.append(t1 - t0)
         vq02.append(time.perf_counter() - t1)
         for name, session in sessions.items():
             t = time.perf_counter()
-            tok.encode_vq06(audio_16k, session=session)
+            tok.vq06.encode(audio_16k, session=session)
             vq06[name].append(time.perf_counter() - t)
     seconds = len(audio) / sr
     p, v2 = statistics.median(prep), statistics.median(vq02)
@@ -111,6 +110,7 @@ def _cold(tok, audio: np.ndarray, sr: int, repeats: int, sessions: dict) -> dict
 
 
 def run(args: argparse.Namespace) -> dict:
+    from models.vq06 import ORT_OPTIONS
     from prompt_cache import PromptCache, prompt_key
     from tokenizer import StepAudioTokenizer
 
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
                                  ort_threads=args.ort_threads, cache=cache)
         result["load_s"] = round(time.perf_counter() - t, 3)
         result["device"] = str(tok.device)
-        result["ort"] = dict(tok.ort_info)
+        result["ort"] = dict(tok.vq06.info)
 
         first = tok.encode(audio, sr)  # the miss that fills the cache
         result["first_encode_s"] = round(first.elapsed_seconds, 4)
@@ -162,8 +162,8 @@ def run(args: argparse.Namespace) -> dict:
         result["repeats"] = repeats
         result["cache"] = cache.stats()
 
-        made = {"tuned": (tok.vq06_session, tok.ort_info)}
-        made.update({options: tok.make_onnx_session(options) for options in ORT_OPTIONS[1:]})
+        made = {"tuned": (tok.vq06.session, tok.vq06.info)}
+        made.update({options: tok.vq06.make_session(options) for options in ORT_OPTIONS[1:]})
         cold = _cold(tok, audio, sr, cold_repeats, {k: v[0] for k, v in made.items()})
         for options, (_, info) in made.items():
             cold[options]["ort"] = info
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def _real_scale(tmp: Path, audio: np.ndarray, sr: int, args: argparse.Namespace) -> dict:
     """Build random weights at the real scale, load them as the app does, time one cold encode."""
-    from scripts.demo.tokenizer_assets import REAL_PARAFORMER, REAL_SEMANTIC, write_tokenizer
+    from demo.tokenizer_assets import REAL_PARAFORMER, REAL_SEMANTIC, write_tokenizer
     from tokenizer import StepAudioTokenizer
 
     folder = tmp / "real_scale" / "Step-Audio-Tokenizer"
@@ -190,13 +190,13 @@ def _real_scale(tmp: Path, audio: np.ndarray, sr: int, args: argparse.Namespace)
     t = time.perf_counter()
     tok = StepAudioTokenizer(folder, device=args.device, ort_threads=args.ort_threads, cache=None)
     load_s = time.perf_counter() - t
-    made = {"tuned": (tok.vq06_session, tok.ort_info), "default": tok.make_onnx_session("default")}
+    made = {"tuned": (tok.vq06.session, tok.vq06.info), "default": tok.vq06.make_session("default")}
     cold = _cold(tok, audio, sr, 1, {k: v[0] for k, v in made.items()})
     from audio_prep import prepare_for_tokenizer, prompt_prelude
 
     audio_16k = prepare_for_tokenizer(prompt_prelude(audio, sr), sr)
     t = time.perf_counter()
-    tok.encode_vq02(audio_16k, batched=False)  # FunASR's per-chunk loop, as upstream runs it
+    tok.vq02.encode(audio_16k, batched=False)  # FunASR's per-chunk loop, as upstream runs it
     chunk_loop_s = round(time.perf_counter() - t, 4)
     info = {"paraformer": asdict(REAL_PARAFORMER), "semantic_onnx": asdict(REAL_SEMANTIC), "file_mb": sizes,
             "write_s": round(write_s, 2), "load_s": round(load_s, 2), "ort": made["tuned"][1], "cold": cold,

@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_layout import VOCODER_FOLDER
+from model_layout import COSYVOICE_CONFIG_FILE, VOCODER_FOLDER
 from models.cosyvoice_config import REAL_SIZES, render_cosyvoice_yaml
 from models.device import pick_device
 from models.hift import fold_weight_norm
 from models.vocoder import (
-    CONFIG_FILE,
     Vocoder,
     align_prompt_mel,
     build_networks,
@@ -126,11 +125,11 @@ def resolve_model(model_dir: Path | None, scratch: Path) -> tuple[Path, str]:
     """The CosyVoice folder to measure and what it is ("given" or "demo")."""
     for root in [model_dir] if model_dir else [Path("checkpoints")]:
         for candidate in (root / SUBDIR, root):
-            if (candidate / CONFIG_FILE).is_file():
+            if (candidate / COSYVOICE_CONFIG_FILE).is_file():
                 return candidate, "given"
     if model_dir:
-        raise FileNotFoundError(f"no {CONFIG_FILE} under {model_dir} or {model_dir / SUBDIR}")
-    from scripts.make_demo_models import write_demo_models
+        raise FileNotFoundError(f"no {COSYVOICE_CONFIG_FILE} under {model_dir} or {model_dir / SUBDIR}")
+    from demo import write_demo_models
 
     write_demo_models(scratch, ("vocoder",))
     return scratch / SUBDIR, "demo"

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from model_layout import PARAFORMER_SUBDIR, TOKENIZER_FOLDER
-from models.prompts import VQ02_CODES, VQ06_CODES  # codebook sizes, fixed by the LLM vocabulary
+from models.audio_tokens import VQ02_CODES, VQ06_CODES  # codebook sizes, fixed by the LLM vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def _write_cmvn(path: Path, rng: np.random.Generator) -> None:
 
 def _paraformer_state(config: dict, vocab_size: int, seed: int) -> dict[str, torch.Tensor]:
     """State dict of a freshly initialised FunASR ParaformerStreaming (module init under ``seed``)."""
-    from tokenizer import import_funasr
+    from models.vq02 import import_funasr
 
     import_funasr()  # registers the classes (and keeps the app's logging setup intact)
     from funasr.register import tables

@@ -21,14 +21,12 @@ import torch
 from safetensors.torch import save_file
 
 from model_layout import LLM_FOLDER, SAFETENSORS_INDEX
+from models.audio_tokens import AUDIO_CODES, AUDIO_ID_OFFSET, VQ02_CODES
 from models.prompts import (
-    AUDIO_CODES,
-    AUDIO_ID_OFFSET,
     CLONE_SYSTEM_PROMPT_TEMPLATE,
     EDIT_SYSTEM_PROMPT,
     EDIT_TASKS,
     EOT_ID,
-    VQ02_CODES,
 )
 
 log = logging.getLogger(__name__)
@@ -39,10 +37,11 @@ CONFIG = {
     "auto_map": {"AutoConfig": "configuration_step1.Step1Config",
                  "AutoModelForCausalLM": "modeling_step1.Step1ForCausalLM"},
     "model_type": "step1",
-    "hidden_size": 48,
+    # Every width a multiple of 32, as in the real model (bitsandbytes' CPU 4-bit kernels need it).
+    "hidden_size": 96,
     "intermediate_size": 128,
     "num_attention_heads": 12,  # 8 + 4: not a power of two, like the real 48 = 32 + 16
-    "num_attention_groups": 4,  # 3 query heads per KV group
+    "num_attention_groups": 4,  # 3 query heads per KV group: key/value width 32
     "num_hidden_layers": 2,
     "max_seq_len": 32768,
     "vocab_size": 74752,
@@ -71,9 +70,10 @@ BIAS_CHANNEL = 0
 BIAS_CHANNEL_VALUE = 4.0
 LOGIT_BIAS_AUDIO = 8.0
 LOGIT_BIAS_VQ02 = 0.1  # extra for vq02 codes, so 2+3 groups appear often enough
-LOGIT_BIAS_EOS = 6.9
+LOGIT_BIAS_EOS = 5.0
 LOGIT_BIAS_TEXT = -6.0
-EOS_ROW_STD = 0.4  # eos logit varies with the context, so the stream ends after a few hundred tokens
+EOS_LOGIT_STD = 2.8  # eos logit varies with the context, so the stream ends after a few hundred tokens
+BIAS_CHANNEL_NORMED = 2.7  # the bias channel after the final RMS norm (measured: 2.72 at hidden 96)
 HEAD_STD = 0.02
 
 _WORDS = (
@@ -152,13 +152,13 @@ def _weights(rng: np.random.Generator) -> dict[str, torch.Tensor]:
     norm[BIAS_CHANNEL] = 1.0
     w["model.norm.weight"] = norm
     head = normal((v, h), HEAD_STD)
-    # After the final norm the bias channel is about BIAS_CHANNEL_VALUE / rms(x) ~ 2.5.
+    # After the final norm the bias channel is about BIAS_CHANNEL_VALUE / rms(x) = BIAS_CHANNEL_NORMED.
     bias = np.full(v, LOGIT_BIAS_TEXT, dtype=np.float32)
     bias[AUDIO_ID_OFFSET:AUDIO_ID_OFFSET + AUDIO_CODES] = LOGIT_BIAS_AUDIO
     bias[AUDIO_ID_OFFSET:AUDIO_ID_OFFSET + VQ02_CODES] += LOGIT_BIAS_VQ02
     bias[EOT_ID] = LOGIT_BIAS_EOS
-    head[EOT_ID] = normal((h,), EOS_ROW_STD)
-    head[:, BIAS_CHANNEL] = bias / 2.5
+    head[EOT_ID] = normal((h,), EOS_LOGIT_STD / h ** 0.5)
+    head[:, BIAS_CHANNEL] = bias / BIAS_CHANNEL_NORMED
     w["lm_head.weight"] = head
     return {k: torch.from_numpy(a).to(torch.bfloat16) for k, a in w.items()}
 
@@ -167,6 +167,7 @@ def write_checkpoint(out: Path, weights: dict[str, torch.Tensor], config: dict) 
     """Write ``weights`` as one safetensors shard + its index, and ``config`` as config.json."""
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out / SHARD), metadata={"format": "pt"})
+    (out / SHARD).chmod(0o644)  # readable by another user, e.g. the container's uid 10001
     total = sum(t.numel() * t.element_size() for t in weights.values())
     index = {"metadata": {"total_size": total}, "weight_map": {k: SHARD for k in weights}}
     (out / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")

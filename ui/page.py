@@ -1,27 +1,22 @@
-"""The Gradio page: layout and event wiring only (handlers live in ui_adapter.py, the work in models/).
+"""The Gradio page: layout and event wiring only (handlers live in ui/adapter.py, the work in models/).
 
-    demo = build_app(engine, examples, max_text_chars=1000)
-    serve(demo, engine, host="127.0.0.1", port=7860)
+    demo = build_app(engine, examples, max_text_chars=1000)      # served by server.py
 
 Tabs: **Clone** (reference voice + text -> speech, per-stage timing, example voices) and **Edit**
 (emotion, style, speed, paralinguistic, denoise, vad on any version in the session's history).
-The "Prompt cache" panel shows hits, misses, size and time saved. ``serve`` adds ``GET /health``
-and the request queue; the API names are ``/clone`` and ``/edit``.
+The "Prompt cache" panel shows hits, misses, size and time saved. The API names are ``/clone``
+and ``/edit``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
-from fastapi.routing import APIRoute
 
-from models.pipeline import CloneEngine
+from demo.examples import Example
+from engine import CloneEngine
 from models.prompts import EDIT_TASKS, TASKS_WITH_OPTION
-from scripts.make_examples import Example
-from ui_adapter import EDIT_SOURCE_UPLOAD, EDIT_SOURCE_VERSION, TIMING_HEADERS, EngineAdapter
+from ui.adapter import EDIT_SOURCE_UPLOAD, EDIT_SOURCE_VERSION, TIMING_HEADERS, EngineAdapter
 
-MAX_UPLOAD = "100mb"  # a 30 s reference is a few MB even as 48 kHz float WAV
 GPU_QUEUE = "models"  # one concurrency group: clone, edit and reference prep share the models
 DEMO_BANNER = (
     "⚠️ **Demo models: untrained weights, the output is noise.** No real checkpoints were found, so "
@@ -185,21 +180,3 @@ def _task_controls(task: str):
     return (gr.update(choices=options if with_option else [], value=options[0] if with_option else None,
                       visible=with_option),
             gr.update(visible=task == "paralinguistic"))
-
-
-def health_route(engine: CloneEngine) -> APIRoute:
-    """``GET /health``: models loaded, device, variants, demo flag and prompt-cache statistics (JSON)."""
-
-    def health() -> dict:
-        return engine.status()
-
-    return APIRoute("/health", health, methods=["GET"], name="health")
-
-
-def serve(demo: gr.Blocks, engine: CloneEngine, host: str = "127.0.0.1", port: int = 7860,
-          share: bool = False, concurrency: int = 1, allowed_paths: list[Path] | None = None) -> None:
-    """Queue requests (``concurrency`` at a time over the models) and serve until interrupted."""
-    demo.queue(default_concurrency_limit=concurrency, max_size=64)
-    demo.launch(server_name=host, server_port=port, share=share, theme=THEME, css=CSS,
-                app_kwargs={"routes": [health_route(engine)]}, show_error=False, footer_links=["api"],
-                allowed_paths=[str(p) for p in allowed_paths or []], max_file_size=MAX_UPLOAD)

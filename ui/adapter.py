@@ -1,7 +1,7 @@
 """The one adapter between Gradio values and the engine: UI inputs -> validated request -> audio or error.
 
-ui.py lays out the components and wires each event to a method here; models/pipeline.py does the
-work. Every method takes plain UI values (file paths, strings, numbers, the session's version
+ui/page.py lays out the components and wires each event to a method here; engine.py does
+the work. Every method takes plain UI values (file paths, strings, numbers, the session's version
 history) and returns plain UI values. Errors a person can fix become ``gr.Error`` with the
 engine's message; anything else is logged with its traceback and shown as a short apology,
 never as a traceback in the page.
@@ -20,19 +20,10 @@ from typing import TypeVar
 import gradio as gr
 import numpy as np
 
-from models.pipeline import (
-    AudioInputError,
-    CloneEngine,
-    CloneRequest,
-    EditRequest,
-    EmptyGenerationError,
-    GenerationCancelled,
-    OptionsError,
-    SynthesisOptions,
-    SynthesisResult,
-    TextInputError,
-    read_audio,
-)
+from audio_prep import read_audio
+from engine import CloneEngine
+from errors import EmptyGenerationError, GenerationCancelled, InputError, OptionsError
+from synthesis import CloneRequest, EditRequest, SynthesisOptions, SynthesisResult
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +174,7 @@ class EngineAdapter:
         """Run ``run``; turn engine errors into messages a person can act on (details in the log)."""
         try:
             result = run()
-        except (AudioInputError, TextInputError, OptionsError) as exc:
+        except InputError as exc:
             log.warning("%s refused: %s", what, exc)
             raise gr.Error(_sentence(str(exc)), title="Please check the input",
                            print_exception=False) from None

@@ -3,7 +3,7 @@
 Writes cosyvoice.yaml (the released hyperpyyaml form, small sizes), flow.pt and hift.pt (state
 dicts of our own modules, weight-norm keys as released), a tiny campplus.onnx with CAM++'s
 interface (float32 fbank (B, T, 80) in, (B, 192) embedding out) and FLOW_VERSION. Only this
-folder is written: the LLM files of Step-Audio-EditX/ come from scripts/demo/llm_assets.py.
+folder is written: the LLM files of Step-Audio-EditX/ come from demo/llm_assets.py.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from model_layout import VOCODER_FOLDER
+from model_layout import COSYVOICE_CONFIG_FILE, FLOW_FILE, HIFT_FILE, SPEAKER_FILE, VOCODER_FOLDER
 from models.cosyvoice_config import DEMO_SIZES, render_cosyvoice_yaml
 from models.speaker import FBANK_BINS
-from models.vocoder import CONFIG_FILE, FLOW_FILE, HIFT_FILE, SPEAKER_FILE, build_networks
+from models.vocoder import build_networks
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def write(root: Path, seed: int) -> None:
         flow, hift, _ = build_networks(text, "cpu")
     torch.save(flow.state_dict(), out / FLOW_FILE)
     torch.save(hift.state_dict(), out / HIFT_FILE)
-    (out / CONFIG_FILE).write_text(text)
+    (out / COSYVOICE_CONFIG_FILE).write_text(text)
     onnx.save(speaker_onnx(seed), str(out / SPEAKER_FILE))
     (out / "FLOW_VERSION").write_text("demo (tiny random weights)\n")
     log.info("demo vocoder written to %s in %.2f s", out, time.perf_counter() - start)

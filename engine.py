@@ -15,411 +15,45 @@ Stages (each logged on one line with its time):
 4. llm         Step1LLM.clone / .edit generates the mixed audio-token stream
 5. vocoder     flow + HiFT turn the tokens into 24 kHz audio, prompted by the reference
 
-The engine knows nothing of any UI: the Gradio adapter (ui_adapter.py), the benchmark and the tests
-all call the same ``clone`` / ``edit``. Bad input raises ``AudioInputError``, ``TextInputError`` or
-``OptionsError`` with a message a person can act on.
+The engine knows nothing of any UI: the Gradio adapter, the REST API, the benchmark and the tests
+all call the same ``clone`` / ``edit`` with the request types of ``synthesis.py``. Bad input
+raises one of the input errors of ``errors.py`` with a message a person can act on.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from audio_prep import (
-    VOCODER_SAMPLE_RATE,
-    AudioInputError,
-    load_audio,
-    prompt_prelude,
-    validate_reference,
+from audio_prep import VOCODER_SAMPLE_RATE, prompt_prelude, to_float, validate_reference
+from errors import AudioInputError, EmptyGenerationError, OptionsError, TextInputError
+from model_layout import TOKENIZER_FOLDER, VARIANTS, VOCODER_FOLDER, is_demo_models, llm_dir_for
+from models.audio_tokens import token_str
+from models.llm import GenerationOptions, GenerationResult, Step1LLM, variant_problem
+from models.prompt_features import PromptFeatures, audio_digest, decode_features, encode_features
+from models.prompts import EDIT_TASKS, TASKS_WITH_OPTION, TEXTLESS_TASKS, clean_text
+from models.vocoder import Vocoder
+from prompt_cache import PromptCache, open_prompt_cache
+from synthesis import (
+    CloneRequest,
+    EditRequest,
+    EngineConfig,
+    StageReport,
+    SynthesisOptions,
+    SynthesisResult,
+    VoicePrompt,
 )
-from model_layout import (
-    BNB_FOLDER,
-    LLM_FOLDER,
-    TOKENIZER_FOLDER,
-    VOCODER_FOLDER,
-    find_model_root,
-    is_demo_models,
-    verify_layout,
-)
-from models.llm import (
-    VARIANTS,
-    EmptyGenerationError,
-    GenerationCancelled,
-    GenerationOptions,
-    GenerationResult,
-    Step1LLM,
-)
-from models.prompts import (
-    AUDIO_ID_OFFSET,
-    EDIT_TASKS,
-    TASKS_WITH_OPTION,
-    TextInputError,
-    audio_token_str,
-    sanitize_text,
-)
-from models.vocoder import PromptFeatures, Vocoder
-from prompt_cache import MIB, PromptCache, decode_array, encode_array
 from tokenizer import StepAudioTokenizer, TokenizedAudio
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "AudioInputError", "CloneEngine", "CloneRequest", "EditRequest", "EmptyGenerationError", "EngineConfig",
-    "GenerationCancelled",
-    "ModelFilesMissing", "ModelRoot", "OptionsError", "StageReport", "SynthesisOptions", "SynthesisResult",
-    "TextInputError", "VoicePrompt", "locate_models", "read_audio",
-]
-
-TEXTLESS_TASKS = ("denoise", "vad")  # edit tasks whose instruction does not quote the audio's text
 VOCODER_FIELD_PREFIX = "vocoder:"  # prompt-cache field holding the vocoder prompt features
-DOWNLOAD_HINT = "python scripts/download_models.py --out {root}"
-
-
-class OptionsError(ValueError):
-    """An option (variant, edit task, sampling value) a person picked is not usable; says which."""
-
-
-class ModelFilesMissing(RuntimeError):
-    """Start-up error naming the model files that are missing and how to get them."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Requests and results
-# ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SynthesisOptions:
-    """Sampling and decoding knobs shared by clone and edit (defaults are the upstream ones)."""
-
-    variant: str | None = None  # None: the engine's default (--variant)
-    seed: int | None = 0  # None: a fresh random seed each time
-    temperature: float = 0.7
-    top_p: float = 1.0
-    flow_steps: int = 10  # Euler steps of the vocoder's flow matching
-    max_length: int = 8192  # LLM total length cap (prompt + generated), in tokens
-
-    def validated(self) -> SynthesisOptions:
-        """Self, or an ``OptionsError`` saying which value is out of range."""
-        if self.variant is not None and self.variant not in VARIANTS:
-            raise OptionsError(f"unknown model variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        if not (0.0 < self.temperature <= 2.0):
-            raise OptionsError(f"temperature must be in (0, 2], got {self.temperature}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise OptionsError(f"top-p must be in (0, 1], got {self.top_p}")
-        if not (1 <= self.flow_steps <= 100):
-            raise OptionsError(f"flow steps must be in 1..100, got {self.flow_steps}")
-        if self.max_length < 16:
-            raise OptionsError(f"max length must be at least 16 tokens, got {self.max_length}")
-        if self.seed is not None and not (0 <= self.seed < 2**32):
-            raise OptionsError(f"seed must be in 0..{2**32 - 1}, got {self.seed}")
-        return self
-
-
-@dataclass(frozen=True)
-class CloneRequest:
-    """Speak ``target_text`` in the voice of ``audio``.
-
-    ``audio`` is (samples,) or (channels, samples) float32 at ``sample_rate`` Hz (any rate).
-    An empty ``reference_text`` is transcribed when auto-transcription is on.
-    """
-
-    audio: np.ndarray
-    sample_rate: int
-    reference_text: str
-    target_text: str
-    options: SynthesisOptions = SynthesisOptions()
-
-    @classmethod
-    def from_audio(cls, source: str | Path | bytes | tuple, reference_text: str, target_text: str,
-                   options: SynthesisOptions | None = None) -> CloneRequest:
-        audio, sr = read_audio(source)
-        return cls(audio, sr, reference_text or "", target_text or "", options or SynthesisOptions())
-
-
-@dataclass(frozen=True)
-class EditRequest:
-    """Edit ``audio`` (whose words are ``audio_text``) with one of ``EDIT_TASKS``.
-
-    ``target_text`` is the new text for the paralinguistic task (tags such as ``[Laughter]``).
-    ``source`` is a previous result being edited again: its kept tokens skip re-encoding.
-    """
-
-    audio: np.ndarray
-    sample_rate: int
-    audio_text: str
-    task: str
-    subtask: str | None = None
-    target_text: str = ""
-    options: SynthesisOptions = SynthesisOptions()
-    source: SynthesisResult | None = None
-
-    @classmethod
-    def from_audio(cls, source: str | Path | bytes | tuple, audio_text: str, task: str,
-                   subtask: str | None = None, target_text: str = "",
-                   options: SynthesisOptions | None = None) -> EditRequest:
-        audio, sr = read_audio(source)
-        return cls(audio, sr, audio_text or "", task, subtask, target_text or "",
-                   options or SynthesisOptions())
-
-    @classmethod
-    def from_result(cls, result: SynthesisResult, task: str, subtask: str | None = None,
-                    target_text: str = "", options: SynthesisOptions | None = None) -> EditRequest:
-        """Edit a previous output again (chaining); its text and kept tokens are reused."""
-        return cls(result.audio, result.sample_rate, result.text, task, subtask, target_text or "",
-                   options or SynthesisOptions(), source=result)
-
-
-@dataclass
-class StageReport:
-    """Seconds spent per stage of one request (wall clock), with token and audio counts."""
-
-    prep_s: float = 0.0
-    tokenizer_s: float = 0.0
-    tokens_from: str = "encoded"  # "encoded", "cache hit" or "kept" (a previous version's own tokens)
-    cache_hit: bool = False
-    encode_s_saved: float = 0.0  # recorded encode time of the cache entry that was hit
-    transcribed: bool = False  # the reference text was empty and Paraformer transcribed it (in tokenizer_s)
-    vocoder_prompt_s: float = 0.0
-    vocoder_prompt_cached: bool = False
-    llm_s: float = 0.0
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    tokens_per_s: float = 0.0
-    dropped_tokens: int = 0
-    seed: int | None = None  # the LLM sampling seed actually used
-    vocoder_s: float = 0.0
-    total_s: float = 0.0
-    audio_s: float = 0.0  # seconds of generated audio
-
-    @property
-    def rtf(self) -> float:
-        """Real-time factor: processing seconds per second of generated audio (< 1 is faster)."""
-        return self.total_s / self.audio_s if self.audio_s > 0 else float("inf")
-
-    def rows(self) -> list[list[str]]:
-        """[stage, seconds, detail] rows for a table, in pipeline order."""
-        tok_label = f"tokenizer ({self.tokens_from})"
-        tok_detail = {"cache hit": f"saved {self.encode_s_saved:.2f} s of encoding",
-                      "kept": "tokens of the version being edited"}.get(self.tokens_from,
-                                                                         "dual-codebook encode")
-        rows = [["prep", f"{self.prep_s:.3f}", "validate, mono, peak"],
-                [tok_label, f"{self.tokenizer_s:.3f}", tok_detail]]
-        if self.transcribed:  # not timed apart: the transcript is decoded from the vq02 encoder output
-            rows.append(["transcription", "in tokenizer", "Paraformer (the reference text was empty)"])
-        rows.append(["vocoder prompt" + (" (cached)" if self.vocoder_prompt_cached else ""),
-                     f"{self.vocoder_prompt_s:.3f}", "mel + speaker embedding"])
-        rows.append(["LLM", f"{self.llm_s:.3f}",
-                     f"{self.new_tokens} tokens, {self.tokens_per_s:.1f} tok/s, prompt {self.prompt_tokens}"])
-        rows.append(["vocoder", f"{self.vocoder_s:.3f}", f"{self.audio_s:.2f} s of 24 kHz audio"])
-        rows.append(["total", f"{self.total_s:.3f}", f"real-time factor {self.rtf:.2f}"])
-        return rows
-
-    def summary(self) -> str:
-        """One log line with the whole breakdown."""
-        transcribe = " + transcription" if self.transcribed else ""
-        return (f"prep {self.prep_s:.3f}s | tokenizer {self.tokens_from} "
-                f"{self.tokenizer_s:.3f}s{transcribe} | vocoder prompt "
-                f"{'hit' if self.vocoder_prompt_cached else 'miss'} {self.vocoder_prompt_s:.3f}s | llm "
-                f"{self.llm_s:.3f}s ({self.new_tokens} tok, {self.tokens_per_s:.1f} tok/s) | vocoder "
-                f"{self.vocoder_s:.3f}s | total {self.total_s:.3f}s for {self.audio_s:.2f}s audio, "
-                f"RTF {self.rtf:.2f}")
-
-
-@dataclass
-class VoicePrompt:
-    """Everything the LLM and the vocoder need about one prompt clip (reference or audio to edit)."""
-
-    token_str: str  # "<audio_N>..." for the LLM prompt
-    mixed_tokens: list[int]  # mixed stream in [0, 5120), the vocoder's prompt tokens
-    features: PromptFeatures  # mel (frames, 80) + speaker embedding (192,)
-    text: str  # what the clip says
-    cache_key: str
-
-
-@dataclass
-class SynthesisResult:
-    """One generated version: 24 kHz audio, its text, and how long each stage took."""
-
-    audio: np.ndarray  # (samples,) float32 at sample_rate Hz
-    sample_rate: int
-    text: str  # the words spoken in ``audio``
-    prompt_text: str  # the reference (or edited audio's) text that was used, transcribed if it was empty
-    transcribed: bool
-    mode: str  # "clone" or "edit <task>[/<subtask>]"
-    variant: str
-    report: StageReport
-    audio_tokens: list[int]  # the generated mixed stream (kept so the version's provenance is known)
-    warnings: list[str] = field(default_factory=list)
-    # this version's own tokens + vocoder features, filled the first time it is edited (chaining)
-    voice: VoicePrompt | None = field(default=None, repr=False)
-
-    @property
-    def seconds(self) -> float:
-        return len(self.audio) / self.sample_rate
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Engine behaviour chosen at start-up (from settings.py)."""
-
-    variant: str = "base"  # default LLM variant, preloaded
-    auto_transcribe: bool = True  # empty reference text -> Paraformer transcript; off: refused
-    max_text_chars: int = 1000
-    max_reference_seconds: float = 30.0
-    device: str = "auto"
-    dtype: str = "auto"
-
-
-# ----------------------------------------------------------------------------------------------
-# Model files
-# ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ModelRoot:
-    """A model root folder and whether it holds the untrained demo models."""
-
-    path: Path
-    demo: bool
-
-
-def locate_models(model_dir: Path, demo_dir: Path | None = None, allow_demo: bool = True) -> ModelRoot:
-    """The root to load: ``model_dir`` when it holds every required file, else demo models.
-
-    With ``allow_demo`` the tiny demo models are written once into ``demo_dir`` and used (the
-    caller says so in the log and the UI). Without it a ``ModelFilesMissing`` names the files.
-    """
-    model_dir = find_model_root(model_dir) or Path(model_dir)
-    missing = verify_layout(model_dir)
-    if not missing:
-        return ModelRoot(model_dir, is_demo_models(model_dir))
-    shown = ", ".join(str(m) for m in missing[:5])
-    if len(missing) > 5:
-        shown += f" and {len(missing) - 5} more"
-    if not allow_demo or demo_dir is None:
-        raise ModelFilesMissing(
-            f"model files missing under {model_dir.resolve()}: {shown}. Download them with "
-            f"`{DOWNLOAD_HINT.format(root=model_dir)}` or pass --model-dir to the folder holding them.")
-    from scripts.make_demo_models import write_demo_models
-
-    log.warning("no complete models under %s (missing: %s); using the untrained demo models in %s "
-                "(the output is noise; get the real ones with `%s`)", model_dir, shown, demo_dir,
-                DOWNLOAD_HINT.format(root=model_dir))
-    start = time.perf_counter()
-    write_demo_models(Path(demo_dir))
-    still = verify_layout(Path(demo_dir))
-    if still:
-        raise ModelFilesMissing(f"demo models under {demo_dir} are incomplete: {still[:5]}; "
-                                "delete the folder to rebuild them")
-    log.info("demo models ready in %s (%.2f s)", demo_dir, time.perf_counter() - start)
-    return ModelRoot(Path(demo_dir), True)
-
-
-def llm_dir_for(root: Path, variant: str) -> Path:
-    """Folder of the LLM ``variant``: a pre-quantized BnB save when present, else the base weights
-    (quantized while loading)."""
-    if variant == "bnb-4bit" and (Path(root) / BNB_FOLDER / "config.json").exists():
-        return Path(root) / BNB_FOLDER
-    return Path(root) / LLM_FOLDER
-
-
-# ----------------------------------------------------------------------------------------------
-# Audio and text input
-# ----------------------------------------------------------------------------------------------
-
-def read_audio(source: str | Path | bytes | tuple) -> tuple[np.ndarray, int]:
-    """Any accepted audio input -> (float32 array (samples,) or (channels, samples), rate in Hz).
-
-    ``source`` is a file path, the file's bytes, ``(array, rate)`` or Gradio's ``(rate, array)``
-    (integer PCM is scaled to [-1, 1]; (samples, channels) arrays are transposed).
-    """
-    if source is None:
-        raise AudioInputError("no audio was given: upload or record a clip first")
-    if isinstance(source, (str, Path, bytes, bytearray)):
-        return load_audio(source)  # float32 (channels, samples); a missing or unreadable file is named
-    if isinstance(source, tuple) and len(source) == 2:
-        first, second = source
-        rate, data = (first, second) if np.isscalar(first) else (second, first)
-        return _to_float(np.asarray(data)), int(rate)
-    raise AudioInputError(f"unsupported audio input of type {type(source).__name__}; "
-                          "give a file or (array, rate)")
-
-
-def _to_float(data: np.ndarray) -> np.ndarray:
-    """PCM of any dtype -> float32 in [-1, 1], channels first when 2-D."""
-    if data.dtype.kind == "i":
-        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
-    elif data.dtype.kind == "u":
-        info = np.iinfo(data.dtype)
-        data = (data.astype(np.float32) - (info.max + 1) / 2) / ((info.max + 1) / 2)
-    elif data.dtype.kind != "f":
-        raise AudioInputError(f"audio samples of type {data.dtype} are not supported; use PCM or float")
-    data = data.astype(np.float32, copy=False)
-    if data.ndim == 2 and data.shape[0] > data.shape[1]:
-        data = data.T  # (samples, channels) as soundfile and Gradio give it
-    if data.ndim not in (1, 2):
-        raise AudioInputError(f"audio must be 1-D or 2-D (channels, samples), got shape {data.shape}")
-    return np.ascontiguousarray(data)
-
-
-def clean_text(text: str, what: str, limit: int, warnings: list[str], allow_empty: bool = False) -> str:
-    """Strip and sanitise ``text`` (control tokens such as ``<audio_3>`` are removed, with a warning)."""
-    if text is None:
-        text = ""
-    if not isinstance(text, str):
-        raise TextInputError(f"the {what} must be text, got {type(text).__name__}")
-    raw = text.strip()
-    if len(raw) > limit:
-        raise TextInputError(f"the {what} is {len(raw)} characters long; the limit is {limit} "
-                             f"(--max-text-chars). Split it into shorter pieces.")
-    cleaned = sanitize_text(raw).strip()
-    if cleaned != raw:
-        note = f"removed control tokens or markup from the {what}"
-        log.warning("%s: %r -> %r", note, raw[:80], cleaned[:80])
-        warnings.append(note)
-    if not cleaned and not allow_empty:
-        if raw:
-            raise TextInputError(f"the {what} contains only control tokens or markup; type ordinary words")
-        raise TextInputError(f"the {what} is empty; type the words to speak")
-    return cleaned
-
-
-# ----------------------------------------------------------------------------------------------
-# Vocoder prompt features <-> prompt-cache JSON (base64 float32: compact and exact)
-# ----------------------------------------------------------------------------------------------
-
-def encode_features(features: PromptFeatures, audio_hash: str, seconds: float) -> dict:
-    """JSON form of ``features`` for the prompt cache (base64 float32 via ``prompt_cache.encode_array``)."""
-    return {"audio_hash": audio_hash, "seconds": round(seconds, 6),
-            "mel": encode_array(np.asarray(features.mel, dtype=np.float32)),
-            "speaker_embedding": encode_array(np.asarray(features.speaker_embedding, dtype=np.float32))}
-
-
-def decode_features(value: dict) -> PromptFeatures:
-    """Inverse of ``encode_features`` (raises KeyError/ValueError/TypeError on a damaged field)."""
-    return PromptFeatures(mel=decode_array(value["mel"]).astype(np.float32),
-                          speaker_embedding=decode_array(value["speaker_embedding"]).astype(np.float32))
-
-
-def audio_digest(audio: np.ndarray, sample_rate: int) -> str:
-    """Short hash of the vocoder's input clip: the cache key hashes the trimmed 16 kHz clip, and
-    two clips can share it while differing outside the trimmed region or in their original rate."""
-    h = hashlib.blake2b(digest_size=12)
-    h.update(str(int(sample_rate)).encode())
-    h.update(np.ascontiguousarray(audio, dtype=np.float32).tobytes())
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------
-# The engine
-# ----------------------------------------------------------------------------------------------
-
+WARMUP_NEW_TOKENS = 40  # a few audio-token groups run every kernel of every stage once
 ProgressFn = Callable[[int], None]
 
 
@@ -431,9 +65,10 @@ class CloneEngine:
     """
 
     def __init__(self, tokenizer: StepAudioTokenizer, llms: dict[str, Step1LLM], vocoder: Vocoder,
-                 cache: PromptCache | None, config: EngineConfig = EngineConfig(),
+                 cache: PromptCache | None, config: EngineConfig | None = None,
                  model_root: Path | None = None, demo: bool = False,
                  llm_loader: Callable[[str], Step1LLM] | None = None):
+        config = config or EngineConfig()
         if config.variant not in llms and llm_loader is None:
             raise OptionsError(f"default variant {config.variant!r} is not loaded")
         self.tokenizer = tokenizer
@@ -454,13 +89,14 @@ class CloneEngine:
     # ---- construction ------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, model_root: Path, config: EngineConfig = EngineConfig(), *, cache_dir: Path | None = None,
+    def load(cls, model_root: Path, config: EngineConfig | None = None, *, cache_dir: Path | None = None,
              cache_max_entries: int = 2000, cache_max_bytes: int = 1 << 30, ort_threads: int | None = None,
              demo: bool | None = None) -> CloneEngine:
         """Load the tokenizer, the vocoder and the ``config.variant`` LLM from ``model_root`` (once)."""
+        config = config or EngineConfig()
         model_root = Path(model_root)
         demo = is_demo_models(model_root) if demo is None else demo
-        cache = open_cache(cache_dir, cache_max_entries, cache_max_bytes)
+        cache = open_prompt_cache(cache_dir, cache_max_entries, cache_max_bytes)
         start = time.perf_counter()
         tokenizer = StepAudioTokenizer(model_root / TOKENIZER_FOLDER, device=config.device,
                                        ort_threads=ort_threads, cache=cache)
@@ -504,12 +140,17 @@ class CloneEngine:
         return list(self._llms)
 
     def available_variants(self) -> list[str]:
-        """Variants whose files are present (the loaded ones first)."""
+        """Variants that can run here (the loaded ones first): files present, shapes and libraries usable."""
         out = list(self._llms)
         if self._llm_loader is not None and self.model_root is not None:
             for variant in VARIANTS:
-                if variant not in out and (llm_dir_for(self.model_root, variant) / "config.json").exists():
+                if variant in out:
+                    continue
+                problem = variant_problem(llm_dir_for(self.model_root, variant), variant)
+                if problem is None:
                     out.append(variant)
+                else:
+                    log.debug("variant %s not offered: %s", variant, problem)
         return out
 
     # ---- requests ----------------------------------------------------------------------------
@@ -606,11 +247,11 @@ class CloneEngine:
 
         Give it an example voice: that voice is then already in the prompt cache for users.
         """
-        options = SynthesisOptions(seed=0, max_length=self._warmup_max_length())
+        options = SynthesisOptions(seed=0, max_new_tokens=WARMUP_NEW_TOKENS)
         start = time.perf_counter()
         try:
             result = self.clone(CloneRequest(audio, sample_rate, reference_text, target_text, options))
-        except (EmptyGenerationError, TextInputError) as exc:  # demo weights: any outcome warms the kernels
+        except (EmptyGenerationError, TextInputError) as exc:  # any outcome warms the kernels
             log.info("warm-up: no audio (%s); the models are warm anyway", exc)
             return StageReport(total_s=time.perf_counter() - start)
         log.info("warm-up done in %.2f s", time.perf_counter() - start)
@@ -659,7 +300,7 @@ class CloneEngine:
         return True
 
     def _validated_audio(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
-        audio = _to_float(np.asarray(audio))
+        audio = to_float(np.asarray(audio))
         if sample_rate is None or int(sample_rate) <= 0:
             raise AudioInputError(f"the sample rate must be a positive number of Hz, got {sample_rate}")
         validate_reference(audio, int(sample_rate), self.config.max_reference_seconds)
@@ -682,8 +323,7 @@ class CloneEngine:
             report.transcribed = True
             log.info("transcription (with the encode): %r", text[:80])
         features = self._prompt_features(audio, sr, tokens, report)
-        mixed = [i - AUDIO_ID_OFFSET for i in tokens.llm_ids]
-        return VoicePrompt(tokens.token_str, mixed, features, text, tokens.cache_key)
+        return VoicePrompt(tokens.token_str, tokens.mixed, features, text, tokens.cache_key)
 
     def _version_voice(self, version: SynthesisResult, report: StageReport) -> VoicePrompt:
         """A previous output as a prompt: the tokens it was rendered from + its own vocoder features.
@@ -701,7 +341,7 @@ class CloneEngine:
                                                 version.sample_rate)
         report.vocoder_prompt_s = time.perf_counter() - t0
         tokens = list(version.audio_tokens)
-        version.voice = VoicePrompt(audio_token_str(tokens), tokens, features, version.text, cache_key="")
+        version.voice = VoicePrompt(token_str(tokens), tokens, features, version.text, cache_key="")
         log.info("edit tokens: kept %d tokens of the previous version; vocoder prompt computed in %.3f s",
                  len(tokens), report.vocoder_prompt_s)
         return version.voice
@@ -753,9 +393,6 @@ class CloneEngine:
         log.info("llm: %d new tokens in %.3f s (%.1f tok/s, prompt %d, %d audio tokens, %d dropped)",
                  generation.new_tokens, report.llm_s, generation.tokens_per_s, generation.prompt_tokens,
                  len(generation.audio_tokens), generation.dropped_tokens)
-        if not generation.audio_tokens:
-            raise EmptyGenerationError("the model produced no audio tokens; try another seed or a higher "
-                                       "temperature")
         return generation
 
     def _vocode(self, generation: GenerationResult, voice: VoicePrompt, options: SynthesisOptions,
@@ -797,22 +434,4 @@ class CloneEngine:
     def _generation_options(options: SynthesisOptions) -> GenerationOptions:
         seed = options.seed if options.seed is not None else int(np.random.default_rng().integers(2**31))
         return GenerationOptions(temperature=options.temperature, top_p=options.top_p, seed=seed,
-                                 max_length=options.max_length)
-
-    def _warmup_max_length(self) -> int:
-        # a short generation is enough to initialise every kernel; random demo weights rarely stop
-        return 8192 if not self.demo else 512
-
-
-def open_cache(directory: Path | None, max_entries: int, max_bytes: int) -> PromptCache:
-    """The persistent prompt cache; an unusable folder degrades to an in-memory cache (logged)."""
-    try:
-        cache = PromptCache(Path(directory) if directory else None, max_entries=max_entries,
-                            max_bytes=max_bytes)
-    except Exception as exc:  # unwritable or corrupt folder: keep serving, just without persistence
-        log.warning("prompt cache at %s is not usable (%s); using an in-memory cache for this run",
-                    directory, exc)
-        cache = PromptCache(None, max_entries=max_entries, max_bytes=max_bytes)
-    if not cache.persistent:  # a persistent cache logs its folder, size and limits when it opens
-        log.info("prompt cache: in memory only (limits %d entries / %.0f MiB)", max_entries, max_bytes / MIB)
-    return cache
+                                 max_length=options.max_length, max_new_tokens=options.max_new_tokens)

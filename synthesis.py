@@ -1,0 +1,209 @@
+"""Requests and results of the clone / edit engine: the one schema the page, the API and the tools share.
+
+    request = CloneRequest.from_audio("voice.wav", reference_text="", target_text="Hello.")
+    result = engine.clone(request)          # SynthesisResult: audio, text, per-stage StageReport
+
+Options are validated here (``SynthesisOptions.validated``), so every front end refuses the same
+values with the same message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from audio_prep import read_audio
+from errors import OptionsError
+from model_layout import VARIANTS
+from models.prompt_features import PromptFeatures
+from models.prompts import DEFAULT_MAX_TEXT_CHARS
+
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """Sampling and decoding knobs shared by clone and edit (defaults are the upstream ones)."""
+
+    variant: str | None = None  # None: the engine's default (--variant)
+    seed: int | None = 0  # None: a fresh random seed each time
+    temperature: float = 0.7
+    top_p: float = 1.0
+    flow_steps: int = 10  # Euler steps of the vocoder's flow matching
+    max_length: int = 8192  # LLM total length cap (prompt + generated), in tokens
+    max_new_tokens: int | None = None  # cap on generated tokens (None: only max_length)
+
+    def validated(self) -> SynthesisOptions:
+        """Self, or an ``OptionsError`` saying which value is out of range."""
+        if self.variant is not None and self.variant not in VARIANTS:
+            raise OptionsError(f"unknown model variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if not (0.0 < self.temperature <= 2.0):
+            raise OptionsError(f"temperature must be in (0, 2], got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise OptionsError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not (1 <= self.flow_steps <= 100):
+            raise OptionsError(f"flow steps must be in 1..100, got {self.flow_steps}")
+        if self.max_length < 16:
+            raise OptionsError(f"max length must be at least 16 tokens, got {self.max_length}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise OptionsError(f"max new tokens must be at least 1, got {self.max_new_tokens}")
+        if self.seed is not None and not (0 <= self.seed <= MAX_SEED):
+            raise OptionsError(f"seed must be in 0..{MAX_SEED} (or empty for a random one), got {self.seed}")
+        return self
+
+
+@dataclass(frozen=True)
+class CloneRequest:
+    """Speak ``target_text`` in the voice of ``audio``.
+
+    ``audio`` is (samples,) or (channels, samples) float32 at ``sample_rate`` Hz (any rate).
+    An empty ``reference_text`` is transcribed when auto-transcription is on.
+    """
+
+    audio: np.ndarray
+    sample_rate: int
+    reference_text: str
+    target_text: str
+    options: SynthesisOptions = SynthesisOptions()
+
+    @classmethod
+    def from_audio(cls, source: str | Path | bytes | tuple, reference_text: str, target_text: str,
+                   options: SynthesisOptions | None = None) -> CloneRequest:
+        audio, sr = read_audio(source)
+        return cls(audio, sr, reference_text or "", target_text or "", options or SynthesisOptions())
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """Edit ``audio`` (whose words are ``audio_text``) with one of ``EDIT_TASKS``.
+
+    ``target_text`` is the new text for the paralinguistic task (tags such as ``[Laughter]``).
+    ``source`` is a previous result being edited again: its kept tokens skip re-encoding.
+    """
+
+    audio: np.ndarray
+    sample_rate: int
+    audio_text: str
+    task: str
+    subtask: str | None = None
+    target_text: str = ""
+    options: SynthesisOptions = SynthesisOptions()
+    source: SynthesisResult | None = None
+
+    @classmethod
+    def from_audio(cls, source: str | Path | bytes | tuple, audio_text: str, task: str,
+                   subtask: str | None = None, target_text: str = "",
+                   options: SynthesisOptions | None = None) -> EditRequest:
+        audio, sr = read_audio(source)
+        return cls(audio, sr, audio_text or "", task, subtask, target_text or "",
+                   options or SynthesisOptions())
+
+    @classmethod
+    def from_result(cls, result: SynthesisResult, task: str, subtask: str | None = None,
+                    target_text: str = "", options: SynthesisOptions | None = None) -> EditRequest:
+        """Edit a previous output again (chaining); its text and kept tokens are reused."""
+        return cls(result.audio, result.sample_rate, result.text, task, subtask, target_text or "",
+                   options or SynthesisOptions(), source=result)
+
+
+@dataclass
+class StageReport:
+    """Seconds spent per stage of one request (wall clock), with token and audio counts."""
+
+    prep_s: float = 0.0
+    tokenizer_s: float = 0.0
+    tokens_from: str = "encoded"  # "encoded", "cache hit" or "kept" (a previous version's own tokens)
+    cache_hit: bool = False
+    encode_s_saved: float = 0.0  # recorded encode time of the cache entry that was hit
+    transcribed: bool = False  # the reference text was empty and Paraformer transcribed it (in tokenizer_s)
+    vocoder_prompt_s: float = 0.0
+    vocoder_prompt_cached: bool = False
+    llm_s: float = 0.0
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    tokens_per_s: float = 0.0
+    dropped_tokens: int = 0
+    seed: int | None = None  # the LLM sampling seed actually used
+    vocoder_s: float = 0.0
+    total_s: float = 0.0
+    audio_s: float = 0.0  # seconds of generated audio
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: processing seconds per second of generated audio (< 1 is faster)."""
+        return self.total_s / self.audio_s if self.audio_s > 0 else float("inf")
+
+    def rows(self) -> list[list[str]]:
+        """[stage, seconds, detail] rows for a table, in pipeline order."""
+        tok_label = f"tokenizer ({self.tokens_from})"
+        tok_detail = {"cache hit": f"saved {self.encode_s_saved:.2f} s of encoding",
+                      "kept": "tokens of the version being edited"}.get(self.tokens_from,
+                                                                         "dual-codebook encode")
+        rows = [["prep", f"{self.prep_s:.3f}", "validate, mono, peak"],
+                [tok_label, f"{self.tokenizer_s:.3f}", tok_detail]]
+        if self.transcribed:  # not timed apart: the transcript is decoded from the vq02 encoder output
+            rows.append(["transcription", "in tokenizer", "Paraformer (the reference text was empty)"])
+        rows.append(["vocoder prompt" + (" (cached)" if self.vocoder_prompt_cached else ""),
+                     f"{self.vocoder_prompt_s:.3f}", "mel + speaker embedding"])
+        rows.append(["LLM", f"{self.llm_s:.3f}",
+                     f"{self.new_tokens} tokens, {self.tokens_per_s:.1f} tok/s, prompt {self.prompt_tokens}"])
+        rows.append(["vocoder", f"{self.vocoder_s:.3f}", f"{self.audio_s:.2f} s of 24 kHz audio"])
+        rows.append(["total", f"{self.total_s:.3f}", f"real-time factor {self.rtf:.2f}"])
+        return rows
+
+    def summary(self) -> str:
+        """One log line with the whole breakdown."""
+        transcribe = " + transcription" if self.transcribed else ""
+        return (f"prep {self.prep_s:.3f}s | tokenizer {self.tokens_from} "
+                f"{self.tokenizer_s:.3f}s{transcribe} | vocoder prompt "
+                f"{'hit' if self.vocoder_prompt_cached else 'miss'} {self.vocoder_prompt_s:.3f}s | llm "
+                f"{self.llm_s:.3f}s ({self.new_tokens} tok, {self.tokens_per_s:.1f} tok/s) | vocoder "
+                f"{self.vocoder_s:.3f}s | total {self.total_s:.3f}s for {self.audio_s:.2f}s audio, "
+                f"RTF {self.rtf:.2f}")
+
+
+@dataclass
+class VoicePrompt:
+    """Everything the LLM and the vocoder need about one prompt clip (reference or audio to edit)."""
+
+    token_str: str  # "<audio_N>..." for the LLM prompt
+    mixed_tokens: list[int]  # mixed stream in [0, 5120), the vocoder's prompt tokens
+    features: PromptFeatures  # mel (frames, 80) + speaker embedding (192,)
+    text: str  # what the clip says
+    cache_key: str
+
+
+@dataclass
+class SynthesisResult:
+    """One generated version: 24 kHz audio, its text, and how long each stage took."""
+
+    audio: np.ndarray  # (samples,) float32 at sample_rate Hz
+    sample_rate: int
+    text: str  # the words spoken in ``audio``
+    prompt_text: str  # the reference (or edited audio's) text that was used, transcribed if it was empty
+    transcribed: bool
+    mode: str  # "clone" or "edit <task>[/<subtask>]"
+    variant: str
+    report: StageReport
+    audio_tokens: list[int]  # the generated mixed stream (kept so the version's provenance is known)
+    warnings: list[str] = field(default_factory=list)
+    # this version's own tokens + vocoder features, filled the first time it is edited (chaining)
+    voice: VoicePrompt | None = field(default=None, repr=False)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine behaviour chosen at start-up (from settings.py)."""
+
+    variant: str = "base"  # default LLM variant, preloaded
+    auto_transcribe: bool = True  # empty reference text -> Paraformer transcript; off: refused
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    max_reference_seconds: float = 30.0
+    device: str = "auto"
+    dtype: str = "auto"
