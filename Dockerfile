@@ -59,6 +59,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# the project's modules sit at the top of the source tree (flat layout): scripts import them from here
+ENV PYTHONPATH=/src
 RUN /opt/venv/bin/python scripts/make_examples.py --out /out/examples \
     && /opt/venv/bin/python scripts/make_demo_models.py --out /out/demo_models
 
@@ -83,6 +85,7 @@ COPY --from=assets --chown=editx:editx /out/demo_models /app/demo_models
 RUN mkdir -p /app/cache/funasr && chown -R editx:editx /app/cache
 
 ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     EDITX_MODEL_DIR=/model \

@@ -13,7 +13,7 @@ left by a clone without git-lfs is the common case). Each weight file's own head
 the file must be (safetensors, .npy, the zip directory of a torch checkpoint, the protobuf fields
 of ONNX and SentencePiece models), so truncation is found without reading the weights. For real
 checkpoints (no demo marker) each large file must also reach a conservative size floor derived
-from the parameter counts in shared/reference; demo models are tiny and skip those floors.
+from the parameter counts in tests/fixtures/reference; demo models are tiny and skip those floors.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def _llm_files(folder: str, what: str) -> tuple[FileSpec, ...]:
     )
 
 
-# Step1 LLM: 3,529,706,496 bf16 parameters = 7.06 GB (shared/reference/llm/STEP1_FACTS.md);
+# Step1 LLM: 3,529,706,496 bf16 parameters = 7.06 GB (tests/fixtures/reference/llm/STEP1_FACTS.md);
 # 4-bit variants keep the embedding and head in bf16 (0.92 GB) and pack the rest (~1.5 GB).
 _LLM_MIN_BYTES = 6_000 * MB
 _LLM_4BIT_MIN_BYTES = 1_500 * MB
@@ -148,7 +148,7 @@ PARTS: dict[str, Part] = {
         files=(
             FileSpec(f"{VOCODER_FOLDER}/{COSYVOICE_CONFIG_FILE}", "vocoder hyperparameters (hyperpyyaml)",
                      "yaml"),
-            # 153.8 M flow and 20.8 M HiFT floats (shared/reference/vocoder/manifest_real.json).
+            # 153.8 M flow and 20.8 M HiFT floats (tests/fixtures/reference/vocoder/manifest_real.json).
             FileSpec(f"{VOCODER_FOLDER}/{FLOW_FILE}", "flow-matching decoder weights", "torch", 100 * MB),
             FileSpec(f"{VOCODER_FOLDER}/{HIFT_FILE}", "HiFT vocoder weights", "torch", 20 * MB),
             # CAM++, ~7 M parameters.

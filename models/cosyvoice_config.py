@@ -220,7 +220,7 @@ def load_cosyvoice_config(text: str, classes: Mapping[str, Callable] | None = No
     return {key: builder.top(key) for key in raw}
 
 
-# Sizes of the released CosyVoice-300M-25Hz (see shared/reference/vocoder/cosyvoice.reconstructed.yaml
+# Sizes of the released CosyVoice-300M-25Hz (see tests/fixtures/reference/vocoder/cosyvoice.reconstructed.yaml
 # for the evidence behind each value) and of our tiny demo model.
 REAL_SIZES: dict[str, Any] = {
     "input_size": 512,

@@ -2,7 +2,7 @@
 
 A decoder-only transformer: pre-norm RMSNorm, grouped-query attention without rotary embeddings but
 with *square-root* ALiBi (bias ``-slope_h * sqrt(i - j)``, causal mask folded in), SwiGLU MLP and an
-untied ``lm_head``. The math follows shared/reference/llm/STEP1_FACTS.md; the parameter names are the
+untied ``lm_head``. The math follows tests/fixtures/reference/llm/STEP1_FACTS.md; the parameter names are the
 checkpoint's, so ``config.json`` + safetensors load directly with ``Step1ForCausalLM.from_pretrained``
 and nothing from the model folder is executed (its ``modeling_step1.py`` is ignored).
 

@@ -13,9 +13,13 @@ from demo import write_demo_models
 ROOT = Path(__file__).resolve().parents[1]
 
 
+FIXTURES = ROOT / "tests" / "fixtures" / "reference"  # the repository's own copy of the reference set
+
+
 def reference_root() -> Path:
-    """Conformance fixture root: $EDITX_REFERENCE_DIR, default ../shared/reference."""
-    return Path(os.environ.get("EDITX_REFERENCE_DIR", ROOT.parent / "shared" / "reference")).resolve()
+    """Conformance fixture root: $EDITX_REFERENCE_DIR (another set in the same format), default the
+    repository's tests/fixtures/reference."""
+    return Path(os.environ.get("EDITX_REFERENCE_DIR") or FIXTURES).resolve()
 
 
 @pytest.fixture(scope="session")
