@@ -23,38 +23,46 @@ raises one of the input errors of ``errors.py`` with a message a person can act 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from audio_prep import VOCODER_SAMPLE_RATE, prompt_prelude, to_float, validate_reference
-from errors import AudioInputError, EmptyGenerationError, OptionsError, TextInputError
+from errors import AudioInputError, EmptyGenerationError, GenerationCancelled, OptionsError, TextInputError
 from model_layout import TOKENIZER_FOLDER, VARIANTS, VOCODER_FOLDER, is_demo_models, llm_dir_for
 from models.audio_tokens import token_str
-from models.llm import GenerationOptions, GenerationResult, Step1LLM, variant_problem
+from models.llm import Step1LLM, variant_problem
 from models.prompt_features import PromptFeatures, audio_digest, decode_features, encode_features
 from models.prompts import EDIT_TASKS, TASKS_WITH_OPTION, TEXTLESS_TASKS, clean_text
 from models.vocoder import Vocoder
 from prompt_cache import PromptCache, open_prompt_cache
+from render import ChunkJob, Render
 from synthesis import (
+    MAX_SEED,
     CloneRequest,
     EditRequest,
     EngineConfig,
+    Progress,
+    Segment,
     StageReport,
+    StreamEvent,
     SynthesisOptions,
     SynthesisResult,
     VoicePrompt,
 )
+from text_split import PAUSE_SENTENCE_S, split_text
 from tokenizer import StepAudioTokenizer, TokenizedAudio
 
 log = logging.getLogger(__name__)
 
 VOCODER_FIELD_PREFIX = "vocoder:"  # prompt-cache field holding the vocoder prompt features
 WARMUP_NEW_TOKENS = 40  # a few audio-token groups run every kernel of every stage once
-ProgressFn = Callable[[int], None]
+ProgressFn = Callable[[Progress], None]
 
 
 class CloneEngine:
@@ -157,39 +165,57 @@ class CloneEngine:
 
     def clone(self, request: CloneRequest, progress: ProgressFn | None = None,
               cancel: threading.Event | None = None) -> SynthesisResult:
-        """Speak ``request.target_text`` in the voice of ``request.audio``; see the module doc."""
+        """``clone_stream`` collected: the whole result at once (``progress`` sees every Progress)."""
+        return _collect(self.clone_stream(request, cancel), progress)
+
+    def edit(self, request: EditRequest, progress: ProgressFn | None = None,
+             cancel: threading.Event | None = None) -> SynthesisResult:
+        """``edit_stream`` collected: the whole result at once (``progress`` sees every Progress)."""
+        return _collect(self.edit_stream(request, cancel), progress)
+
+    def clone_stream(self, request: CloneRequest,
+                     cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
+        """Speak ``request.target_text`` in the voice of ``request.audio``, as it is made.
+
+        Yields ``Progress`` and ``AudioPiece`` events, then the ``SynthesisResult`` (whose audio is
+        every piece joined). Long text is split into chunks of at most ``chunk_chars`` characters,
+        each one LLM pass with the same voice prompt. Raises an input error before any event when
+        the request is unusable; Stop (``cancel``) keeps what was made (``result.stopped``).
+        """
         t_start = time.perf_counter()
         report, warnings = StageReport(), []
         options = request.options.validated()
         # 1. prep
         target = clean_text(request.target_text, "target text", self.config.max_text_chars, warnings)
+        chunks = split_text(target, options.chunk_chars or self.config.chunk_chars)
         prompt_text = clean_text(request.reference_text, "reference text", self.config.max_text_chars,
                                  warnings, allow_empty=True)
         transcribe = self._needs_transcription(prompt_text, "reference")
         audio, sr = self._validated_audio(request.audio, request.sample_rate)
+        llm = self.llm(options.variant)
         report.prep_s = time.perf_counter() - t_start
-        log.info("clone prep: %.3f s (%.2f s of audio at %d Hz, %d target chars)", report.prep_s,
-                 audio.shape[-1] / sr, sr, len(target))
+        log.info("clone prep: %.3f s (%.2f s of audio at %d Hz, %d target chars in %d chunk(s))",
+                 report.prep_s, audio.shape[-1] / sr, sr, len(target), len(chunks))
         # 2-3. tokens (+ transcript) and vocoder prompt features
         voice = self._voice_prompt(audio, sr, prompt_text, transcribe, report)
         if transcribe and not voice.text:
             warnings.append("auto-transcription found no words in the reference; the clone may be worse")
-        # 4. LLM
-        llm = self.llm(options.variant)
-        generation = self._timed_generation(
-            lambda: llm.clone(voice.text, voice.token_str, target, self._generation_options(options),
-                              progress=progress, cancel=cancel), report)
-        # 5. vocoder
-        result_audio = self._vocode(generation, voice, options, report)
-        return self._finish("clone", t_start, result_audio, target, voice.text, transcribe, options, report,
-                            generation, warnings)
+        # 4-5. LLM and vocoder, chunk by chunk
+        jobs = [ChunkJob(c.text, partial(llm.clone_prompt, voice.text, voice.token_str, c.text), voice,
+                         c.pause_s) for c in chunks]
+        render = Render(llm, self.vocoder, jobs, options, self._request_seed(options), cancel, report,
+                        t_start)
+        yield from render.events()
+        yield self._finish("clone", t_start, render, target, voice.text, transcribe, options, report,
+                           warnings)
 
-    def edit(self, request: EditRequest, progress: ProgressFn | None = None,
-             cancel: threading.Event | None = None) -> SynthesisResult:
-        """Edit ``request.audio`` with ``request.task`` / ``subtask``; the audio is also the vocoder prompt.
+    def edit_stream(self, request: EditRequest,
+                    cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
+        """Edit ``request.audio`` with ``request.task`` / ``subtask``, as it is made (see clone_stream).
 
-        When ``request.source`` is a previous result its kept tokens and features are reused (no
-        hashing, no encode); otherwise the clip goes through the tokenizer like a reference.
+        The audio is also the vocoder prompt. When ``request.source`` is a previous result its kept
+        tokens are reused (no hashing, no encode), one text chunk per segment of that result, so a
+        long version is edited piece by piece; otherwise the clip goes through the tokenizer.
         """
         t_start = time.perf_counter()
         report, warnings = StageReport(), []
@@ -202,6 +228,7 @@ class CloneEngine:
         if task == "paralinguistic":
             para_text = clean_text(request.target_text, "new text (with tags such as [Laughter])",
                                    self.config.max_text_chars, warnings)
+        llm = self.llm(options.variant)
         # a previous version edited again keeps its own tokens: no validation, hashing or encode
         chained = source is not None and (not audio_text or audio_text == source.text)
         transcribe = False
@@ -209,7 +236,7 @@ class CloneEngine:
             report.prep_s = time.perf_counter() - t_start
             log.info("edit prep: %.3f s (task %s/%s, continuing from a previous %s)", report.prep_s, task,
                      subtask or "-", source.mode)
-            voice = self._version_voice(source, report)
+            voices = self._version_voices(source, report)
         else:
             # denoise and vad instructions do not quote the text, so an empty one is fine there
             transcribe = task not in TEXTLESS_TASKS and self._needs_transcription(audio_text, "audio to edit")
@@ -217,16 +244,19 @@ class CloneEngine:
             report.prep_s = time.perf_counter() - t_start
             log.info("edit prep: %.3f s (task %s/%s, %.2f s of audio at %d Hz)", report.prep_s, task,
                      subtask or "-", audio.shape[-1] / sr, sr)
-            voice = self._voice_prompt(audio, sr, audio_text, transcribe, report)
-        new_text = para_text if para_text is not None else voice.text
-        llm = self.llm(options.variant)
-        generation = self._timed_generation(
-            lambda: llm.edit(voice.text, voice.token_str, task, subtask, self._generation_options(options),
-                             progress=progress, cancel=cancel, new_text=para_text), report)
-        result_audio = self._vocode(generation, voice, options, report)
+            voices = [self._voice_prompt(audio, sr, audio_text, transcribe, report)]
+        new_texts = self._paralinguistic_texts(para_text, voices, options)
+        jobs = [ChunkJob(new if new is not None else voice.text,
+                         partial(llm.edit_prompt, voice.text, voice.token_str, task, subtask, new), voice,
+                         PAUSE_SENTENCE_S)
+                for voice, new in zip(voices, new_texts, strict=True)]
+        render = Render(llm, self.vocoder, jobs, options, self._request_seed(options), cancel, report,
+                        t_start)
+        yield from render.events()
         mode = f"edit {task}" + (f"/{subtask}" if subtask else "")
-        return self._finish(mode, t_start, result_audio, new_text, voice.text, transcribe, options, report,
-                            generation, warnings)
+        prompt_text = " ".join(v.text for v in voices)
+        text = " ".join(job.text for job in jobs)
+        yield self._finish(mode, t_start, render, text, prompt_text, transcribe, options, report, warnings)
 
     def prepare_reference(self, audio: np.ndarray, sample_rate: int, reference_text: str = "") -> str:
         """Validate and encode a reference clip ahead of Clone (tokens and vocoder features land in
@@ -325,26 +355,47 @@ class CloneEngine:
         features = self._prompt_features(audio, sr, tokens, report)
         return VoicePrompt(tokens.token_str, tokens.mixed, features, text, tokens.cache_key)
 
-    def _version_voice(self, version: SynthesisResult, report: StageReport) -> VoicePrompt:
-        """A previous output as a prompt: the tokens it was rendered from + its own vocoder features.
+    def _version_voices(self, version: SynthesisResult, report: StageReport) -> list[VoicePrompt]:
+        """A previous output as prompts, one per segment: the tokens each segment was rendered from
+        and the vocoder features of that segment's own samples.
 
-        The vocoder made ``version.audio`` from exactly ``version.audio_tokens`` (whole 2+3 groups),
-        so they stand for the audio without re-encoding; the features are computed once and kept.
+        The vocoder made each segment from exactly its tokens (whole 2+3 groups), so they stand for
+        the audio without re-encoding; the features are computed once and kept on the version.
         """
         report.tokens_from, report.cache_hit = "kept", True
-        if version.voice is not None:
+        if version.voices:
             report.vocoder_prompt_cached = True
             log.info("edit tokens: kept from the previous version, features reused (0.000 s)")
-            return version.voice
+            return version.voices
+        segments = version.segments or [
+            Segment(version.text, list(version.audio_tokens), 0, len(version.audio))]
         t0 = time.perf_counter()
-        features = self.vocoder.prompt_features(prompt_prelude(version.audio, version.sample_rate),
-                                                version.sample_rate)
+        voices = []
+        for segment in segments:
+            clip = version.audio[segment.start:segment.end]
+            features = self.vocoder.prompt_features(prompt_prelude(clip, version.sample_rate),
+                                                    version.sample_rate)
+            tokens = list(segment.tokens)
+            voices.append(VoicePrompt(token_str(tokens), tokens, features, segment.text, cache_key=""))
         report.vocoder_prompt_s = time.perf_counter() - t0
-        tokens = list(version.audio_tokens)
-        version.voice = VoicePrompt(token_str(tokens), tokens, features, version.text, cache_key="")
-        log.info("edit tokens: kept %d tokens of the previous version; vocoder prompt computed in %.3f s",
-                 len(tokens), report.vocoder_prompt_s)
-        return version.voice
+        version.voices = voices
+        log.info("edit tokens: kept %d tokens in %d segment(s) of the previous version; vocoder prompts "
+                 "computed in %.3f s", sum(len(v.mixed_tokens) for v in voices), len(voices),
+                 report.vocoder_prompt_s)
+        return voices
+
+    def _paralinguistic_texts(self, para_text: str | None, voices: list[VoicePrompt],
+                              options: SynthesisOptions) -> list[str | None]:
+        """The new text of each segment: the whole text for one segment, else the text split like
+        the segments (a paralinguistic edit of a long version needs as many sentences as it has)."""
+        if para_text is None or len(voices) == 1:
+            return [para_text] * len(voices)
+        parts = [c.text for c in split_text(para_text, options.chunk_chars or self.config.chunk_chars)]
+        if len(parts) != len(voices):
+            raise TextInputError(f"the version has {len(voices)} parts but the new text splits into "
+                                 f"{len(parts)}; keep the same sentences and only add tags such as "
+                                 "[Laughter]")
+        return parts
 
     def _prompt_features(self, audio: np.ndarray, sr: int, tokens: TokenizedAudio,
                          report: StageReport) -> PromptFeatures:
@@ -381,43 +432,30 @@ class CloneEngine:
                  np.shape(features.mel), np.shape(features.speaker_embedding))
         return features
 
-    def _timed_generation(self, run: Callable[[], GenerationResult], report: StageReport) -> GenerationResult:
-        t0 = time.perf_counter()
-        generation = run()
-        report.llm_s = time.perf_counter() - t0
-        report.prompt_tokens = generation.prompt_tokens
-        report.new_tokens = generation.new_tokens
-        report.tokens_per_s = generation.tokens_per_s
-        report.dropped_tokens = generation.dropped_tokens
-        report.seed = getattr(generation, "seed", None)
-        log.info("llm: %d new tokens in %.3f s (%.1f tok/s, prompt %d, %d audio tokens, %d dropped)",
-                 generation.new_tokens, report.llm_s, generation.tokens_per_s, generation.prompt_tokens,
-                 len(generation.audio_tokens), generation.dropped_tokens)
-        return generation
-
-    def _vocode(self, generation: GenerationResult, voice: VoicePrompt, options: SynthesisOptions,
-                report: StageReport) -> np.ndarray:
-        t0 = time.perf_counter()
-        audio = self.vocoder.decode(generation.audio_tokens, voice.mixed_tokens, voice.features,
-                                    n_steps=options.flow_steps, seed=options.seed)
-        report.vocoder_s = time.perf_counter() - t0
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        report.audio_s = len(audio) / VOCODER_SAMPLE_RATE
-        log.info("vocoder: %.2f s of audio in %.3f s (%d flow steps)", report.audio_s, report.vocoder_s,
-                 options.flow_steps)
-        return audio
-
-    def _finish(self, mode: str, t_start: float, audio: np.ndarray, text: str, prompt_text: str,
+    def _finish(self, mode: str, t_start: float, render: Render, text: str, prompt_text: str,
                 transcribed: bool, options: SynthesisOptions, report: StageReport,
-                generation: GenerationResult, warnings: list[str]) -> SynthesisResult:
+                warnings: list[str]) -> SynthesisResult:
+        audio = render.audio
+        report.seed, report.stream, report.stopped = render.seed, options.stream, render.stopped
+        report.audio_s = len(audio) / VOCODER_SAMPLE_RATE
+        report.tokens_per_s = report.new_tokens / report.llm_s if report.llm_s > 0 else 0.0
         report.total_s = time.perf_counter() - t_start
+        warnings = warnings + render.warnings
+        if not render.segments:
+            if render.stopped:
+                raise GenerationCancelled("stopped before any audio was made")
+            raise EmptyGenerationError(f"the model produced no audio for any of the {len(render.jobs)} text "
+                                       "chunk(s); try another seed or a clearer reference clip")
         with self._stats_lock:
             self.requests += 1
         log.info("%s breakdown: %s", mode, report.summary())
-        return SynthesisResult(audio=audio, sample_rate=VOCODER_SAMPLE_RATE, text=text,
+        spoken = " ".join(segment.text for segment in render.segments)
+        return SynthesisResult(audio=audio, sample_rate=VOCODER_SAMPLE_RATE,
+                               text=spoken if len(render.segments) < len(render.jobs) else text,
                                prompt_text=prompt_text, transcribed=transcribed, mode=mode,
                                variant=options.variant or self.config.variant, report=report,
-                               audio_tokens=list(generation.audio_tokens), warnings=warnings)
+                               audio_tokens=list(render.tokens), warnings=warnings,
+                               segments=render.segments, stopped=render.stopped)
 
     @staticmethod
     def _validated_task(task: str, subtask: str | None) -> tuple[str, str | None]:
@@ -431,7 +469,18 @@ class CloneEngine:
         return task, subtask
 
     @staticmethod
-    def _generation_options(options: SynthesisOptions) -> GenerationOptions:
-        seed = options.seed if options.seed is not None else int(np.random.default_rng().integers(2**31))
-        return GenerationOptions(temperature=options.temperature, top_p=options.top_p, seed=seed,
-                                 max_length=options.max_length, max_new_tokens=options.max_new_tokens)
+    def _request_seed(options: SynthesisOptions) -> int:
+        """The request's seed: the one asked for, or a fresh random one (recorded in the report)."""
+        return options.seed if options.seed is not None else secrets.randbelow(MAX_SEED + 1)
+
+
+def _collect(events: Iterator[StreamEvent], progress: ProgressFn | None) -> SynthesisResult:
+    result = None
+    for event in events:
+        if isinstance(event, Progress) and progress is not None:
+            progress(event)
+        elif isinstance(event, SynthesisResult):
+            result = event
+    if result is None:  # clone_stream and edit_stream always end with their result
+        raise RuntimeError("the request ended without a result")
+    return result

@@ -19,8 +19,10 @@ from errors import OptionsError
 from model_layout import VARIANTS
 from models.prompt_features import PromptFeatures
 from models.prompts import DEFAULT_MAX_TEXT_CHARS
+from text_split import DEFAULT_CHUNK_CHARS
 
 MAX_SEED = 2**32 - 1
+MIN_CHUNK_CHARS, MAX_CHUNK_CHARS = 20, 2000  # text per LLM pass: a clause at least, a page at most
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,9 @@ class SynthesisOptions:
     top_p: float = 1.0
     flow_steps: int = 10  # Euler steps of the vocoder's flow matching
     max_length: int = 8192  # LLM total length cap (prompt + generated), in tokens
-    max_new_tokens: int | None = None  # cap on generated tokens (None: only max_length)
+    max_new_tokens: int | None = None  # cap on generated tokens per text chunk (None: only max_length)
+    stream: bool = False  # streaming vocoder: audio in pieces as the LLM makes tokens (else per chunk)
+    chunk_chars: int | None = None  # longest text chunk per LLM pass (None: the engine's --chunk-chars)
 
     def validated(self) -> SynthesisOptions:
         """Self, or an ``OptionsError`` saying which value is out of range."""
@@ -51,6 +55,9 @@ class SynthesisOptions:
             raise OptionsError(f"max new tokens must be at least 1, got {self.max_new_tokens}")
         if self.seed is not None and not (0 <= self.seed <= MAX_SEED):
             raise OptionsError(f"seed must be in 0..{MAX_SEED} (or empty for a random one), got {self.seed}")
+        if self.chunk_chars is not None and not (MIN_CHUNK_CHARS <= self.chunk_chars <= MAX_CHUNK_CHARS):
+            raise OptionsError(f"chunk size must be in {MIN_CHUNK_CHARS}..{MAX_CHUNK_CHARS} characters, "
+                               f"got {self.chunk_chars}")
         return self
 
 
@@ -109,8 +116,27 @@ class EditRequest:
 
 
 @dataclass
+class ChunkReport:
+    """One text chunk of a request: what was said, with which seed, and what it cost."""
+
+    text: str
+    seed: int
+    attempts: int = 1  # 2 when the first seed gave no audio and another was tried
+    new_tokens: int = 0
+    audio_tokens: int = 0
+    llm_s: float = 0.0
+    vocoder_s: float = 0.0
+    audio_s: float = 0.0
+    warning: str = ""  # why this chunk has no audio, when it has none
+
+
+@dataclass
 class StageReport:
-    """Seconds spent per stage of one request (wall clock), with token and audio counts."""
+    """Seconds spent per stage of one request (wall clock), with token and audio counts.
+
+    LLM and vocoder figures add up over the text chunks; ``ttfa_s`` is the time from the request
+    to its first audio sample (the whole first chunk when not streaming).
+    """
 
     prep_s: float = 0.0
     tokenizer_s: float = 0.0
@@ -125,10 +151,14 @@ class StageReport:
     new_tokens: int = 0
     tokens_per_s: float = 0.0
     dropped_tokens: int = 0
-    seed: int | None = None  # the LLM sampling seed actually used
+    seed: int | None = None  # the request's seed (each chunk's is derived from it)
     vocoder_s: float = 0.0
     total_s: float = 0.0
     audio_s: float = 0.0  # seconds of generated audio
+    ttfa_s: float = 0.0  # time to first audio
+    stream: bool = False
+    stopped: bool = False  # Stop was pressed: the audio made until then is kept
+    chunks: list[ChunkReport] = field(default_factory=list)
 
     @property
     def rtf(self) -> float:
@@ -147,10 +177,14 @@ class StageReport:
             rows.append(["transcription", "in tokenizer", "Paraformer (the reference text was empty)"])
         rows.append(["vocoder prompt" + (" (cached)" if self.vocoder_prompt_cached else ""),
                      f"{self.vocoder_prompt_s:.3f}", "mel + speaker embedding"])
+        chunks = f", {len(self.chunks)} chunks" if len(self.chunks) > 1 else ""
         rows.append(["LLM", f"{self.llm_s:.3f}",
-                     f"{self.new_tokens} tokens, {self.tokens_per_s:.1f} tok/s, prompt {self.prompt_tokens}"])
-        rows.append(["vocoder", f"{self.vocoder_s:.3f}", f"{self.audio_s:.2f} s of 24 kHz audio"])
-        rows.append(["total", f"{self.total_s:.3f}", f"real-time factor {self.rtf:.2f}"])
+                     f"{self.new_tokens} tokens, {self.tokens_per_s:.1f} tok/s, prompt {self.prompt_tokens}"
+                     f"{chunks}"])
+        rows.append(["vocoder", f"{self.vocoder_s:.3f}", f"{self.audio_s:.2f} s of 24 kHz audio"
+                     + (" (streamed)" if self.stream else "")])
+        rows.append(["total", f"{self.total_s:.3f}", f"real-time factor {self.rtf:.2f}, first audio after "
+                     f"{self.ttfa_s:.2f} s" + (" (stopped)" if self.stopped else "")])
         return rows
 
     def summary(self) -> str:
@@ -160,8 +194,9 @@ class StageReport:
                 f"{self.tokenizer_s:.3f}s{transcribe} | vocoder prompt "
                 f"{'hit' if self.vocoder_prompt_cached else 'miss'} {self.vocoder_prompt_s:.3f}s | llm "
                 f"{self.llm_s:.3f}s ({self.new_tokens} tok, {self.tokens_per_s:.1f} tok/s) | vocoder "
-                f"{self.vocoder_s:.3f}s | total {self.total_s:.3f}s for {self.audio_s:.2f}s audio, "
-                f"RTF {self.rtf:.2f}")
+                f"{self.vocoder_s:.3f}s{' streamed' if self.stream else ''} | {len(self.chunks)} chunk(s) | "
+                f"first audio {self.ttfa_s:.3f}s | total {self.total_s:.3f}s for {self.audio_s:.2f}s audio, "
+                f"RTF {self.rtf:.2f}{' | STOPPED' if self.stopped else ''}")
 
 
 @dataclass
@@ -176,6 +211,16 @@ class VoicePrompt:
 
 
 @dataclass
+class Segment:
+    """The part of a version made from one text chunk: its words, tokens and samples [start, end)."""
+
+    text: str
+    tokens: list[int]  # whole groups, mixed-stream codes in [0, 5120)
+    start: int
+    end: int
+
+
+@dataclass
 class SynthesisResult:
     """One generated version: 24 kHz audio, its text, and how long each stage took."""
 
@@ -187,14 +232,37 @@ class SynthesisResult:
     mode: str  # "clone" or "edit <task>[/<subtask>]"
     variant: str
     report: StageReport
-    audio_tokens: list[int]  # the generated mixed stream (kept so the version's provenance is known)
+    audio_tokens: list[int]  # the generated mixed stream of every chunk, in order
     warnings: list[str] = field(default_factory=list)
-    # this version's own tokens + vocoder features, filled the first time it is edited (chaining)
-    voice: VoicePrompt | None = field(default=None, repr=False)
+    segments: list[Segment] = field(default_factory=list)  # one per text chunk that made audio
+    stopped: bool = False  # Stop was pressed: this is the audio made until then
+    # this version's own prompts (tokens + vocoder features per segment), made when first edited
+    voices: list[VoicePrompt] = field(default_factory=list, repr=False)
 
     @property
     def seconds(self) -> float:
         return len(self.audio) / self.sample_rate
+
+
+@dataclass
+class AudioPiece:
+    """A piece of a request's audio, streamed as soon as it is final (24 kHz float32 samples)."""
+
+    audio: np.ndarray  # (samples,) float32
+    chunk: int  # index of the text chunk it belongs to (pauses between chunks count to the earlier one)
+
+
+@dataclass
+class Progress:
+    """Where a request stands: text chunk ``chunk`` (1-based) of ``chunks``, audio made so far."""
+
+    chunk: int
+    chunks: int
+    audio_s: float  # seconds of audio the LLM has produced tokens for, over all chunks so far
+    stage: str = "llm"  # "llm", "vocoder" or "retry"
+
+
+StreamEvent = AudioPiece | Progress | SynthesisResult  # the last event of a request is its result
 
 
 @dataclass(frozen=True)
@@ -204,6 +272,7 @@ class EngineConfig:
     variant: str = "base"  # default LLM variant, preloaded
     auto_transcribe: bool = True  # empty reference text -> Paraformer transcript; off: refused
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    chunk_chars: int = DEFAULT_CHUNK_CHARS  # longest text chunk per LLM pass
     max_reference_seconds: float = 30.0
     device: str = "auto"
     dtype: str = "auto"

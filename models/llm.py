@@ -15,11 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -31,11 +29,11 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from errors import EmptyGenerationError, GenerationCancelled, ModelFilesError, OptionsError, TextInputError
+from errors import GenerationCancelled, ModelFilesError, OptionsError, TextInputError
 from model_layout import VARIANTS
-from models.audio_tokens import AUDIO_CODES, AUDIO_ID_OFFSET, realign_groups
 from models.device import pick_device, pick_dtype
-from models.prompts import StepTextTokenizer, build_clone_prompt, build_edit_prompt
+from models.generation import GenerationOptions, TokenStreamLLM
+from models.prompts import StepTextTokenizer
 from models.step1 import Step1Config, Step1ForCausalLM
 
 log = logging.getLogger(__name__)
@@ -49,33 +47,6 @@ NESTED_CODE = 256  # fp32 entries of the 8-bit code book of the nested absmax
 # bitsandbytes' CPU 4-bit kernels on CPUs with AVX-512-BF16/AMX pack the weights in blocks of 32
 # output rows and assert N % 32 == 0; every real Step1 width is a multiple of it.
 BNB_CPU_BLOCK_N = 32
-
-
-@dataclass
-class GenerationOptions:
-    """Sampling settings (upstream: do_sample, temperature 0.7, max_length 8192 incl. the prompt).
-
-    ``temperature`` <= 0 means greedy decoding. ``top_k`` 50 is transformers' default, which the
-    upstream call inherits; 0 disables it.
-    """
-
-    temperature: float = 0.7
-    top_p: float = 1.0
-    seed: int | None = None
-    max_length: int = 8192
-    top_k: int = DEFAULT_TOP_K
-    max_new_tokens: int | None = None  # stop after this many new tokens (None: only max_length)
-
-
-@dataclass
-class GenerationResult:
-    audio_tokens: list[int]  # mixed stream in [0, 5120): whole [02,02,06,06,06] groups (LLM id - 65536)
-    prompt_tokens: int
-    new_tokens: int  # tokens sampled, eos included
-    seconds: float
-    tokens_per_s: float
-    dropped_tokens: int  # new tokens (eos excluded) that are not in audio_tokens
-    seed: int | None = None  # the seed actually used (None for greedy)
 
 
 class RepetitionAwareLogitsProcessor(LogitsProcessor):
@@ -114,19 +85,6 @@ def sample_from_scores(scores: torch.Tensor, generator: torch.Generator | None) 
     if bool(bad.any()):
         idx[bad] = scores.argmax(dim=-1, keepdim=True)[bad]
     return idx
-
-
-def parse_generated_ids(new_ids: list[int], eos_id: int) -> tuple[list[int], int]:
-    """Generated LLM ids -> (whole-group audio codes in [0, 5120), dropped count).
-
-    Stops at the first eos, subtracts 65536, keeps only audio codes (text ids and the other added
-    tokens above 5120 are dropped) and realigns to whole 2+3 groups.
-    """
-    if eos_id in new_ids:
-        new_ids = new_ids[:new_ids.index(eos_id)]
-    codes = [i - AUDIO_ID_OFFSET for i in new_ids if 0 <= i - AUDIO_ID_OFFSET < AUDIO_CODES]
-    tokens, dropped = realign_groups(codes)
-    return tokens, dropped + len(new_ids) - len(codes)
 
 
 def estimate_weight_bytes(config: Step1Config, variant: str = "base",
@@ -296,8 +254,11 @@ def load_step1_model(model_dir: Path, variant: str = "base", device: str = "auto
     return model
 
 
-class Step1LLM:
-    """The LLM stage: tokenizer + model + sampling; thread-safe for one call at a time per instance."""
+class Step1LLM(TokenStreamLLM):
+    """The native LLM backend: our Step1 model + sampling; one generation at a time per instance."""
+
+    backend = "native"
+    applies_repetition_rule = True
 
     def __init__(self, model: torch.nn.Module, tokenizer: StepTextTokenizer, variant: str,
                  model_dir: Path) -> None:
@@ -307,7 +268,8 @@ class Step1LLM:
         self.model_dir = Path(model_dir)
         self.device = next(model.parameters()).device
         self.eos_id = int(model.config.eos_token_id)
-        self._lock = threading.Lock()
+        # re-entrant: a thread that still holds a suspended generation may start another safely
+        self._lock = threading.RLock()
 
     @classmethod
     def load(cls, model_dir: Path, variant: str = "base", device: str = "auto",
@@ -318,23 +280,6 @@ class Step1LLM:
         if getattr(model.config, "quantization_config", None) is not None:
             variant = "bnb-4bit"
         return cls(model, StepTextTokenizer(model_dir / "tokenizer.model"), variant, model_dir)
-
-    def clone(self, prompt_text: str, prompt_token_str: str, target_text: str,
-              options: GenerationOptions | None = None, progress: Callable[[int], None] | None = None,
-              cancel: threading.Event | None = None, speaker: str | None = None) -> GenerationResult:
-        """Speak ``target_text`` in the voice of the reference (its transcript and ``<audio_N>`` tokens)."""
-        ids = build_clone_prompt(self.tokenizer, prompt_text, prompt_token_str, target_text, speaker)
-        return self.generate_audio_tokens(ids, options or GenerationOptions(), progress, cancel)
-
-    def edit(self, audio_text: str, audio_token_str: str, task: str, subtask: str | None,
-             options: GenerationOptions | None = None, progress: Callable[[int], None] | None = None,
-             cancel: threading.Event | None = None, new_text: str | None = None) -> GenerationResult:
-        """Edit audio given as tokens: ``task`` in EDIT_TASKS, ``subtask`` one of its options.
-
-        "paralinguistic" needs ``new_text``: the transcript with tags such as ``[Laughter]`` inserted.
-        """
-        ids = build_edit_prompt(self.tokenizer, audio_text, audio_token_str, task, subtask, new_text)
-        return self.generate_audio_tokens(ids, options or GenerationOptions(), progress, cancel)
 
     def _processors(self, options: GenerationOptions) -> LogitsProcessorList:
         # Same order as transformers' generate(): custom processor, then temperature, top-k, top-p.
@@ -348,66 +293,40 @@ class Step1LLM:
                 procs.append(TopPLogitsWarper(options.top_p))
         return procs
 
-    def generate_ids(self, prompt_ids: list[int], options: GenerationOptions,
-                     progress: Callable[[int], None] | None = None,
-                     cancel: threading.Event | None = None) -> tuple[list[int], int | None]:
-        """Sample new ids after ``prompt_ids`` until eos or ``options.max_length`` total ids.
-
-        Returns (new ids, eos included when produced; the seed used). ``progress(n)`` is called with
-        the number of new tokens after each step; setting ``cancel`` raises GenerationCancelled.
-        """
+    def stream_ids(self, prompt_ids: list[int], options: GenerationOptions,
+                   cancel: threading.Event | None = None) -> Iterator[int]:
+        """Sample new ids after ``prompt_ids``, yielding each (eos last, when produced), until eos,
+        ``options.max_length`` total ids or ``options.max_new_tokens``; ``cancel`` raises
+        GenerationCancelled at the next token. One generation at a time per loaded model."""
         if len(prompt_ids) >= options.max_length:
             raise TextInputError(f"the prompt is {len(prompt_ids)} tokens, which leaves no room under the "
                                  f"length limit of {options.max_length}; use a shorter reference or text")
-        greedy = options.temperature <= 0
-        seed = None if greedy else (options.seed if options.seed is not None else random.randrange(2**31))
+        options = self.with_seed(options)
         generator = None
-        if seed is not None:
+        if options.temperature > 0:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed)
+            generator.manual_seed(int(options.seed))
         processors = self._processors(options)
-        seq = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        new: list[int] = []
-        cache = DynamicCache(config=self.model.config)
-        with torch.inference_mode():
+        limit = options.max_length
+        if options.max_new_tokens is not None:
+            limit = min(limit, len(prompt_ids) + options.max_new_tokens)
+        with self._lock, torch.inference_mode():
+            seq = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+            cache = DynamicCache(config=self.model.config)
             logits = self.model(seq, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-            limit = options.max_length
-            if options.max_new_tokens is not None:
-                limit = min(limit, len(prompt_ids) + options.max_new_tokens)
+            n_new = 0
             while seq.shape[1] < limit:
                 if cancel is not None and cancel.is_set():
-                    raise GenerationCancelled(f"generation cancelled after {len(new)} tokens")
+                    raise GenerationCancelled(f"generation cancelled after {n_new} tokens")
                 scores = processors(seq, logits[:, -1].float())
-                if greedy:
+                if generator is None:
                     nxt = scores.argmax(dim=-1, keepdim=True)
                 else:
                     nxt = sample_from_scores(scores, generator)
                 seq = torch.cat([seq, nxt], dim=1)
                 token = int(nxt)
-                new.append(token)
-                if progress is not None:
-                    progress(len(new))
+                n_new += 1
+                yield token
                 if token == self.eos_id:
-                    break
+                    return
                 logits = self.model(nxt, past_key_values=cache, use_cache=True).logits
-        return new, seed
-
-    def generate_audio_tokens(self, prompt_ids: list[int], options: GenerationOptions,
-                              progress: Callable[[int], None] | None = None,
-                              cancel: threading.Event | None = None) -> GenerationResult:
-        """Generate and parse: whole audio-token groups, or EmptyGenerationError."""
-        with self._lock:
-            start = time.perf_counter()
-            new, seed = self.generate_ids(prompt_ids, options, progress, cancel)
-            seconds = time.perf_counter() - start
-        tokens, dropped = parse_generated_ids(new, self.eos_id)
-        rate = len(new) / seconds if seconds > 0 else 0.0
-        log.debug("LLM: prompt %d tokens, %d new tokens in %.2f s (%.1f tokens/s), %d audio tokens kept, "
-                 "%d dropped, seed %s", len(prompt_ids), len(new), seconds, rate, len(tokens), dropped, seed)
-        if not tokens:
-            ended = "at eos" if new and new[-1] == self.eos_id else "at the length limit"
-            raise EmptyGenerationError(
-                f"the LLM produced no complete audio-token group ({len(new)} tokens, stopped {ended}); "
-                "try another seed or a clearer reference clip")
-        return GenerationResult(audio_tokens=tokens, prompt_tokens=len(prompt_ids), new_tokens=len(new),
-                                seconds=seconds, tokens_per_s=rate, dropped_tokens=dropped, seed=seed)

@@ -15,14 +15,13 @@ from hypothesis import strategies as st
 
 from errors import EmptyGenerationError, GenerationCancelled, ModelFilesError, OptionsError, TextInputError
 from models.audio_tokens import AUDIO_ID_OFFSET, GroupAligner, realign_groups, token_str
+from models.generation import GenerationOptions, parse_generated_ids
 from models.llm import (
-    GenerationOptions,
     RepetitionAwareLogitsProcessor,
     Step1LLM,
     estimate_weight_bytes,
     load_step1_model,
     measured_weight_bytes,
-    parse_generated_ids,
     sample_from_scores,
 )
 from models.prompts import build_clone_prompt
@@ -186,7 +185,7 @@ def test_loader_refuses_unknown_model_types_and_awq(llm_dir, tmp_path):
 # --- generation -----------------------------------------------------------------------------------
 
 def test_clone_generates_whole_groups_and_logs(base, caplog):
-    caplog.set_level(logging.DEBUG, logger="models.llm")
+    caplog.set_level(logging.DEBUG, logger="models.generation")
     seen: list[int] = []
     result = base.clone("hello there", PROMPT_TOKENS, "How are you today?", GenerationOptions(seed=1),
                         progress=seen.append)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from models.llm import GenerationOptions, Step1LLM
+from models.generation import GenerationOptions
+from models.llm import Step1LLM
 from models.prompts import EDIT_SYSTEM_PROMPT, StepTextTokenizer, encode_edit_prompt
 from models.step1 import alibi_bias, alibi_slopes
 

@@ -223,7 +223,7 @@ def test_edit_chains_on_kept_tokens(engine, first_clone):
                                                                         options=options(s))))
     assert happy.mode == "edit emotion/happy" and happy.sample_rate == 24000 and len(happy.audio)
     assert happy.report.tokens_from == "kept" and happy.text == cloned.text
-    assert cloned.voice is not None and cloned.voice.mixed_tokens == cloned.audio_tokens
+    assert len(cloned.voices) == 1 and cloned.voices[0].mixed_tokens == cloned.audio_tokens
     faster = first_success(lambda s: engine.edit(EditRequest.from_result(happy, "speed", "faster",
                                                                          options=options(s))))
     assert faster.mode == "edit speed/faster" and faster.report.tokens_from == "kept"

@@ -23,7 +23,7 @@ import numpy as np
 from audio_prep import read_audio
 from engine import CloneEngine
 from errors import EmptyGenerationError, GenerationCancelled, InputError, OptionsError
-from synthesis import CloneRequest, EditRequest, SynthesisOptions, SynthesisResult
+from synthesis import CloneRequest, EditRequest, Progress, SynthesisOptions, SynthesisResult
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ MAX_HISTORY = 20  # versions kept per browser session (each holds its audio in m
 EDIT_SOURCE_VERSION = "the selected version"
 EDIT_SOURCE_UPLOAD = "my own clip"
 TIMING_HEADERS = ["stage", "seconds", "detail"]
-TOKENS_PER_CHAR = 3.0  # rough audio tokens per text character, only to scale the progress bar
 PCM16_MAX = 32767
 
 
@@ -207,15 +206,13 @@ class EngineAdapter:
                     del self._cancels[session]
 
     @staticmethod
-    def _progress(progress: gr.Progress, text: str) -> Callable[[int], None]:
-        """LLM progress callback (new tokens so far) -> the Gradio progress bar."""
-        expected = [max(50.0, TOKENS_PER_CHAR * len(text))]
+    def _progress(progress: gr.Progress, text: str) -> Callable[[Progress], None]:
+        """Engine progress (text chunk k of n, audio seconds so far) -> the Gradio progress bar."""
+        del text
 
-        def update(n_tokens: int) -> None:
-            if n_tokens > expected[0] * 0.95:  # the guess was short: stretch it so the bar keeps moving
-                expected[0] = n_tokens * 1.3
-            if n_tokens % 5 == 0:  # one update per audio-token group keeps the websocket quiet
-                progress(n_tokens / expected[0], desc=f"LLM: {n_tokens} audio tokens")
+        def update(event: Progress) -> None:
+            progress((event.chunk - 1) / event.chunks,
+                     desc=f"chunk {event.chunk} of {event.chunks}: {event.audio_s:.1f} s of audio")
 
         return update
 

@@ -26,7 +26,8 @@ from transformers.cache_utils import DynamicCache
 from demo.llm_assets import write_checkpoint
 from model_layout import LLM_FOLDER, is_demo_models
 from models.audio_tokens import token_str
-from models.llm import GenerationOptions, Step1LLM, estimate_weight_bytes, measured_weight_bytes
+from models.generation import GenerationOptions
+from models.llm import Step1LLM, estimate_weight_bytes, measured_weight_bytes
 from models.prompts import build_clone_prompt
 from models.step1 import Step1Config
 
