@@ -319,3 +319,19 @@ def store_at(url: str) -> RedisStore:
     _declare(store)
     return store
 
+
+def test_the_cache_url_setting_puts_the_prompt_cache_on_redis(redis_server):
+    from prompt_cache import open_prompt_cache
+    from settings import parse_settings
+
+    settings = parse_settings([], environ={"EDITX_CACHE_URL": redis_server.url})
+    cache = open_prompt_cache(settings.cache_dir, 10, 1 << 20, url=settings.cache_url)
+    try:
+        cache.put("k", _entry(1))
+        assert cache.get("k") == _entry(1)
+        stats = cache.stats()
+        assert stats["store"]["backend"] == "redis" and stats["persistent"] and cache.directory is None
+        assert stats["directory"] == redis_server.url and stats["hits"] == 1
+    finally:
+        cache.clear()
+        cache.close()
