@@ -287,10 +287,10 @@ class DiskStore(Store):
         return self._namespace_stat(ns, "bytes")
 
     def usage(self) -> int:
-        """Folder bytes under the budget: database pages, its shared-memory file, the WAL allowance
-        and the value files, less the kept namespaces' values (plus any overlay held in memory)."""
+        """What the folder's files take now (database, WAL, shared memory, value files), less what is
+        never evicted (plus any overlay held in memory). Evictions keep it within ``max_bytes``."""
         with self._lock:
-            found = self._on_disk(self._usage, write=False)
+            found = self._on_disk(lambda c: self._folder_bytes(c, _file_size(self._wal_path)), write=False)
             return self._overlay.usage() + (0 if found is _FAILED else found)
 
     # -- counters --------------------------------------------------------------------------------
