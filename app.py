@@ -62,7 +62,7 @@ def load(settings: Settings):
     engine = CloneEngine.load(root.path, config, cache_dir=settings.cache_dir,
                               cache_max_entries=settings.cache_max_entries,
                               cache_max_bytes=settings.cache_max_bytes, ort_threads=settings.ort_threads,
-                              demo=root.demo)
+                              demo=root.demo, cache_url=settings.cache_url)
     log.info("models loaded from %s in %.1f s", root.path, time.perf_counter() - start)
     examples = ensure_examples(settings.examples_dir)
     if settings.warmup and examples:

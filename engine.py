@@ -99,12 +99,12 @@ class CloneEngine:
     @classmethod
     def load(cls, model_root: Path, config: EngineConfig | None = None, *, cache_dir: Path | None = None,
              cache_max_entries: int = 2000, cache_max_bytes: int = 1 << 30, ort_threads: int | None = None,
-             demo: bool | None = None) -> CloneEngine:
+             demo: bool | None = None, cache_url: str | None = None) -> CloneEngine:
         """Load the tokenizer, the vocoder and the ``config.variant`` LLM from ``model_root`` (once)."""
         config = config or EngineConfig()
         model_root = Path(model_root)
         demo = is_demo_models(model_root) if demo is None else demo
-        cache = open_prompt_cache(cache_dir, cache_max_entries, cache_max_bytes)
+        cache = open_prompt_cache(cache_dir, cache_max_entries, cache_max_bytes, url=cache_url)
         start = time.perf_counter()
         tokenizer = StepAudioTokenizer(model_root / TOKENIZER_FOLDER, device=config.device,
                                        ort_threads=ort_threads, cache=cache)

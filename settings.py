@@ -36,6 +36,7 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     cache_dir: Path | None = Path("cache/funasr")
+    cache_url: str | None = None
     cache_max_entries: int = 2000
     cache_max_mb: float = 1024
     ort_threads: int | None = None
@@ -63,6 +64,8 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
     ("--dtype", "dtype", str, "auto (bf16 on CUDA, fp32 on CPU), fp32, fp16 or bf16"),
     ("--cache-dir", "cache_dir", Path, "persistent prompt-cache folder ('none' keeps it in memory only)"),
+    ("--cache-url", "cache_url", str,
+     "Redis shared by replicas for the prompt cache and voices (redis://host:6379/0); wins over --cache-dir"),
     ("--cache-max-entries", "cache_max_entries", int, "prompt-cache size bound: number of voices"),
     ("--cache-max-mb", "cache_max_mb", float, "prompt-cache size bound: MiB on disk (fractions allowed)"),
     ("--ort-threads", "ort_threads", int, "ONNX Runtime intra-op threads (none: one per physical core)"),

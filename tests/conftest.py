@@ -67,3 +67,53 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---- storage backends (tests/test_storage.py, tests/test_voices.py) -----------------------------
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One throwaway redis-server for the session, on a free localhost port, in a temp folder."""
+    from storage.local_redis import LocalRedisServer
+
+    try:
+        server = LocalRedisServer()
+    except FileNotFoundError as exc:
+        pytest.fail(f"{exc}; the Redis backend tests need it")
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["disk", "redis"])
+def store_factory(request, tmp_path):
+    """``make(max_bytes=...)`` -> a new store object on one fresh location of the backend (a folder,
+    or a key prefix of the session's Redis), as a new process would open it. ``make.location`` says
+    where, for child processes: ("disk", folder) or ("redis", url, prefix)."""
+    import uuid
+
+    from storage.disk import DiskStore
+    from storage.redis_store import RedisStore
+
+    made = []
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        prefix = f"test-{uuid.uuid4().hex[:12]}:"
+        location = ("redis", server.url, prefix)
+
+        def make(max_bytes: int = 1 << 30):
+            made.append(RedisStore(server.url, max_bytes, prefix=prefix))
+            return made[-1]
+    else:
+        folder = tmp_path / "store"
+        location = ("disk", str(folder))
+
+        def make(max_bytes: int = 1 << 30):
+            made.append(DiskStore(folder, max_bytes))
+            return made[-1]
+
+    make.backend = request.param
+    make.location = location
+    yield make
+    for store in made:
+        store.close()

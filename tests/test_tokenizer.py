@@ -111,7 +111,7 @@ def test_alias_to_an_evicted_entry_encodes_again(tokenizer_dir, tmp_path):
     cache = PromptCache(tmp_path / "c")
     tok_a = StepAudioTokenizer(tokenizer_dir, device="cpu", cache=cache)
     cold = tok_a.encode(audio, 16000)
-    cache._disk.delete(cold.cache_key)  # evicted behind the alias's back
+    cache.delete(cold.cache_key)  # evicted behind the alias's back
     tok_b = StepAudioTokenizer(tokenizer_dir, device="cpu", cache=PromptCache(tmp_path / "c"))
     again = tok_b.encode(audio, 16000)
     assert not again.from_cache and again.cache_key == cold.cache_key and again.vq02 == cold.vq02
