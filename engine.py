@@ -32,12 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from audio_prep import VOCODER_SAMPLE_RATE, prompt_prelude, to_float, validate_reference
-from errors import AudioInputError, EmptyGenerationError, GenerationCancelled, OptionsError, TextInputError
+from audio_prep import VOCODER_SAMPLE_RATE
+from errors import EmptyGenerationError, GenerationCancelled, OptionsError, TextInputError
 from model_layout import TOKENIZER_FOLDER, VARIANTS, VOCODER_FOLDER, is_demo_models, llm_dir_for
-from models.audio_tokens import token_str
 from models.llm import Step1LLM, variant_problem
-from models.prompt_features import PromptFeatures, audio_digest, decode_features, encode_features
 from models.prompts import EDIT_TASKS, TASKS_WITH_OPTION, TEXTLESS_TASKS, clean_text
 from models.vocoder import Vocoder
 from prompt_cache import PromptCache, open_prompt_cache
@@ -48,7 +46,6 @@ from synthesis import (
     EditRequest,
     EngineConfig,
     Progress,
-    Segment,
     StageReport,
     StreamEvent,
     SynthesisOptions,
@@ -56,11 +53,12 @@ from synthesis import (
     VoicePrompt,
 )
 from text_split import PAUSE_SENTENCE_S, split_text
-from tokenizer import StepAudioTokenizer, TokenizedAudio
+from tokenizer import StepAudioTokenizer
+from voice_prompts import VOCODER_HITS, VOCODER_MISSES, VOCODER_SAVED, VoicePrompts
+from voices import VoiceLibrary
 
 log = logging.getLogger(__name__)
 
-VOCODER_FIELD_PREFIX = "vocoder:"  # prompt-cache field holding the vocoder prompt features
 WARMUP_NEW_TOKENS = 40  # a few audio-token groups run every kernel of every stage once
 ProgressFn = Callable[[Progress], None]
 
@@ -75,7 +73,8 @@ class CloneEngine:
     def __init__(self, tokenizer: StepAudioTokenizer, llms: dict[str, Step1LLM], vocoder: Vocoder,
                  cache: PromptCache | None, config: EngineConfig | None = None,
                  model_root: Path | None = None, demo: bool = False,
-                 llm_loader: Callable[[str], Step1LLM] | None = None):
+                 llm_loader: Callable[[str], Step1LLM] | None = None,
+                 library: VoiceLibrary | None = None):
         config = config or EngineConfig()
         if config.variant not in llms and llm_loader is None:
             raise OptionsError(f"default variant {config.variant!r} is not loaded")
@@ -83,16 +82,17 @@ class CloneEngine:
         self.vocoder = vocoder
         self.cache = cache  # the tokenizer's cache: vocoder features are merged into its entries
         self.config = config
+        if library is None and cache is not None:
+            library = VoiceLibrary(cache.store)  # voices live beside the prompt cache, never evicted
+        self.voices = VoicePrompts(tokenizer, vocoder, cache, library, config)
         self.model_root = model_root
         self.demo = demo
         self._llms = dict(llms)
         self._llm_loader = llm_loader
         self._load_lock = threading.Lock()
         self._stats_lock = threading.Lock()
-        self._vocoder_hits = 0
-        self._vocoder_misses = 0
-        self._vocoder_saved_s = 0.0
-        self.requests = 0
+        self.requests = 0  # requests finished since start-up
+        self.requests_active = 0  # requests between their first event and their end
 
     # ---- construction ------------------------------------------------------------------------
 
@@ -182,6 +182,31 @@ class CloneEngine:
         each one LLM pass with the same voice prompt. Raises an input error before any event when
         the request is unusable; Stop (``cancel``) keeps what was made (``result.stopped``).
         """
+        return self._counted(self._clone(request, cancel))
+
+    def edit_stream(self, request: EditRequest,
+                    cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
+        """Edit ``request.audio`` with ``request.task`` / ``subtask``, as it is made (see clone_stream).
+
+        The audio is also the vocoder prompt. When ``request.source`` is a previous result its kept
+        tokens are reused (no hashing, no encode), one text chunk per segment of that result, so a
+        long version is edited piece by piece; otherwise the clip goes through the tokenizer.
+        """
+        return self._counted(self._edit(request, cancel))
+
+    def _counted(self, events: Iterator[StreamEvent]) -> Iterator[StreamEvent]:
+        """``events``, counted in ``requests_active`` from the first event until it ends or is closed."""
+        with self._stats_lock:
+            self.requests_active += 1
+        try:
+            yield from events
+        finally:
+            events.close()
+            with self._stats_lock:
+                self.requests_active -= 1
+
+    def _clone(self, request: CloneRequest, cancel: threading.Event | None) -> Iterator[StreamEvent]:
+        """The body of ``clone_stream``."""
         t_start = time.perf_counter()
         report, warnings = StageReport(), []
         options = request.options.validated()
@@ -190,14 +215,21 @@ class CloneEngine:
         chunks = split_text(target, options.chunk_chars or self.config.chunk_chars)
         prompt_text = clean_text(request.reference_text, "reference text", self.config.max_text_chars,
                                  warnings, allow_empty=True)
-        transcribe = self._needs_transcription(prompt_text, "reference")
-        audio, sr = self._validated_audio(request.audio, request.sample_rate)
         llm = self.llm(options.variant)
-        report.prep_s = time.perf_counter() - t_start
-        log.info("clone prep: %.3f s (%.2f s of audio at %d Hz, %d target chars in %d chunk(s))",
-                 report.prep_s, audio.shape[-1] / sr, sr, len(target), len(chunks))
-        # 2-3. tokens (+ transcript) and vocoder prompt features
-        voice = self._voice_prompt(audio, sr, prompt_text, transcribe, report)
+        if request.voice_id is not None:  # a library voice: its tokens, features and text are stored
+            transcribe = False
+            report.prep_s = time.perf_counter() - t_start
+            log.info("clone prep: %.3f s (voice %s, %d target chars in %d chunk(s))", report.prep_s,
+                     request.voice_id, len(target), len(chunks))
+            voice = self.voices.from_library(request.voice_id, report)
+        else:
+            transcribe = self.voices.needs_transcription(prompt_text, "reference")
+            audio, sr = self.voices.validated_audio(request.audio, request.sample_rate)
+            report.prep_s = time.perf_counter() - t_start
+            log.info("clone prep: %.3f s (%.2f s of audio at %d Hz, %d target chars in %d chunk(s))",
+                     report.prep_s, audio.shape[-1] / sr, sr, len(target), len(chunks))
+            # 2-3. tokens (+ transcript) and vocoder prompt features
+            voice = self.voices.from_clip(audio, sr, prompt_text, transcribe, report)
         if transcribe and not voice.text:
             warnings.append("auto-transcription found no words in the reference; the clone may be worse")
         # 4-5. LLM and vocoder, chunk by chunk
@@ -209,14 +241,8 @@ class CloneEngine:
         yield self._finish("clone", t_start, render, target, voice.text, transcribe, options, report,
                            warnings)
 
-    def edit_stream(self, request: EditRequest,
-                    cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
-        """Edit ``request.audio`` with ``request.task`` / ``subtask``, as it is made (see clone_stream).
-
-        The audio is also the vocoder prompt. When ``request.source`` is a previous result its kept
-        tokens are reused (no hashing, no encode), one text chunk per segment of that result, so a
-        long version is edited piece by piece; otherwise the clip goes through the tokenizer.
-        """
+    def _edit(self, request: EditRequest, cancel: threading.Event | None) -> Iterator[StreamEvent]:
+        """The body of ``edit_stream``."""
         t_start = time.perf_counter()
         report, warnings = StageReport(), []
         options = request.options.validated()
@@ -236,15 +262,16 @@ class CloneEngine:
             report.prep_s = time.perf_counter() - t_start
             log.info("edit prep: %.3f s (task %s/%s, continuing from a previous %s)", report.prep_s, task,
                      subtask or "-", source.mode)
-            voices = self._version_voices(source, report)
+            voices = self.voices.from_version(source, report)
         else:
             # denoise and vad instructions do not quote the text, so an empty one is fine there
-            transcribe = task not in TEXTLESS_TASKS and self._needs_transcription(audio_text, "audio to edit")
-            audio, sr = self._validated_audio(request.audio, request.sample_rate)
+            transcribe = (task not in TEXTLESS_TASKS
+                          and self.voices.needs_transcription(audio_text, "audio to edit"))
+            audio, sr = self.voices.validated_audio(request.audio, request.sample_rate)
             report.prep_s = time.perf_counter() - t_start
             log.info("edit prep: %.3f s (task %s/%s, %.2f s of audio at %d Hz)", report.prep_s, task,
                      subtask or "-", audio.shape[-1] / sr, sr)
-            voices = [self._voice_prompt(audio, sr, audio_text, transcribe, report)]
+            voices = [self.voices.from_clip(audio, sr, audio_text, transcribe, report)]
         new_texts = self._paralinguistic_texts(para_text, voices, options)
         jobs = [ChunkJob(new if new is not None else voice.text,
                          partial(llm.edit_prompt, voice.text, voice.token_str, task, subtask, new), voice,
@@ -264,9 +291,9 @@ class CloneEngine:
         was empty and auto-transcription is on (else returned as given)."""
         start = time.perf_counter()
         text = clean_text(reference_text, "reference text", self.config.max_text_chars, [], allow_empty=True)
-        audio, sr = self._validated_audio(audio, sample_rate)
+        audio, sr = self.voices.validated_audio(audio, sample_rate)
         report = StageReport()
-        voice = self._voice_prompt(audio, sr, text, not text and self.config.auto_transcribe, report)
+        voice = self.voices.from_clip(audio, sr, text, not text and self.config.auto_transcribe, report)
         log.info("reference prepared in %.3f s (tokens %s, features %s)", time.perf_counter() - start,
                  report.tokens_from, "cached" if report.vocoder_prompt_cached else "computed")
         return voice.text
@@ -300,6 +327,7 @@ class CloneEngine:
             "demo": self.demo,
             "auto_transcribe": self.config.auto_transcribe,
             "requests": self.requests,
+            "requests_active": self.requests_active,
             "cache": self.cache_stats(),
         }
 
@@ -308,10 +336,8 @@ class CloneEngine:
         stats = dict(self.cache.stats()) if self.cache is not None else {
             "hits": 0, "misses": 0, "hit_rate": 0.0, "entries": 0, "bytes": 0, "time_saved_s": 0.0,
             "directory": None, "persistent": False}
-        with self._stats_lock:
-            stats["vocoder_prompt_hits"] = self._vocoder_hits
-            stats["vocoder_prompt_misses"] = self._vocoder_misses
-            stats["vocoder_prompt_time_saved_s"] = round(self._vocoder_saved_s, 4)
+        for name in (VOCODER_HITS, VOCODER_MISSES, VOCODER_SAVED):  # shared counters, 0 until counted
+            stats.setdefault(name, 0)
         return stats
 
     def clear_cache(self) -> None:
@@ -320,69 +346,6 @@ class CloneEngine:
             log.info("prompt cache cleared")
 
     # ---- stages ------------------------------------------------------------------------------
-
-    def _needs_transcription(self, text: str, what: str) -> bool:
-        if text:
-            return False
-        if not self.config.auto_transcribe:
-            raise TextInputError(f"the {what} text is empty and auto-transcription is off "
-                                 "(--no-auto-transcribe); type what the clip says")
-        return True
-
-    def _validated_audio(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
-        audio = to_float(np.asarray(audio))
-        if sample_rate is None or int(sample_rate) <= 0:
-            raise AudioInputError(f"the sample rate must be a positive number of Hz, got {sample_rate}")
-        validate_reference(audio, int(sample_rate), self.config.max_reference_seconds)
-        return audio, int(sample_rate)
-
-    def _voice_prompt(self, audio: np.ndarray, sr: int, text: str, transcribe: bool,
-                      report: StageReport) -> VoicePrompt:
-        """Tokens (prompt cache), transcript when asked, and vocoder features (same cache entry)."""
-        t0 = time.perf_counter()
-        tokens: TokenizedAudio = self.tokenizer.encode(audio, sr, transcribe=transcribe)
-        report.tokenizer_s = time.perf_counter() - t0
-        report.cache_hit = bool(tokens.from_cache)
-        report.tokens_from = "cache hit" if tokens.from_cache else "encoded"
-        report.encode_s_saved = float(tokens.encode_seconds) if tokens.from_cache else 0.0
-        log.info("tokenizer: %s in %.3f s (%d vq02 + %d vq06 codes, key %s)",
-                 "cache hit" if tokens.from_cache else "encoded", report.tokenizer_s, len(tokens.vq02),
-                 len(tokens.vq06), tokens.cache_key[:12])
-        if transcribe:
-            text = (tokens.transcript or "").strip()
-            report.transcribed = True
-            log.info("transcription (with the encode): %r", text[:80])
-        features = self._prompt_features(audio, sr, tokens, report)
-        return VoicePrompt(tokens.token_str, tokens.mixed, features, text, tokens.cache_key)
-
-    def _version_voices(self, version: SynthesisResult, report: StageReport) -> list[VoicePrompt]:
-        """A previous output as prompts, one per segment: the tokens each segment was rendered from
-        and the vocoder features of that segment's own samples.
-
-        The vocoder made each segment from exactly its tokens (whole 2+3 groups), so they stand for
-        the audio without re-encoding; the features are computed once and kept on the version.
-        """
-        report.tokens_from, report.cache_hit = "kept", True
-        if version.voices:
-            report.vocoder_prompt_cached = True
-            log.info("edit tokens: kept from the previous version, features reused (0.000 s)")
-            return version.voices
-        segments = version.segments or [
-            Segment(version.text, list(version.audio_tokens), 0, len(version.audio))]
-        t0 = time.perf_counter()
-        voices = []
-        for segment in segments:
-            clip = version.audio[segment.start:segment.end]
-            features = self.vocoder.prompt_features(prompt_prelude(clip, version.sample_rate),
-                                                    version.sample_rate)
-            tokens = list(segment.tokens)
-            voices.append(VoicePrompt(token_str(tokens), tokens, features, segment.text, cache_key=""))
-        report.vocoder_prompt_s = time.perf_counter() - t0
-        version.voices = voices
-        log.info("edit tokens: kept %d tokens in %d segment(s) of the previous version; vocoder prompts "
-                 "computed in %.3f s", sum(len(v.mixed_tokens) for v in voices), len(voices),
-                 report.vocoder_prompt_s)
-        return voices
 
     def _paralinguistic_texts(self, para_text: str | None, voices: list[VoicePrompt],
                               options: SynthesisOptions) -> list[str | None]:
@@ -396,41 +359,6 @@ class CloneEngine:
                                  f"{len(parts)}; keep the same sentences and only add tags such as "
                                  "[Laughter]")
         return parts
-
-    def _prompt_features(self, audio: np.ndarray, sr: int, tokens: TokenizedAudio,
-                         report: StageReport) -> PromptFeatures:
-        t0 = time.perf_counter()
-        prelude = prompt_prelude(audio, sr)
-        digest = audio_digest(prelude, sr)
-        field_name = VOCODER_FIELD_PREFIX + self.vocoder.fingerprint
-        stored = (tokens.cache_entry or {}).get(field_name)
-        if isinstance(stored, dict) and stored.get("audio_hash") == digest:
-            try:
-                features = decode_features(stored)
-                report.vocoder_prompt_s = time.perf_counter() - t0
-                report.vocoder_prompt_cached = True
-                with self._stats_lock:
-                    self._vocoder_hits += 1
-                    self._vocoder_saved_s += float(stored.get("seconds", 0.0))
-                log.info("vocoder prompt: cache hit in %.3f s (mel %s)", report.vocoder_prompt_s,
-                         features.mel.shape)
-                return features
-            except (KeyError, ValueError, TypeError) as exc:  # a damaged field is recomputed, not fatal
-                log.warning("vocoder prompt: cached features unreadable (%s); recomputing", exc)
-        t1 = time.perf_counter()
-        features = self.vocoder.prompt_features(prelude, sr)
-        seconds = time.perf_counter() - t1
-        if self.cache is not None and tokens.cache_key:
-            try:
-                self.cache.update(tokens.cache_key, {field_name: encode_features(features, digest, seconds)})
-            except Exception as exc:  # an unwritable cache costs speed, never the request
-                log.warning("vocoder prompt: could not store features in the prompt cache (%s)", exc)
-        report.vocoder_prompt_s = time.perf_counter() - t0
-        with self._stats_lock:
-            self._vocoder_misses += 1
-        log.info("vocoder prompt: computed in %.3f s (mel %s, speaker %s)", report.vocoder_prompt_s,
-                 np.shape(features.mel), np.shape(features.speaker_embedding))
-        return features
 
     def _finish(self, mode: str, t_start: float, render: Render, text: str, prompt_text: str,
                 transcribed: bool, options: SynthesisOptions, report: StageReport,

@@ -1,24 +1,29 @@
-"""One server for the page and the HTTP routes: Gradio's app with our routes and the request queue.
+"""One server for the page, the REST API and the health check, on one port.
 
-    serve(page, engine, ServeOptions(host="127.0.0.1", port=7860))
+    serve(page, engine, ServeOptions(host="127.0.0.1", port=7860, api_key=None))
 
-``GET /health`` reports the loaded models and the prompt cache. Requests through the page wait
-in Gradio's queue, ``concurrency`` of them running over the models at once.
+* ``/``          the Gradio page (its requests wait in Gradio's queue, ``concurrency`` at a time)
+* ``/v1/...``    the OpenAI-compatible REST API (api/routes.py), with its own bounded slots
+* ``/docs``      the OpenAPI page of every route, with examples
+* ``/health``    models, device, variants, backend, store, queue and cache statistics (JSON)
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 from fastapi.routing import APIRoute
 
+from api.routes import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_QUEUE_SIZE, ApiContext, Slots, build_router
 from engine import CloneEngine
+from outputs import OutputStore
 from ui.page import CSS, THEME
 
-MAX_UPLOAD = "100mb"  # a 30 s reference is a few MB even as 48 kHz float WAV
-QUEUE_SIZE = 64  # requests waiting beyond this are refused with "queue full"
+MAX_UPLOAD = "100mb"  # the page's uploads (a 30 s reference is a few MB even as 48 kHz float WAV)
 
 
 @dataclass(frozen=True)
@@ -29,22 +34,45 @@ class ServeOptions:
     port: int = 7860
     share: bool = False
     concurrency: int = 1
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    api_key: str | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     allowed_paths: tuple[Path, ...] = field(default_factory=tuple)
 
+    @property
+    def loopback_only(self) -> bool:
+        """True when only this machine can reach the server (destructive calls need no key then)."""
+        try:
+            return ipaddress.ip_address(self.host).is_loopback and not self.share
+        except ValueError:
+            return self.host == "localhost" and not self.share
 
-def health_route(engine: CloneEngine) -> APIRoute:
-    """``GET /health``: models loaded, device, variants, demo flag and prompt-cache statistics (JSON)."""
+
+def health_route(engine: CloneEngine, slots: Slots) -> APIRoute:
+    """``GET /health``: models, device, variants, demo flag, replica, queue and cache statistics."""
 
     def health() -> dict:
-        return engine.status()
+        status = engine.status()
+        status["replica"] = socket.gethostname()
+        status["api_queue"] = {"admitted": slots.in_use, "concurrency": slots.concurrency,
+                               "queue_size": slots.queue_size}
+        return status
 
-    return APIRoute("/health", health, methods=["GET"], name="health")
+    return APIRoute("/health", health, methods=["GET"], name="health", tags=["health"])
 
 
-def serve(page: gr.Blocks, engine: CloneEngine, options: ServeOptions) -> None:
-    """Queue requests (``options.concurrency`` at a time over the models) and serve until interrupted."""
-    page.queue(default_concurrency_limit=options.concurrency, max_size=QUEUE_SIZE)
+def api_context(engine: CloneEngine, options: ServeOptions, outputs: OutputStore) -> ApiContext:
+    return ApiContext(engine, outputs, Slots(options.concurrency, options.queue_size), options.api_key,
+                      options.loopback_only, options.max_upload_bytes)
+
+
+def serve(page: gr.Blocks, engine: CloneEngine, options: ServeOptions,
+          outputs: OutputStore | None = None) -> None:
+    """Queue the page's requests, add the API and health routes, and serve until interrupted."""
+    ctx = api_context(engine, options, outputs or OutputStore())
+    routes = [health_route(engine, ctx.slots), *build_router(ctx).routes]
+    page.queue(default_concurrency_limit=options.concurrency, max_size=options.queue_size)
     page.launch(server_name=options.host, server_port=options.port, share=options.share, theme=THEME,
-                css=CSS, app_kwargs={"routes": [health_route(engine)]}, show_error=False,
-                footer_links=["api"], allowed_paths=[str(p) for p in options.allowed_paths],
-                max_file_size=MAX_UPLOAD)
+                css=CSS, show_error=False, footer_links=["api"],
+                app_kwargs={"routes": routes, "docs_url": "/docs", "title": "EditX Studio API"},
+                allowed_paths=[str(p) for p in options.allowed_paths], max_file_size=MAX_UPLOAD)

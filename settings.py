@@ -19,6 +19,7 @@ from pathlib import Path
 from model_layout import VARIANTS
 from models.prompts import DEFAULT_MAX_TEXT_CHARS
 from prompt_cache import MIB
+from text_split import DEFAULT_CHUNK_CHARS, MAX_CHUNK_CHARS, MIN_CHUNK_CHARS
 
 ENV_PREFIX = "EDITX_"
 TRUE_WORDS = {"1", "true", "yes", "on"}
@@ -47,6 +48,9 @@ class Settings:
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     max_reference_seconds: float = 30.0
     concurrency: int = 1
+    queue_size: int = 64
+    chunk_chars: int = DEFAULT_CHUNK_CHARS
+    api_key: str | None = None
     warmup: bool = True
     examples_dir: Path = Path("examples")
     log_level: str = "INFO"
@@ -77,6 +81,10 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--max-text-chars", "max_text_chars", int, "longest target text accepted, in characters"),
     ("--max-reference-seconds", "max_reference_seconds", float, "longest reference clip, in seconds"),
     ("--concurrency", "concurrency", int, "requests run at once (1 per GPU is right; queue holds the rest)"),
+    ("--queue-size", "queue_size", int, "requests that may wait for a slot; more are refused (HTTP 429)"),
+    ("--chunk-chars", "chunk_chars", int, "longest text spoken in one LLM pass (longer text is split)"),
+    ("--api-key", "api_key", str, "require 'Authorization: Bearer <key>' on /v1 (and for destructive "
+     "actions when serving the network)"),
     ("--no-warmup", "warmup", bool, "skip the warm-up clone at start-up"),
     ("--no-demo", "allow_demo", bool, "fail instead of building demo models when real ones are missing"),
     ("--examples-dir", "examples_dir", Path, "folder of the example voices (generated when missing)"),
@@ -144,6 +152,7 @@ def parse_settings(argv: list[str] | None = None, environ: Mapping[str, str] | N
     parser = build_parser(environ)
     ns = parser.parse_args(argv)
     values = {f.name: getattr(ns, f.name) for f in fields(Settings)}
+    values["api_key"] = values["api_key"] or None  # an empty EDITX_API_KEY means no key
     problems = validate(values)
     if problems:
         parser.error("; ".join(problems))
@@ -159,11 +168,16 @@ def validate(values: dict) -> list[str]:
         problems.append(f"--dtype must be auto, fp32, fp16 or bf16, got {values['dtype']!r}")
     if not (0 < values["port"] < 65536):
         problems.append(f"--port must be in 1..65535, got {values['port']}")
-    for name in ("cache_max_entries", "max_text_chars", "concurrency"):
+    for name in ("cache_max_entries", "max_text_chars", "concurrency", "queue_size"):
         if values[name] < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1, got {values[name]}")
     if not values["cache_max_mb"] > 0:
         problems.append(f"--cache-max-mb must be positive, got {values['cache_max_mb']}")
+    if not (MIN_CHUNK_CHARS <= values["chunk_chars"] <= MAX_CHUNK_CHARS):
+        problems.append(f"--chunk-chars must be in {MIN_CHUNK_CHARS}..{MAX_CHUNK_CHARS}, "
+                        f"got {values['chunk_chars']}")
+    if values["api_key"] is not None and len(values["api_key"]) < 8:
+        problems.append("--api-key must be at least 8 characters")
     if values["max_reference_seconds"] <= 0:
         problems.append(f"--max-reference-seconds must be positive, got {values['max_reference_seconds']}")
     if values["ort_threads"] is not None and values["ort_threads"] < 1:

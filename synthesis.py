@@ -19,10 +19,9 @@ from errors import OptionsError
 from model_layout import VARIANTS
 from models.prompt_features import PromptFeatures
 from models.prompts import DEFAULT_MAX_TEXT_CHARS
-from text_split import DEFAULT_CHUNK_CHARS
+from text_split import DEFAULT_CHUNK_CHARS, MAX_CHUNK_CHARS, MIN_CHUNK_CHARS
 
 MAX_SEED = 2**32 - 1
-MIN_CHUNK_CHARS, MAX_CHUNK_CHARS = 20, 2000  # text per LLM pass: a clause at least, a page at most
 
 
 @dataclass(frozen=True)
@@ -63,23 +62,31 @@ class SynthesisOptions:
 
 @dataclass(frozen=True)
 class CloneRequest:
-    """Speak ``target_text`` in the voice of ``audio``.
+    """Speak ``target_text`` in the voice of ``audio`` (or of the library voice ``voice_id``).
 
     ``audio`` is (samples,) or (channels, samples) float32 at ``sample_rate`` Hz (any rate).
-    An empty ``reference_text`` is transcribed when auto-transcription is on.
+    An empty ``reference_text`` is transcribed when auto-transcription is on. With ``voice_id``
+    the voice library's tokens, features and text are used and ``audio`` may be None.
     """
 
-    audio: np.ndarray
+    audio: np.ndarray | None
     sample_rate: int
     reference_text: str
     target_text: str
     options: SynthesisOptions = SynthesisOptions()
+    voice_id: str | None = None
 
     @classmethod
     def from_audio(cls, source: str | Path | bytes | tuple, reference_text: str, target_text: str,
                    options: SynthesisOptions | None = None) -> CloneRequest:
         audio, sr = read_audio(source)
         return cls(audio, sr, reference_text or "", target_text or "", options or SynthesisOptions())
+
+    @classmethod
+    def from_voice(cls, voice_id: str, target_text: str,
+                   options: SynthesisOptions | None = None) -> CloneRequest:
+        """Speak ``target_text`` in a voice of the library."""
+        return cls(None, 0, "", target_text or "", options or SynthesisOptions(), voice_id=voice_id)
 
 
 @dataclass(frozen=True)
@@ -208,6 +215,8 @@ class VoicePrompt:
     features: PromptFeatures  # mel (frames, 80) + speaker embedding (192,)
     text: str  # what the clip says
     cache_key: str
+    vq02: list[int] = field(default_factory=list, repr=False)  # the two code streams (for the library)
+    vq06: list[int] = field(default_factory=list, repr=False)
 
 
 @dataclass

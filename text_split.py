@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 DEFAULT_CHUNK_CHARS = 200  # --chunk-chars: the seed project's long-text setting
+MIN_CHUNK_CHARS, MAX_CHUNK_CHARS = 20, 2000  # a clause at least, a page at most per LLM pass
 
 # Pauses inserted after a chunk, by how the text was cut there (seconds of silence).
 PAUSE_PARAGRAPH_S = 0.45  # a blank line or a line break

@@ -268,8 +268,9 @@ class Step1LLM(TokenStreamLLM):
         self.model_dir = Path(model_dir)
         self.device = next(model.parameters()).device
         self.eos_id = int(model.config.eos_token_id)
-        # re-entrant: a thread that still holds a suspended generation may start another safely
-        self._lock = threading.RLock()
+        # held while a generation is suspended between tokens; a plain Lock, since a server may resume
+        # the generator (and so release it) on another worker thread
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, model_dir: Path, variant: str = "base", device: str = "auto",

@@ -32,7 +32,7 @@ BOT_ID = 4  # begin of turn
 TURN_IDS = frozenset({BOS_ID, TOKENIZER_EOS_ID, EOT_ID, BOT_ID})
 
 # Longest text a person may send (--max-text-chars); the prompt builders themselves take any length.
-DEFAULT_MAX_TEXT_CHARS = 1000
+DEFAULT_MAX_TEXT_CHARS = 20_000  # --max-text-chars; long text is spoken in chunks (text_split.py)
 
 # Upstream config/prompts.py: AUDIO_EDIT_CLONE_SYSTEM_PROMPT_TPL and AUDIO_EDIT_SYSTEM_PROMPT.
 CLONE_SYSTEM_PROMPT_TEMPLATE = (

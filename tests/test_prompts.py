@@ -173,7 +173,7 @@ def test_validate_text_errors():
 
 def test_clean_text_limits_markup_and_bad_unicode():
     warnings: list[str] = []
-    with pytest.raises(TextInputError, match="limit is 1000"):
+    with pytest.raises(TextInputError, match=f"limit is {DEFAULT_MAX_TEXT_CHARS}"):
         clean_text("a" * (DEFAULT_MAX_TEXT_CHARS + 1), "target text", DEFAULT_MAX_TEXT_CHARS, warnings)
     assert clean_text(" Hi <audio_5> there ", "target text", 100, warnings) == "Hi  there"
     assert warnings and "control tokens" in warnings[0]

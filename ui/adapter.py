@@ -22,7 +22,7 @@ import numpy as np
 
 from audio_prep import read_audio
 from engine import CloneEngine
-from errors import EmptyGenerationError, GenerationCancelled, InputError, OptionsError
+from errors import EmptyGenerationError, GenerationCancelled, InputError, OptionsError, public_message
 from synthesis import CloneRequest, EditRequest, Progress, SynthesisOptions, SynthesisResult
 
 log = logging.getLogger(__name__)
@@ -175,11 +175,11 @@ class EngineAdapter:
             result = run()
         except InputError as exc:
             log.warning("%s refused: %s", what, exc)
-            raise gr.Error(_sentence(str(exc)), title="Please check the input",
+            raise gr.Error(public_message(exc), title="Please check the input",
                            print_exception=False) from None
         except EmptyGenerationError as exc:
             log.warning("%s produced no audio: %s", what, exc)
-            raise gr.Error(_sentence(str(exc)), title="No audio was generated",
+            raise gr.Error(public_message(exc), title="No audio was generated",
                            print_exception=False) from None
         except GenerationCancelled:
             raise gr.Error("Generation was cancelled.", title="Cancelled", print_exception=False) from None
@@ -189,7 +189,7 @@ class EngineAdapter:
                            "Try again, or try another clip.", title="Internal error",
                            print_exception=False) from None
         for note in getattr(result, "warnings", []) or []:
-            gr.Warning(_sentence(note))
+            gr.Warning(public_message(note))
         return result
 
     @contextmanager
@@ -243,7 +243,3 @@ class EngineAdapter:
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "no-session"
 
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return (text[:1].upper() + text[1:]) if text else text

@@ -1,0 +1,249 @@
+"""The REST API on a served app (demo models), driven by the official ``openai`` client and plain HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+
+import av
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from demo.examples import synthetic_voice
+from tests.app_server import running_app
+
+pytestmark = pytest.mark.slow
+
+KEY = "test-key-0123456789"
+SEED = 2
+CHUNKS = "--chunk-chars=60"
+
+
+@pytest.fixture(scope="module")
+def server(demo_models_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("api")
+    with running_app(demo_models_root, work, ["--api-key", KEY, "--queue-size", "1", CHUNKS]) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def openai_client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key=KEY, timeout=600, max_retries=0)
+
+
+def wav_bytes(seconds: float = 3.0, sr: int = 22050, f0: float = 130.0, seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, synthetic_voice(seconds, sr, f0=f0, seed=seed), sr, format="WAV")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def voice_id(http) -> str:
+    response = http.post("/v1/voices", files={"file": ("narrator.wav", wav_bytes(), "audio/wav")},
+                         data={"name": "Calm Narrator", "text": "a calm test voice"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["id"] == "calm-narrator" and body["name"] == "Calm Narrator"
+    return body["id"]
+
+
+def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
+    """Any response format back to (samples, rate)."""
+    if fmt == "pcm":
+        return np.frombuffer(data, "<i2").astype(np.float32) / 32768, 24000
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        frames = [f.to_ndarray().reshape(-1) for f in container.decode(stream)]
+        return np.concatenate(frames), stream.rate
+
+
+def speech(openai_client, voice: str, text: str = "Hello there, this is a test.", **kwargs):
+    extra = {"seed": kwargs.pop("seed", SEED)}
+    return openai_client.audio.speech.with_raw_response.create(
+        model="step-audio-editx", voice=voice, input=text, extra_body=extra, **kwargs)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "flac", "opus", "aac", "pcm"])
+def test_openai_client_speech_in_every_format(openai_client, voice_id, fmt):
+    raw = speech(openai_client, voice_id, response_format=fmt)
+    seconds = float(raw.headers["x-audio-seconds"])
+    assert raw.headers["x-cache"] == "voice" and float(raw.headers["x-timing-total"]) > 0
+    assert raw.headers["x-output-id"].startswith("out-") and raw.headers["x-seed"] == str(SEED)
+    samples, rate = decode(raw.read(), fmt)
+    assert rate == (48000 if fmt == "opus" else 24000)
+    # lossy codecs pad a little at the ends; lossless ones are exact to the sample
+    assert abs(len(samples) / rate - seconds) <= (0.002 if fmt in ("wav", "flac", "pcm") else 0.1)
+    assert seconds > 0 and np.abs(samples).max() > 0
+
+
+def test_same_seed_same_audio_and_speed_changes_the_length(openai_client, voice_id):
+    a = decode(speech(openai_client, voice_id, response_format="wav").read(), "wav")[0]
+    b = decode(speech(openai_client, voice_id, response_format="wav").read(), "wav")[0]
+    fast = decode(speech(openai_client, voice_id, response_format="wav", speed=2.0).read(), "wav")[0]
+    assert np.array_equal(a, b)
+    assert abs(len(fast) / len(a) - 0.5) < 0.05
+
+
+def test_streamed_audio_arrives_before_the_generation_ends(openai_client, http, voice_id):
+    text = " ".join(f"Sentence number {i} is spoken in its turn." for i in range(6))
+    with openai_client.audio.speech.with_streaming_response.create(
+            model="step-audio-editx", voice=voice_id, input=text, response_format="pcm",
+            stream_format="audio", extra_body={"seed": SEED}) as response:
+        chunks = response.iter_bytes()
+        first = next(chunks)
+        busy = http.get("/health").json()["requests_active"]  # the generation is still running
+        rest = b"".join(chunks)
+    assert first and busy == 1
+    assert http.get("/health").json()["requests_active"] == 0
+    audio = np.frombuffer(first + rest, "<i2")
+    assert len(audio) > len(np.frombuffer(first, "<i2"))
+
+
+def test_server_sent_events_carry_base64_audio_and_a_done_event(http, voice_id):
+    body = {"model": "step-audio-editx", "voice": voice_id, "input": "Events, please.",
+            "response_format": "pcm", "stream_format": "sse", "seed": SEED}
+    with http.stream("POST", "/v1/audio/speech", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    deltas = [e for e in events if e["type"] == "speech.audio.delta"]
+    done = events[-1]
+    assert deltas and done["type"] == "speech.audio.done" and done["output_id"].startswith("out-")
+    audio = b"".join(base64.b64decode(e["audio"]) for e in deltas)
+    assert len(audio) // 2 == round(done["audio_s"] * 24000)
+    assert done["usage"]["output_tokens"] > 0
+
+
+def test_instructions_apply_an_emotion_edit(openai_client, voice_id):
+    raw = speech(openai_client, voice_id, response_format="wav", instructions="happy")
+    assert raw.headers["x-mode"] == "edit emotion/happy"
+
+
+def test_edit_a_previous_output_by_id_then_again(http, openai_client, voice_id):
+    first = speech(openai_client, voice_id, response_format="wav").headers["x-output-id"]
+    edited = http.post("/v1/audio/edits", json={"output_id": first, "task": "style", "subtask": "whisper",
+                                                "seed": SEED})
+    assert edited.status_code == 200, edited.text
+    assert edited.headers["x-mode"] == "edit style/whisper" and edited.headers["x-cache"] == "kept"
+    again = http.post("/v1/audio/edits", json={"output_id": edited.headers["x-output-id"],
+                                               "task": "speed", "subtask": "faster", "seed": SEED})
+    assert again.status_code == 200 and decode(again.content, "wav")[1] == 24000
+
+
+def test_edit_an_uploaded_clip(http):
+    response = http.post("/v1/audio/edits", files={"file": ("clip.wav", wav_bytes(seed=3), "audio/wav")},
+                         data={"task": "denoise", "seed": str(SEED), "response_format": "flac"})
+    assert response.status_code == 200, response.text
+    assert decode(response.content, "flac")[1] == 24000
+
+
+def test_voices_are_listed_fetched_renamed_and_deleted(http, voice_id):
+    listed = http.get("/v1/voices").json()["data"]
+    assert voice_id in [v["id"] for v in listed]
+    info = http.get(f"/v1/voices/{voice_id}").json()
+    assert info["text"] == "a calm test voice" and info["audio_url"] == f"/v1/voices/{voice_id}/audio"
+    audio, sr = sf.read(io.BytesIO(http.get(info["audio_url"]).content))
+    assert sr == 22050 and abs(len(audio) / sr - 3.0) < 0.01
+    other = http.post("/v1/voices", files={"file": ("x.wav", wav_bytes(seed=7, f0=180.0), "audio/wav")},
+                      data={"name": "Temporary"}).json()
+    assert other["id"] == "temporary" and other["text"]  # an empty text is transcribed
+    renamed = http.patch(f"/v1/voices/{other['id']}", json={"name": "Bright"})
+    assert renamed.status_code == 200 and renamed.json()["name"] == "Bright"
+    assert http.delete(f"/v1/voices/{other['id']}").status_code == 204
+    assert http.get(f"/v1/voices/{other['id']}").status_code == 404
+    assert http.delete(f"/v1/voices/{other['id']}").status_code == 404
+
+
+def test_models_list_the_model_and_its_variants(http):
+    data = http.get("/v1/models").json()["data"]
+    assert data[0]["id"] == "step-audio-editx" and "base" in [m["id"] for m in data]
+    assert "happy" in data[0]["details"]["instructions"]["emotion"]
+
+
+def test_openapi_docs_list_every_route_with_examples(server):
+    spec = httpx.get(server.url + "/openapi.json").json()
+    for path in ("/v1/audio/speech", "/v1/audio/edits", "/v1/voices", "/v1/voices/{voice_id}",
+                 "/v1/models", "/health"):
+        assert path in spec["paths"], path
+    assert "examples" in json.dumps(spec["components"]["schemas"]["SpeechRequest"])
+    assert httpx.get(server.url + "/docs").status_code == 200
+
+
+# ---- errors: OpenAI's shape, the right status, no traceback and no server path ----------------------
+
+def error_of(response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    text = body["error"]["message"]
+    assert "Traceback" not in text and "/tmp/" not in text and "/work/" not in text
+    return body["error"]
+
+
+def test_bad_input_is_a_400_naming_the_field(http, voice_id):
+    base = {"model": "step-audio-editx", "voice": voice_id, "input": "Hello."}
+    cases = [({**base, "input": "  "}, "input"), ({**base, "seed": -2}, "seed"),
+             ({**base, "response_format": "ogg"}, "response_format"), ({**base, "speed": 9}, "speed"),
+             ({**base, "input": "hello \ud800 world"}, "input")]
+    for body, param in cases:
+        response = http.post("/v1/audio/speech", content=json.dumps(body, ensure_ascii=True),
+                             headers={"content-type": "application/json"})
+        assert response.status_code == 400, (body, response.text)
+        assert error_of(response)["param"] == param, body
+
+
+def test_a_text_file_named_wav_is_refused_by_name_without_server_paths(http):
+    response = http.post("/v1/voices", files={"file": ("voice.wav", b"just some text\n" * 20, "audio/wav")},
+                         data={"name": "broken"})
+    assert response.status_code == 400
+    assert "voice.wav" in error_of(response)["message"]
+
+
+def test_auth_is_required_and_compared_exactly(server, voice_id):
+    body = {"model": "step-audio-editx", "voice": voice_id, "input": "Hi."}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
+        response = httpx.post(server.url + "/v1/audio/speech", json=body, headers=headers)
+        assert response.status_code == 401 and error_of(response)["code"] == "invalid_api_key"
+    assert httpx.get(server.url + "/").status_code == 200  # the page itself needs no key
+
+
+def test_unknown_voice_and_output_are_404(http):
+    response = http.post("/v1/audio/speech", json={"model": "x", "voice": "nobody", "input": "Hi."})
+    assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+    response = http.post("/v1/audio/edits", json={"output_id": "out-000000000000", "task": "denoise"})
+    assert response.status_code == 404
+
+
+def test_an_upload_over_the_limit_is_413(http):
+    big = b"\0" * (51 << 20)
+    response = http.post("/v1/voices", files={"file": ("big.wav", big, "audio/wav")})
+    assert response.status_code == 413 and error_of(response)["code"] == "too_large"
+
+
+def test_a_full_queue_is_429(http, voice_id):
+    # concurrency 1 and a queue of 1: one request runs, one waits, the third is refused at once
+    text = " ".join(["A long sentence that keeps the only slot busy for a while."] * 4)
+    body = {"model": "x", "voice": voice_id, "input": text, "response_format": "pcm", "stream_format": "audio"}
+    results: list[int] = []
+    with http.stream("POST", "/v1/audio/speech", json=body) as running:
+        next(running.iter_bytes())  # the first request holds the slot
+        waiting = threading.Thread(target=lambda: results.append(
+            http.post("/v1/audio/speech", json={**body, "stream_format": None}).status_code))
+        waiting.start()
+        while http.get("/health").json()["api_queue"]["admitted"] < 2:
+            pass
+        refused = http.post("/v1/audio/speech", json=body)
+        assert refused.status_code == 429 and error_of(refused)["code"] == "queue_full"
+        b"".join(running.iter_bytes())
+    waiting.join()
+    assert results == [200]
