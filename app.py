@@ -29,14 +29,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 2
     import server
+    from outputs import OutputStore
     from ui.page import build_app
 
+    outputs = OutputStore()  # versions made on the page can be edited through the API, and back
     page = build_app(engine, examples, settings.max_text_chars)
     log.info("serving on http://%s:%d (%s models, variant %s)", settings.host, settings.port,
              "DEMO" if engine.demo else "real", settings.variant)
     server.serve(page, engine, server.ServeOptions(
         host=settings.host, port=settings.port, share=settings.share, concurrency=settings.concurrency,
-        allowed_paths=(settings.examples_dir.resolve(),)))
+        queue_size=settings.queue_size, api_key=settings.api_key,
+        allowed_paths=(settings.examples_dir.resolve(),)), outputs)
     return 0
 
 
@@ -56,7 +59,7 @@ def load(settings: Settings):
         log.warning("running on DEMO models from %s: untrained weights, the output is noise. Get the real "
                     "models with `python scripts/download_models.py --out %s`", root.path, settings.model_dir)
     config = EngineConfig(variant=settings.variant, auto_transcribe=settings.auto_transcribe,
-                          max_text_chars=settings.max_text_chars,
+                          max_text_chars=settings.max_text_chars, chunk_chars=settings.chunk_chars,
                           max_reference_seconds=settings.max_reference_seconds,
                           device=settings.device, dtype=settings.dtype)
     engine = CloneEngine.load(root.path, config, cache_dir=settings.cache_dir,
@@ -64,6 +67,9 @@ def load(settings: Settings):
                               cache_max_bytes=settings.cache_max_bytes, ort_threads=settings.ort_threads,
                               demo=root.demo, cache_url=settings.cache_url)
     log.info("models loaded from %s in %.1f s", root.path, time.perf_counter() - start)
+    refreshed = engine.voices.refresh_voices()
+    if refreshed:
+        log.info("re-encoded %d library voice(s) made with other model files", refreshed)
     examples = ensure_examples(settings.examples_dir)
     if settings.warmup and examples:
         first = examples[0]

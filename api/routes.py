@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import io
 import ipaddress
 import json
 import logging
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 from api.errors import ApiRoute, error_response
 from api.schema import EditJSONRequest, ModelList, ModelOut, SpeechRequest, VoiceInfoOut, VoiceList
 from audio_formats import FORMATS, StreamEncoder, TempoFilter, encode_audio
-from audio_prep import read_audio
+from audio_prep import load_audio
 from engine import CloneEngine
 from errors import AccessError, BusyError, OptionsError, TooLargeError
 from model_layout import VARIANTS
@@ -149,8 +150,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
             if upload is None or isinstance(upload, str):
                 raise OptionsError("send the clip to edit as the multipart field 'file' (or JSON with an "
                                    "output_id)")
-            data = await upload.read()
-            audio, sr = read_audio(data, name=upload.filename or "upload")
+            audio, sr = _upload_audio(await upload.read(), upload.filename, engine)
             options = _options(engine, None, _int_or_none(form.get("seed")), None, None, stream=False)
             edit_request = EditRequest(audio, sr, str(form.get("text") or ""), str(form.get("task") or ""),
                                        str(form.get("subtask") or "") or None,
@@ -163,7 +163,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/voices", response_model=VoiceList, summary="Every voice of the library")
     def voices() -> VoiceList:
-        return VoiceList(data=[_voice_out(v) for v in engine.list_voices()])
+        return VoiceList(data=[_voice_out(v) for v in engine.voices.list_voices()])
 
     @router.post("/voices", response_model=VoiceInfoOut, status_code=201, openapi_extra=_VOICE_BODY,
                  summary="Create a voice from a clip (multipart: file, name, optional text)",
@@ -174,20 +174,20 @@ def build_router(ctx: ApiContext) -> APIRouter:
         if upload is None or isinstance(upload, str):
             raise OptionsError("send the reference clip as the multipart field 'file'")
         name = str(form.get("name") or "").strip() or (upload.filename or "voice").rsplit(".", 1)[0]
-        data = await upload.read()
-        audio, sr = read_audio(data, name=upload.filename or "upload")
-        info = await run_in_threadpool(engine.create_voice, name, audio, sr, str(form.get("text") or ""))
+        audio, sr = _upload_audio(await upload.read(), upload.filename, engine)
+        text = str(form.get("text") or "")
+        info = await run_in_threadpool(engine.voices.create_voice, name, audio, sr, text)
         return _voice_out(info)
 
     @router.get("/voices/{voice_id}", response_model=VoiceInfoOut, summary="One voice's metadata",
                 responses=_ERRORS)
     def voice(voice_id: str) -> VoiceInfoOut:
-        return _voice_out(engine.voice_info(voice_id))
+        return _voice_out(engine.voices.voice_info(voice_id))
 
     @router.get("/voices/{voice_id}/audio", summary="The voice's reference clip (FLAC)",
                 responses={200: {"content": {"audio/flac": {}}}, **_ERRORS})
     def voice_audio(voice_id: str) -> Response:
-        return Response(engine.voice_audio(voice_id), media_type="audio/flac",
+        return Response(engine.voices.voice_audio(voice_id), media_type="audio/flac",
                         headers={"Content-Disposition": f'attachment; filename="{voice_id}.flac"'})
 
     @router.patch("/voices/{voice_id}", response_model=VoiceInfoOut, summary="Rename a voice",
@@ -196,12 +196,12 @@ def build_router(ctx: ApiContext) -> APIRouter:
         name = body.get("name") if isinstance(body, dict) else None
         if not isinstance(name, str) or not name.strip():
             raise OptionsError("send the new name as JSON: {\"name\": \"...\"}")
-        return _voice_out(engine.rename_voice(voice_id, name))
+        return _voice_out(engine.voices.rename_voice(voice_id, name))
 
     @router.delete("/voices/{voice_id}", status_code=204, dependencies=[Depends(require_admin)],
                    summary="Delete a voice", responses=_ERRORS)
     def delete_voice(voice_id: str) -> Response:
-        engine.delete_voice(voice_id)
+        engine.voices.delete_voice(voice_id)
         return Response(status_code=204)
 
     return router
@@ -342,6 +342,13 @@ def _instruction_edit(instructions: str | None) -> tuple[str, str] | None:
         if words in EDIT_TASKS[task] and words != "remove":
             return task, words
     return None
+
+
+def _upload_audio(data: bytes, filename: str | None, engine: CloneEngine) -> tuple[np.ndarray, int]:
+    """An uploaded clip, decoded within the reference limits; messages name the upload's file name."""
+    upload = io.BytesIO(data)
+    upload.name = (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    return load_audio(upload, max_seconds=engine.config.max_reference_seconds)
 
 
 def _voice_out(info) -> VoiceInfoOut:

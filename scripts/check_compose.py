@@ -20,15 +20,14 @@ import logging
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
 
+from scripts.check_dockerfile import Instruction, parse_dockerfile, values_of
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script: this checkout's scripts package, not an installed one
-from scripts.check_dockerfile import Instruction, parse_dockerfile, values_of  # noqa: E402
 
 log = logging.getLogger("check_compose")
 

@@ -81,7 +81,7 @@ def test_openai_client_speech_in_every_format(openai_client, voice_id, fmt):
     seconds = float(raw.headers["x-audio-seconds"])
     assert raw.headers["x-cache"] == "voice" and float(raw.headers["x-timing-total"]) > 0
     assert raw.headers["x-output-id"].startswith("out-") and raw.headers["x-seed"] == str(SEED)
-    samples, rate = decode(raw.read(), fmt)
+    samples, rate = decode(raw.content, fmt)
     assert rate == (48000 if fmt == "opus" else 24000)
     # lossy codecs pad a little at the ends; lossless ones are exact to the sample
     assert abs(len(samples) / rate - seconds) <= (0.002 if fmt in ("wav", "flac", "pcm") else 0.1)
@@ -89,9 +89,9 @@ def test_openai_client_speech_in_every_format(openai_client, voice_id, fmt):
 
 
 def test_same_seed_same_audio_and_speed_changes_the_length(openai_client, voice_id):
-    a = decode(speech(openai_client, voice_id, response_format="wav").read(), "wav")[0]
-    b = decode(speech(openai_client, voice_id, response_format="wav").read(), "wav")[0]
-    fast = decode(speech(openai_client, voice_id, response_format="wav", speed=2.0).read(), "wav")[0]
+    a = decode(speech(openai_client, voice_id, response_format="wav").content, "wav")[0]
+    b = decode(speech(openai_client, voice_id, response_format="wav").content, "wav")[0]
+    fast = decode(speech(openai_client, voice_id, response_format="wav", speed=2.0).content, "wav")[0]
     assert np.array_equal(a, b)
     assert abs(len(fast) / len(a) - 0.5) < 0.05
 
@@ -233,7 +233,8 @@ def test_an_upload_over_the_limit_is_413(http):
 def test_a_full_queue_is_429(http, voice_id):
     # concurrency 1 and a queue of 1: one request runs, one waits, the third is refused at once
     text = " ".join(["A long sentence that keeps the only slot busy for a while."] * 4)
-    body = {"model": "x", "voice": voice_id, "input": text, "response_format": "pcm", "stream_format": "audio"}
+    body = {"model": "x", "voice": voice_id, "input": text, "response_format": "pcm",
+            "stream_format": "audio"}
     results: list[int] = []
     with http.stream("POST", "/v1/audio/speech", json=body) as running:
         next(running.iter_bytes())  # the first request holds the slot

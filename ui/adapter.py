@@ -97,7 +97,7 @@ class EngineAdapter:
         """Clone button -> (audio, reference text, timing rows, history, version choices, cache rows)."""
         def run() -> SynthesisResult:
             options = synthesis_options(variant, seed, temperature, top_p, flow_steps)
-            audio, sr = read_audio(reference_audio)
+            audio, sr = read_audio(reference_audio, max_seconds=self.engine.config.max_reference_seconds)
             clone_request = CloneRequest(audio, sr, reference_text or "", target_text or "", options)
             with self._cancel_flag(request) as cancel:
                 return self.engine.clone(clone_request, progress=self._progress(progress, target_text or ""),
@@ -135,7 +135,7 @@ class EngineAdapter:
         text = reference_text or ""
 
         def run() -> str:
-            audio, sr = read_audio(reference_audio)
+            audio, sr = read_audio(reference_audio, max_seconds=self.engine.config.max_reference_seconds)
             return self.engine.prepare_reference(audio, sr, text)
 
         return self._guard("reference", run)
