@@ -18,7 +18,18 @@ from tokenizer import StepAudioTokenizer
 VQ02_MARGIN = 1e-3  # codes whose 2nd-best distance is closer than this may flip (README)
 VQ06_MARGIN = 1e-4
 ATOL_AUDIO = 1e-6
-ATOL_FEATS = 1e-4  # vq02_lfr_feats, enc_out and mel128, every element (kaldi_fbank reproduces torchaudio)
+ATOL_FEATS = 1e-4  # enc_out and mel128, every element; vq02_lfr_feats: the bulk (see below)
+# vq02_lfr_feats are logs of fbank energies: where the energy is tiny (near-silence, a chirp's edge)
+# float32 rounding of the power spectrum becomes a visible error in the log, and two CPUs' float32
+# kernels round differently. Measured against a float64 fbank of the same frames (computed below):
+# the reference's own float32 features are up to 1.9e-4 away from float64 (bulk: 99.9% within 3e-5);
+# ours are bit-identical to them on AMD EPYC/AVX2, and an Intel Xeon with AVX-512-BF16/AMX put 1-3
+# elements 4.4e-4 from the reference, i.e. on the other side of the float64 value. So: 99.9% of the
+# elements within ATOL_FEATS of the reference, and every element within FEATS_F64_MARGIN times the
+# reference's own largest distance from float64 (E, measured from the fixture set at test time, so
+# another fixture set brings its own scale): two faithful float32 computations can be 2E apart.
+FEATS_BULK_SHARE = 0.999
+FEATS_F64_MARGIN = 2.5
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +86,38 @@ def test_conformance_tokenizer_prep(ref):
     assert not failures, "\n".join(failures)
 
 
+def _float64_fbank_feats(tokenizer: StepAudioTokenizer, audio_16k: np.ndarray) -> np.ndarray:
+    """The vq02 frontend's features with the Kaldi fbank computed in float64 (same frames, LFR and
+    CMVN): the yardstick float32 rounding is measured against."""
+    import funasr.utils.fbank as funasr_fbank
+
+    import kaldi_fbank
+
+    patched = funasr_fbank.fbank
+    funasr_fbank.fbank = lambda waveform, **kw: kaldi_fbank.fbank(waveform.double(), **kw)
+    try:
+        return tokenizer.vq02.encode(np.asarray(audio_16k, dtype=np.float64)).lfr_feats.astype(np.float64)
+    finally:
+        funasr_fbank.fbank = patched
+
+
+@pytest.fixture(scope="module")
+def feats_scale(ref, ref_tokenizer) -> float:
+    """E: the reference features' largest distance from a float64 fbank, over every signal."""
+    scale = 0.0
+    for _name, _info, arr in _signals(ref):
+        exact = _float64_fbank_feats(ref_tokenizer, arr("audio_16k"))
+        feats = arr("vq02_lfr_feats")
+        if exact.shape == feats.shape and feats.size:
+            scale = max(scale, float(np.abs(feats - exact).max()))
+    assert scale > 0, "the float64 yardstick found no float32 rounding at all: is the fbank patched?"
+    return scale
+
+
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "chunk_loop"])
-def test_conformance_tokenizer_vq02(ref, ref_tokenizer, batched):
+def test_conformance_tokenizer_vq02(ref, ref_tokenizer, feats_scale, batched):
     failures = []
+    bound = FEATS_F64_MARGIN * feats_scale
     for name, _info, arr in _signals(ref):
         result = ref_tokenizer.vq02.encode(arr("audio_16k"), batched=batched)
         feats, enc = arr("vq02_lfr_feats"), arr("enc_out")
@@ -86,9 +126,12 @@ def test_conformance_tokenizer_vq02(ref, ref_tokenizer, batched):
                             f"enc_out {result.enc_out.shape} vs {enc.shape}")
             continue
         d = np.abs(result.lfr_feats - feats)
-        if d.size and d.max() > ATOL_FEATS:
-            failures.append(f"{name}/vq02_lfr_feats: {int((d > ATOL_FEATS).sum())} elements over "
-                            f"{ATOL_FEATS}, max {d.max():.3g}")
+        if d.size and np.mean(d <= ATOL_FEATS) < FEATS_BULK_SHARE:
+            failures.append(f"{name}/vq02_lfr_feats: {int((d > ATOL_FEATS).sum())} of {d.size} elements "
+                            f"over {ATOL_FEATS}")
+        if d.size and d.max() > bound:
+            failures.append(f"{name}/vq02_lfr_feats: max diff {d.max():.3g} over {FEATS_F64_MARGIN} x the "
+                            f"reference's own float32 error {feats_scale:.3g}")
         err = float(np.abs(result.enc_out - enc).max())
         if err > ATOL_FEATS:
             failures.append(f"{name}/enc_out: max abs diff {err:.3g}")
