@@ -319,7 +319,7 @@ class CloneEngine:
         return {
             "status": "ok",
             "models_loaded": {"tokenizer": True, "vocoder": True, "llm": self.loaded_variants},
-            "model_root": str(self.model_root) if self.model_root else None,
+            "model_root": self.model_root.name if self.model_root else None,  # a name, never a server path
             "device": str(getattr(self._llms.get(self.config.variant), "device", self.config.device)),
             "variant": self.config.variant,
             "variants_loaded": self.loaded_variants,

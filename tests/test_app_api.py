@@ -148,6 +148,8 @@ def test_options_from_ui_values():
     assert (opts.seed, opts.temperature, opts.top_p, opts.flow_steps) == (7, 0.8, 0.9, 12)
     assert synthesis_options(None, -1, 0.7, 1.0, 10).seed is None  # -1: random
     assert synthesis_options(None, None, 0.7, 1.0, 10).seed is None
+    with pytest.raises(OptionsError, match="-1 \\(random\\)"):  # only -1 means random, not any negative
+        synthesis_options(None, -2, 0.7, 1.0, 10)
     with pytest.raises(OptionsError, match="whole number"):
         synthesis_options(None, 1.5, 0.7, 1.0, 10)
     with pytest.raises(OptionsError, match="temperature"):

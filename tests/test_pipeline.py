@@ -12,7 +12,7 @@ import soundfile as sf
 from audio_prep import VOCODER_SAMPLE_RATE, read_audio
 from demo import write_demo_models
 from demo.examples import synthetic_voice
-from engine import VOCODER_FIELD_PREFIX, CloneEngine
+from engine import CloneEngine
 from errors import (
     AudioInputError,
     EmptyGenerationError,
@@ -25,6 +25,7 @@ from model_layout import locate_models
 from models.prompt_features import PromptFeatures, audio_digest, decode_features, encode_features
 from prompt_cache import open_prompt_cache
 from synthesis import CloneRequest, EditRequest, EngineConfig, SynthesisOptions
+from voice_prompts import VOCODER_FIELD_PREFIX
 
 SR = 22050  # an odd rate on purpose: the engine accepts any
 MAX_LENGTH = 640  # LLM total-length cap (prompt included): the random demo LLM rarely stops on its own

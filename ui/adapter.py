@@ -28,6 +28,7 @@ from synthesis import CloneRequest, EditRequest, Progress, SynthesisOptions, Syn
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+RANDOM_SEED = -1  # the page's "random seed" value (the API uses null)
 MAX_HISTORY = 20  # versions kept per browser session (each holds its audio in memory)
 EDIT_SOURCE_VERSION = "the selected version"
 EDIT_SOURCE_UPLOAD = "my own clip"
@@ -50,12 +51,15 @@ class Version:
 
 def synthesis_options(variant: str | None, seed: float | None, temperature: float, top_p: float,
                       flow_steps: float) -> SynthesisOptions:
-    """UI numbers (floats, maybe blank) -> validated ``SynthesisOptions``; blank seed = random."""
+    """UI numbers (floats, maybe blank) -> validated ``SynthesisOptions``; a blank seed or -1 = random."""
     if seed is not None and (isinstance(seed, str) or not math.isfinite(float(seed))):
         raise OptionsError(f"the seed must be a whole number, got {seed!r}")
     if seed is not None and float(seed) != int(float(seed)):
         raise OptionsError(f"the seed must be a whole number, got {seed}")
-    return SynthesisOptions(variant=variant or None, seed=None if seed is None or seed < 0 else int(seed),
+    if seed is not None and seed < RANDOM_SEED:
+        raise OptionsError(f"the seed must be -1 (random) or a whole number from 0, got {int(seed)}")
+    random_seed = seed is None or seed == RANDOM_SEED
+    return SynthesisOptions(variant=variant or None, seed=None if random_seed else int(seed),
                             temperature=float(temperature), top_p=float(top_p),
                             flow_steps=int(round(float(flow_steps)))).validated()
 
