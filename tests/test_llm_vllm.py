@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -290,6 +291,15 @@ def in_process(vllm_python, llm_dir, prompt, reference_dir, tmp_path_factory) ->
         ref_prompt = z["gen_prompt_ids"].tolist()
         ref_new = z["gen_new_ids"].tolist()
     options = {**ENGINE, "dtype": "float32", "cpu_kvcache_space_gb": 1}
+    # The tiny fixture plus the Python files a real checkpoint ships for trust_remote_code; running them
+    # would leave a marker file. The plugin's Step1Config is what makes them unnecessary.
+    tmp = tmp_path_factory.mktemp("vllm_inprocess")
+    tiny = tmp / "tiny_with_remote_code"
+    shutil.copytree(reference_dir / "llm" / "tiny", tiny)
+    marker = tmp / "remote_code_ran"
+    payload = f"open({str(marker)!r}, 'w').write('yes')\nraise SystemExit('remote code ran')\n"
+    for name in ("configuration_step1.py", "modeling_step1.py"):
+        (tiny / name).write_text(payload)
     spec = {"engines": [
         {"model_dir": str(llm_dir), "options": options, "jobs": [
             {"prompt_ids": prompt, "max_length": len(prompt) + NEW_TOKENS, "temperature": 0.0},
@@ -298,13 +308,13 @@ def in_process(vllm_python, llm_dir, prompt, reference_dir, tmp_path_factory) ->
             {"prompt_ids": prompt, "max_length": len(prompt) + 40, "temperature": 0.7, "seed": 200,
              "concurrent": 8},
         ]},
-        {"model_dir": str(reference_dir / "llm" / "tiny"), "options": options, "jobs": [
+        {"model_dir": str(tiny), "options": options, "jobs": [
             {"prompt_ids": ref_prompt, "max_length": len(ref_prompt) + len(ref_new), "temperature": 0.0,
              "repetition_rule": False},
             {"prompt_ids": ref_prompt, "max_length": len(ref_prompt) + 60, "temperature": 0.0},
         ]},
     ]}
-    out = tmp_path_factory.mktemp("vllm_inprocess") / "results.json"
+    out = tmp / "results.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([vllm_python, str(ROOT / "tests" / "vllm_inprocess_check.py"), str(out)],
                           input=json.dumps(spec), capture_output=True, text=True, env=env, timeout=1200)
@@ -312,7 +322,8 @@ def in_process(vllm_python, llm_dir, prompt, reference_dir, tmp_path_factory) ->
         pytest.fail(f"in-process vLLM run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                     f"{proc.stderr[-3000:]}")
     results = json.loads(out.read_text())["engines"]
-    return {"demo": results[0], "tiny": results[1], "ref_prompt": ref_prompt, "ref_new": ref_new}
+    return {"demo": results[0], "tiny": results[1], "ref_prompt": ref_prompt, "ref_new": ref_new,
+            "remote_code_ran": marker.exists()}
 
 
 @pytest.mark.vllm
@@ -334,7 +345,9 @@ def test_in_process_runs_concurrent_requests(in_process):
 @pytest.mark.vllm
 def test_in_process_matches_the_tiny_reference_fixture(in_process, reference_dir):
     """vLLM (with the plugin's sqrt-ALiBi CPU attention) reproduces the reference's greedy ids
-    exactly; with the repetition rule on it matches the native backend."""
+    exactly; with the repetition rule on it matches the native backend. The folder's own Python files
+    (configuration_step1.py, modeling_step1.py) never run."""
+    assert not in_process["remote_code_ran"]
     without_rule, with_rule = in_process["tiny"]
     assert not without_rule["repetition_rule"]
     assert without_rule["ids"] == in_process["ref_new"]
@@ -342,3 +355,24 @@ def test_in_process_matches_the_tiny_reference_fixture(in_process, reference_dir
     prompt = in_process["ref_prompt"]
     expected, _ = native.generate_ids(prompt, greedy(prompt, new=60))
     assert with_rule["repetition_rule"] and with_rule["ids"] == expected
+
+
+@pytest.mark.vllm
+def test_backends_benchmark_quick_run(vllm_server, demo_llm_root):
+    import argparse
+
+    from scripts.bench import llm_backends as bench
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", type=Path)
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--model-dir", str(demo_llm_root), "--quick", "--threads", "1",
+                              "--concurrency", "1,2", "--llm-url", vllm_server.url])
+    result = bench.run(args)
+    assert set(result["backends"]) == {"native", "vllm"} and result["demo_models"]
+    for figures in result["backends"].values():
+        assert set(figures["levels"]) == {"1", "2"} and figures["ratio_2_vs_1"] > 0
+        for level in figures["levels"].values():
+            assert level["tokens_per_s"] > 0 and level["requests_per_s"] > 0
+            assert level["requests"] == 2  # --quick: as many as the highest level
+    assert "vllm_meets_target" in result
