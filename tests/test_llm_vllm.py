@@ -13,12 +13,14 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +35,7 @@ from models.llm_vllm import (
     VLLMStep1LLM,
 )
 from models.prompts import AUDIO_ID_OFFSET, audio_token_str, build_clone_prompt
+from models.step1 import alibi_bias, alibi_slopes
 from scripts.vllm_server import PYTHON_ENV, VLLMServer, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +157,43 @@ def test_engine_options_carry_the_step1_flags(tmp_path):
     assert "--logits-processors" not in plain.cli_args(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def alibi_math():
+    """The plugin's torch math (patches/vllm_step1/editx_vllm_step1/alibi_math.py); it imports no vLLM."""
+    sys.path.insert(0, str(ROOT / "patches" / "vllm_step1"))
+    try:
+        import editx_vllm_step1.alibi_math as module
+    finally:
+        sys.path.remove(str(ROOT / "patches" / "vllm_step1"))
+    return module
+
+
+def test_plugin_bias_is_the_reference_bias(alibi_math, reference_dir):
+    with np.load(reference_dir / "llm" / "reference_tiny.npz") as z:
+        slopes, expected = torch.from_numpy(z["alibi_slopes_tiny"]), z["alibi_bias_tiny_T8"]
+    bias = alibi_math.sqrt_alibi_bias(slopes, expected.shape[1], expected.shape[2], torch.float32).numpy()
+    np.testing.assert_array_equal(np.isneginf(bias), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(bias[finite], expected[finite], atol=1e-6, rtol=1e-6)
+    np.testing.assert_array_equal(alibi_slopes(len(slopes)).numpy(), slopes.numpy())
+
+
+@pytest.mark.parametrize("num_queries, budget", [(1, 1 << 26), (7, 1 << 26), (23, 1 << 26), (23, 100)])
+def test_plugin_attention_equals_the_native_math(alibi_math, num_queries, budget):
+    """GQA (12 heads in 4 contiguous groups), queries at the end of 23 keys, any row-chunk budget."""
+    g = torch.Generator().manual_seed(0)
+    heads, groups, keys, hd = 12, 4, 23, 8
+    q = torch.randn(heads, num_queries, hd, generator=g)
+    k, v = torch.randn(groups, keys, hd, generator=g), torch.randn(groups, keys, hd, generator=g)
+    slopes = alibi_slopes(heads)
+    got = alibi_math.sqrt_alibi_attention(q, k, v, slopes, hd ** -0.5, max_bias_elements=budget)
+    # Native math (models/step1.py): each query head h reads KV group h // 3.
+    kk, vv = k.repeat_interleave(3, dim=0), v.repeat_interleave(3, dim=0)
+    scores = q @ kk.transpose(1, 2) * hd ** -0.5 + alibi_bias(slopes, num_queries, keys)
+    expected = torch.softmax(scores, dim=-1) @ vv
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_server_down_is_a_clear_error(llm_dir):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(VLLMServerUnavailable, match=r"vLLM server at .*:\d+ is not reachable") as err:
@@ -188,6 +228,8 @@ def test_greedy_ids_match_the_native_backend(remote, native, prompt):
 def test_stream_is_incremental_and_equals_the_plain_request(remote, prompt):
     options = sampled(prompt, seed=5, new=200)
     plain, seed = remote.generate_ids(prompt, options)
+    # A generation that stops before the cap stopped at eos, which is returned (as natively).
+    assert len(plain) == 200 or (plain[-1] == remote.eos_id and remote.eos_id not in plain[:-1])
     chunks = list(remote.stream_ids(prompt, options))
     assert seed == 5 and len(chunks) > 1 and all(chunks)
     assert [t for c in chunks for t in c] == plain
@@ -229,21 +271,38 @@ def test_cancel_aborts_the_request(remote, prompt, vllm_server):
     assert len(again) <= 8
 
 
+def never_ending_copy(llm_dir: Path, dest: Path) -> Path:
+    """A copy of the demo LLM whose eos logit is hugely negative: every request runs to its cap."""
+    from safetensors.torch import load_file, save_file
+
+    from scripts.demo.llm_assets import BIAS_CHANNEL, SHARD
+
+    shutil.copytree(llm_dir, dest)
+    weights = load_file(dest / SHARD)
+    head = weights["lm_head.weight"]
+    head[3] = 0
+    head[3, BIAS_CHANNEL] = -1000.0  # the demo's constant positive channel: eos logit ~ -2500
+    save_file(weights, dest / SHARD, metadata={"format": "pt"})
+    return dest
+
+
 @pytest.mark.vllm
 def test_server_without_the_processor_is_flagged_and_its_death_is_a_clear_error(vllm_python, llm_dir, prompt,
                                                                                  tmp_path):
     """A server started without the repetition processor: the backend notices, results say so.
 
-    The same server then dies mid-request (SIGKILL of its process group), for a streamed and for
-    plain requests: both end in VLLMServerUnavailable.
+    The same server (on a demo LLM that never emits eos, so requests are surely in flight) is then
+    killed (SIGKILL of its process group) during a streamed and during plain requests: each ends in
+    VLLMServerUnavailable, and so does the next request.
     """
-    server = start_server(llm_dir, vllm_python, options=VLLMEngineOptions(**ENGINE, repetition_rule=False),
+    model = never_ending_copy(llm_dir, tmp_path / "Step-Audio-EditX")
+    server = start_server(model, vllm_python, options=VLLMEngineOptions(**ENGINE, repetition_rule=False),
                           log_path=tmp_path / "server.log")
     try:
-        llm = VLLMStep1LLM.connect(server.url, llm_dir)
+        llm = VLLMStep1LLM.connect(server.url, model)
         assert not llm.repetition_rule
-        result = llm.generate_audio_tokens(prompt, sampled(prompt, 5, new=200))
-        assert result.repetition_rule is False
+        result = llm.generate_audio_tokens(prompt, sampled(prompt, 5, new=100))
+        assert result.repetition_rule is False and result.new_tokens == 100
         _kill_mid_request(server, llm, prompt)
     finally:
         server.stop()
@@ -252,20 +311,18 @@ def test_server_without_the_processor_is_flagged_and_its_death_is_a_clear_error(
 def _kill_mid_request(server: VLLMServer, llm: VLLMStep1LLM, prompt: list[int]) -> None:
     stream = llm.stream_ids(prompt, sampled(prompt, 1, new=3000))
     assert next(stream)
-    # Plain (non-streamed) requests in flight as well: wait until the server reports them running.
     with ThreadPoolExecutor(4) as pool:
         plain = [pool.submit(llm.generate_ids, prompt, sampled(prompt, s, new=3000)) for s in range(4)]
-        while not any(f.done() for f in plain) and _running(server.url) < 2:
-            pass
+        while _running(server.url) < 1 + len(plain):  # every request admitted (none can end before 3000)
+            assert not any(f.done() for f in plain), [f.exception() for f in plain if f.done()]
+            time.sleep(0.05)
         server.kill()
-        with pytest.raises(VLLMServerUnavailable, match="stopped answering|closed the stream"):
+        with pytest.raises(VLLMServerUnavailable, match="stopped answering|closed the stream") as err:
             list(stream)
-        errors = [f.exception() for f in plain]
-    unavailable = [e for e in errors if isinstance(e, VLLMServerUnavailable)]
-    assert unavailable, f"no plain request was in flight when the server was killed: {errors}"
-    assert all(e is None or isinstance(e, VLLMServerUnavailable) for e in errors)
-    assert any("stopped answering" in str(e) for e in unavailable)
-    assert all(server.url in str(e) for e in unavailable)
+        assert server.url in str(err.value)
+        for future in plain:
+            with pytest.raises(VLLMServerUnavailable, match="stopped answering in the middle of a request"):
+                future.result()
     with pytest.raises(VLLMServerUnavailable, match="not reachable"):
         llm.generate_ids(prompt, greedy(prompt))
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from vllm.config import get_layers_from_vllm_config
 from vllm.model_executor.layers.attention import Attention
 from vllm.v1.attention.backends.cpu_attn import (
@@ -34,22 +33,9 @@ from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionMetadataBuilder,
 )
 
+from editx_vllm_step1.alibi_math import sqrt_alibi_attention
+
 log = logging.getLogger(__name__)
-
-
-def sqrt_alibi_bias(slopes: torch.Tensor, num_queries: int, num_keys: int,
-                    dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask (NH, num_queries, num_keys): ``-slope * sqrt(i - j)``, ``-inf`` where ``j > i``.
-
-    The queries are the last ``num_queries`` of ``num_keys`` positions (a prefill chunk or a decode
-    step on top of the cached keys).
-    """
-    q_pos = torch.arange(num_keys - num_queries, num_keys, dtype=torch.float32)
-    k_pos = torch.arange(num_keys, dtype=torch.float32)
-    dist = q_pos[:, None] - k_pos[None, :]
-    bias = -slopes.float()[:, None, None] * dist.clamp(min=0).sqrt()[None]
-    bias = bias.masked_fill((dist < 0)[None], float("-inf"))
-    return bias.to(dtype)
 
 
 class SqrtAlibiCPUBackendImpl(CPUAttentionBackendImpl):
@@ -105,7 +91,6 @@ class SqrtAlibiCPUBackendImpl(CPUAttentionBackendImpl):
             raise NotImplementedError("the sqrt-ALiBi CPU path is for causal decoder attention only")
         key_cache, value_cache = self._split_cache(kv_cache)
         block_size = key_cache.shape[2]
-        group = self.num_queries_per_kv
         starts = attn_metadata.query_start_loc.tolist()
         seq_lens = attn_metadata.seq_lens.tolist()
         block_table = attn_metadata.block_table
@@ -115,15 +100,12 @@ class SqrtAlibiCPUBackendImpl(CPUAttentionBackendImpl):
             if num_queries <= 0 or num_keys <= 0:
                 continue
             blocks = block_table[r, :(num_keys + block_size - 1) // block_size].long()
-            # (blocks, G, block, hd) -> (G, keys, hd); then each KV group serves `group` query heads in a row.
+            # (blocks, G, block, hd) -> (G, keys, hd)
             shape = (self.num_kv_heads, -1, self.head_size)
             k = key_cache[blocks].transpose(0, 1).reshape(shape)[:, :num_keys]
             v = value_cache[blocks].transpose(0, 1).reshape(shape)[:, :num_keys]
             q = query[q_start:q_end].transpose(0, 1)  # (NH, Tq, hd)
-            k = k.to(q.dtype).repeat_interleave(group, dim=0)
-            v = v.to(q.dtype).repeat_interleave(group, dim=0)
-            bias = sqrt_alibi_bias(self.alibi_slopes, num_queries, num_keys, q.dtype)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            out = sqrt_alibi_attention(q, k, v, self.alibi_slopes, self.scale)
             output[q_start:q_end] = out.transpose(0, 1).reshape(output[q_start:q_end].shape)
         return output
 
