@@ -10,7 +10,9 @@ over tokens/s at 1 (target for vLLM on CPU with the demo model: >= 2.5). Levels 
 times, interleaved, and each reports its fastest run (all runs are listed). Backends: the native
 ``Step1LLM``, whose requests run one at a time as in ``clone``/``edit`` (they hold its generation
 lock), and ``VLLMStep1LLM`` against a vLLM server started on the same folder with
-scripts/vllm_server.py (or ``--llm-url``).
+scripts/vllm_server.py (or ``--llm-url``). The native backend runs on ``--threads`` torch threads
+(default 1, like vLLM's CPU engine on a 2-core machine, which keeps the other core for its frontend;
+two OpenMP threads on a busy 2-core machine made the native figures swing by 3x between runs).
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", default="1,8", help="comma-separated concurrency levels")
     parser.add_argument("--requests", type=int, default=24, help="requests per level (same set at each)")
     parser.add_argument("--new-tokens", type=int, default=128, help="cap on new tokens per request")
-    parser.add_argument("--repeats", type=int, default=2,
+    parser.add_argument("--repeats", type=int, default=3,
                         help="runs of every level, interleaved; each level reports its fastest run")
     parser.add_argument("--prompt-groups", type=int, default=60,
                         help="reference audio groups in the clone prompt (5 tokens each)")
     parser.add_argument("--device", default="auto", help="native backend device")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of the native backend")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads of the native backend (vLLM's CPU engine uses 1 on 2 cores)")
     parser.add_argument("--vllm-python", default=None, help=f"the vLLM venv's python (default ${PYTHON_ENV})")
     parser.add_argument("--llm-url", default=None, help="a running vLLM server to use instead")
     parser.add_argument("--enforce-eager", action="store_true", help="start vLLM without torch.compile")
@@ -128,7 +131,8 @@ def _run(args: argparse.Namespace, tmp: Path) -> dict:
     if unknown:
         raise SystemExit(f"unknown backends {sorted(unknown)}; choose from {', '.join(BACKENDS)}")
     result: dict = {"model_dir": str(model_dir), "demo_models": is_demo_models(root), "new_tokens_cap":
-                    args.new_tokens, "requests": args.requests, "cpu_count": os.cpu_count(), "backends": {}}
+                    args.new_tokens, "requests": args.requests, "cpu_count": os.cpu_count(),
+                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "backends": {}}
     if "native" in backends:
         llm = Step1LLM.load(model_dir, variant="base", device=args.device)
         result["backends"]["native"] = {"device": str(llm.device), "dtype": str(llm.model.dtype),
@@ -140,6 +144,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> dict:
         ratio = next(v for k, v in result["backends"]["vllm"].items() if k.startswith("ratio_"))
         result["vllm_target_ratio"] = TARGET_RATIO
         result["vllm_meets_target"] = ratio >= TARGET_RATIO
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]  # other work skews the figures
     return result
 
 
