@@ -247,10 +247,14 @@ class _HTTPTransport:
         timeout = httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S)
         self._client = httpx.Client(base_url=self.url, timeout=timeout,
                                     limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
-        card = self._first_model(model)
-        self.model = card["id"]
-        self.max_model_len: int | None = card.get("max_model_len")
-        self.repetition_rule = self._probe_repetition_rule()
+        try:
+            card = self._first_model(model)
+            self.model = card["id"]
+            self.max_model_len: int | None = card.get("max_model_len")
+            self.repetition_rule = self._probe_repetition_rule()
+        except BaseException:
+            self._client.close()
+            raise
 
     def _unreachable(self, exc: Exception, during: str) -> VLLMServerUnavailable:
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
