@@ -61,7 +61,8 @@ def load(settings: Settings):
     config = EngineConfig(variant=settings.variant, auto_transcribe=settings.auto_transcribe,
                           max_text_chars=settings.max_text_chars, chunk_chars=settings.chunk_chars,
                           max_reference_seconds=settings.max_reference_seconds,
-                          device=settings.device, dtype=settings.dtype)
+                          device=settings.device, dtype=settings.dtype, llm_backend=settings.llm_backend,
+                          llm_url=settings.llm_url, vllm=vllm_options(settings))
     engine = CloneEngine.load(root.path, config, cache_dir=settings.cache_dir,
                               cache_max_entries=settings.cache_max_entries,
                               cache_max_bytes=settings.cache_max_bytes, ort_threads=settings.ort_threads,
@@ -79,6 +80,17 @@ def load(settings: Settings):
         except Exception:  # serve anyway: each request reports its own error, the log has this one
             log.exception("warm-up failed; the first request may be slow or fail the same way")
     return engine, examples
+
+
+def vllm_options(settings: Settings):
+    """The in-process vLLM engine's settings from the --vllm-* flags."""
+    from models.llm_vllm import VLLMEngineOptions
+
+    return VLLMEngineOptions(
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        max_model_len=settings.vllm_max_model_len,
+        max_num_seqs=settings.vllm_max_num_seqs, quantization=settings.vllm_quantization,
+        tensor_parallel_size=settings.vllm_tensor_parallel_size, enforce_eager=settings.vllm_enforce_eager)
 
 
 if __name__ == "__main__":

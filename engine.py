@@ -34,7 +34,16 @@ import numpy as np
 
 from audio_prep import VOCODER_SAMPLE_RATE
 from errors import EmptyGenerationError, GenerationCancelled, OptionsError, TextInputError
-from model_layout import TOKENIZER_FOLDER, VARIANTS, VOCODER_FOLDER, is_demo_models, llm_dir_for
+from model_layout import (
+    LLM_BACKENDS,
+    TOKENIZER_FOLDER,
+    VARIANTS,
+    VLLM_VARIANTS,
+    VOCODER_FOLDER,
+    is_demo_models,
+    llm_dir_for,
+)
+from models.generation import TokenStreamLLM
 from models.llm import Step1LLM, variant_problem
 from models.prompts import EDIT_TASKS, TASKS_WITH_OPTION, TEXTLESS_TASKS, clean_text
 from models.vocoder import Vocoder
@@ -70,7 +79,7 @@ class CloneEngine:
     how many run at once with its queue).
     """
 
-    def __init__(self, tokenizer: StepAudioTokenizer, llms: dict[str, Step1LLM], vocoder: Vocoder,
+    def __init__(self, tokenizer: StepAudioTokenizer, llms: dict[str, TokenStreamLLM], vocoder: Vocoder,
                  cache: PromptCache | None, config: EngineConfig | None = None,
                  model_root: Path | None = None, demo: bool = False,
                  llm_loader: Callable[[str], Step1LLM] | None = None,
@@ -87,7 +96,8 @@ class CloneEngine:
         self.voices = VoicePrompts(tokenizer, vocoder, cache, library, config)
         self.model_root = model_root
         self.demo = demo
-        self._llms = dict(llms)
+        # (backend, variant) -> loaded LLM; llms given by name belong to the configured backend
+        self._llms = {(config.llm_backend, v): llm for v, llm in llms.items()}
         self._llm_loader = llm_loader
         self._load_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -121,36 +131,46 @@ class CloneEngine:
             log.info("loaded LLM %s from %s (%.2f s)", variant, folder, time.perf_counter() - t0)
             return llm
 
-        llms = {config.variant: load_llm(config.variant)}
+        if config.llm_backend == "vllm":  # the served model; native variants stay loadable on demand
+            llms = {config.variant: load_vllm(model_root, config)}
+        else:
+            llms = {config.variant: load_llm(config.variant)}
         return cls(tokenizer, llms, vocoder, cache, config, model_root, demo, llm_loader=load_llm)
 
-    def llm(self, variant: str | None) -> Step1LLM:
-        """The LLM of ``variant`` (default: the configured one), loading it on first use."""
-        variant = variant or self.config.variant
-        if variant not in VARIANTS:
-            raise OptionsError(f"unknown model variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-        if variant in self._llms:
-            return self._llms[variant]
-        if self._llm_loader is None:
-            raise OptionsError(f"model variant {variant!r} is not loaded; loaded: {', '.join(self._llms)}")
+    def llm(self, variant: str | None = None, backend: str | None = None) -> TokenStreamLLM:
+        """The LLM of ``variant`` on ``backend`` (defaults: the configured ones), loading a native
+        variant on first use. A vLLM deployment can still use the native backend (e.g. while its
+        server is down) by asking for it."""
+        backend = backend or self.config.llm_backend
+        if backend not in LLM_BACKENDS:
+            raise OptionsError(f"unknown LLM backend {backend!r}; choose one of {', '.join(LLM_BACKENDS)}")
+        variant = variant or (self.config.variant if backend == self.config.llm_backend else "base")
+        key = (backend, variant)
+        if key in self._llms:
+            return self._llms[key]
+        if backend != "native" or variant not in VARIANTS or self._llm_loader is None:
+            raise OptionsError(f"model variant {variant!r} on the {backend} backend is not available here; "
+                               f"choose {', '.join(self.available_variants())}")
         with self._load_lock:
-            if variant not in self._llms:
+            if key not in self._llms:
                 try:
-                    self._llms[variant] = self._llm_loader(variant)
+                    self._llms[key] = self._llm_loader(variant)
                 except Exception as exc:  # an optional variant that cannot load is the user's choice to fix
                     log.exception("could not load LLM variant %s", variant)
                     raise OptionsError(f"model variant {variant!r} could not be loaded ({exc}); "
                                        f"use {self.config.variant!r} or check the model files") from exc
-        return self._llms[variant]
+        return self._llms[key]
 
     @property
     def loaded_variants(self) -> list[str]:
-        return list(self._llms)
+        """Variants loaded on the configured backend."""
+        return [v for b, v in self._llms if b == self.config.llm_backend]
 
     def available_variants(self) -> list[str]:
-        """Variants that can run here (the loaded ones first): files present, shapes and libraries usable."""
-        out = list(self._llms)
-        if self._llm_loader is not None and self.model_root is not None:
+        """Variants of the configured backend that can run here (loaded first): files present,
+        shapes and libraries usable. A vLLM deployment serves the one variant it was started with."""
+        out = self.loaded_variants
+        if self.config.llm_backend == "native" and self._llm_loader is not None and self.model_root:
             for variant in VARIANTS:
                 if variant in out:
                     continue
@@ -215,7 +235,7 @@ class CloneEngine:
         chunks = split_text(target, options.chunk_chars or self.config.chunk_chars)
         prompt_text = clean_text(request.reference_text, "reference text", self.config.max_text_chars,
                                  warnings, allow_empty=True)
-        llm = self.llm(options.variant)
+        llm = self.llm(options.variant, options.backend)
         if request.voice_id is not None:  # a library voice: its tokens, features and text are stored
             transcribe = False
             report.prep_s = time.perf_counter() - t_start
@@ -254,7 +274,7 @@ class CloneEngine:
         if task == "paralinguistic":
             para_text = clean_text(request.target_text, "new text (with tags such as [Laughter])",
                                    self.config.max_text_chars, warnings)
-        llm = self.llm(options.variant)
+        llm = self.llm(options.variant, options.backend)
         # a previous version edited again keeps its own tokens: no validation, hashing or encode
         chained = source is not None and (not audio_text or audio_text == source.text)
         transcribe = False
@@ -321,6 +341,9 @@ class CloneEngine:
             "models_loaded": {"tokenizer": True, "vocoder": True, "llm": self.loaded_variants},
             "model_root": self.model_root.name if self.model_root else None,  # a name, never a server path
             "device": str(getattr(self._llms.get(self.config.variant), "device", self.config.device)),
+            "llm_backend": self.config.llm_backend,
+            "llm_repetition_rule": all(llm.applies_repetition_rule for llm in self._llms.values()),
+            "llm_backends_loaded": sorted({b for b, _ in self._llms}),
             "variant": self.config.variant,
             "variants_loaded": self.loaded_variants,
             "variants_available": self.available_variants(),
@@ -381,7 +404,7 @@ class CloneEngine:
         return SynthesisResult(audio=audio, sample_rate=VOCODER_SAMPLE_RATE,
                                text=spoken if len(render.segments) < len(render.jobs) else text,
                                prompt_text=prompt_text, transcribed=transcribed, mode=mode,
-                               variant=options.variant or self.config.variant, report=report,
+                               variant=render.llm.variant, backend=render.llm.backend, report=report,
                                audio_tokens=list(render.tokens), warnings=warnings,
                                segments=render.segments, stopped=render.stopped)
 
@@ -412,3 +435,23 @@ def _collect(events: Iterator[StreamEvent], progress: ProgressFn | None) -> Synt
     if result is None:  # clone_stream and edit_stream always end with their result
         raise RuntimeError("the request ended without a result")
     return result
+
+
+def load_vllm(model_root: Path, config: EngineConfig) -> TokenStreamLLM:
+    """The vLLM backend for ``config.variant``: a running ``vllm serve`` at ``config.llm_url``, or
+    vLLM's engine in this process (which needs the vllm package: see docs/VLLM.md)."""
+    from models.llm_vllm import VLLMEngineOptions, VLLMStep1LLM
+
+    if config.variant not in VLLM_VARIANTS:
+        raise OptionsError(f"the vllm backend serves {' or '.join(VLLM_VARIANTS)}, not {config.variant!r} "
+                           "(bitsandbytes 4-bit is the native backend's; vLLM runs the AWQ checkpoint)")
+    folder = llm_dir_for(model_root, config.variant)
+    t0 = time.perf_counter()
+    if config.llm_url:
+        llm = VLLMStep1LLM.connect(config.llm_url, folder)
+    else:
+        llm = VLLMStep1LLM.start_engine(folder, config.vllm or VLLMEngineOptions())
+    llm.variant = config.variant
+    log.info("LLM %s on vLLM (%s) ready in %.2f s; repetition rule %s", config.variant, llm.mode,
+             time.perf_counter() - t0, "on" if llm.applies_repetition_rule else "OFF")
+    return llm

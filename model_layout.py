@@ -54,6 +54,10 @@ SPEAKER_FILE = "campplus.onnx"
 # LLM variants the native backend loads: "base" (the checkpoint's bf16 weights) and "bnb-4bit"
 # (NF4 + double quantization, quantized while loading, or a pre-quantized save in BNB_FOLDER).
 VARIANTS = ("base", "bnb-4bit")
+# The vLLM backend serves "base" or "awq" (the published AWQ 4-bit checkpoint in AWQ_FOLDER).
+VLLM_VARIANTS = ("base", "awq")
+ALL_VARIANTS = ("base", "bnb-4bit", "awq")
+LLM_BACKENDS = ("native", "vllm")
 DOWNLOAD_HINT = "python scripts/download_models.py --out {root}"
 
 
@@ -281,6 +285,8 @@ def llm_dir_for(root: Path | str, variant: str) -> Path:
     (quantized while loading)."""
     if variant == "bnb-4bit" and (Path(root) / BNB_FOLDER / "config.json").exists():
         return Path(root) / BNB_FOLDER
+    if variant == "awq":
+        return Path(root) / AWQ_FOLDER
     return Path(root) / LLM_FOLDER
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from model_layout import VARIANTS
+from model_layout import LLM_BACKENDS, VARIANTS, VLLM_VARIANTS
 from models.prompts import DEFAULT_MAX_TEXT_CHARS
 from prompt_cache import MIB
 from text_split import DEFAULT_CHUNK_CHARS, MAX_CHUNK_CHARS, MIN_CHUNK_CHARS
@@ -34,6 +34,14 @@ class Settings:
     demo_dir: Path = Path("demo_models")
     allow_demo: bool = True
     variant: str = "base"
+    llm_backend: str = "native"
+    llm_url: str | None = None
+    vllm_gpu_memory_utilization: float = 0.9
+    vllm_max_model_len: int = 8192
+    vllm_max_num_seqs: int = 16
+    vllm_quantization: str | None = None
+    vllm_tensor_parallel_size: int = 1
+    vllm_enforce_eager: bool = False
     device: str = "auto"
     dtype: str = "auto"
     cache_dir: Path | None = Path("cache/funasr")
@@ -64,7 +72,18 @@ class Settings:
 _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--model-dir", "model_dir", Path, "root folder holding Step-Audio-Tokenizer/ and Step-Audio-EditX/"),
     ("--demo-dir", "demo_dir", Path, "where tiny demo models are built when --model-dir has no real models"),
-    ("--variant", "variant", str, "LLM variant to preload: base or bnb-4bit (the other loads on first use)"),
+    ("--variant", "variant", str, "LLM variant: base or bnb-4bit (native; the other loads on first use), "
+     "base or awq (vllm)"),
+    ("--llm-backend", "llm_backend", str, "native (our Step1 model, CPU or GPU) or vllm (batching)"),
+    ("--llm-url", "llm_url", str, "vllm: a running `vllm serve` (http://host:8000); empty: in-process"),
+    ("--vllm-gpu-memory-utilization", "vllm_gpu_memory_utilization", float,
+     "vllm in-process: share of the GPU's memory vLLM may take"),
+    ("--vllm-max-model-len", "vllm_max_model_len", int, "vllm in-process: longest prompt + generation"),
+    ("--vllm-max-num-seqs", "vllm_max_num_seqs", int, "vllm in-process: requests decoded together"),
+    ("--vllm-quantization", "vllm_quantization", str, "vllm in-process: awq, gptq, fp8, ... (empty: "
+     "from the checkpoint)"),
+    ("--vllm-tensor-parallel-size", "vllm_tensor_parallel_size", int, "vllm in-process: GPUs per model"),
+    ("--vllm-enforce-eager", "vllm_enforce_eager", bool, "vllm in-process: no CUDA graphs (faster start)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
     ("--dtype", "dtype", str, "auto (bf16 on CUDA, fp32 on CPU), fp32, fp16 or bf16"),
     ("--cache-dir", "cache_dir", Path, "persistent prompt-cache folder ('none' keeps it in memory only)"),
@@ -152,7 +171,8 @@ def parse_settings(argv: list[str] | None = None, environ: Mapping[str, str] | N
     parser = build_parser(environ)
     ns = parser.parse_args(argv)
     values = {f.name: getattr(ns, f.name) for f in fields(Settings)}
-    values["api_key"] = values["api_key"] or None  # an empty EDITX_API_KEY means no key
+    for name in ("api_key", "llm_url", "cache_url", "vllm_quantization"):  # empty means not set
+        values[name] = values[name] or None
     problems = validate(values)
     if problems:
         parser.error("; ".join(problems))
@@ -162,8 +182,20 @@ def parse_settings(argv: list[str] | None = None, environ: Mapping[str, str] | N
 def validate(values: dict) -> list[str]:
     """Human-readable problems with the values (empty when they are usable)."""
     problems = []
-    if values["variant"] not in VARIANTS:
-        problems.append(f"--variant must be one of {', '.join(VARIANTS)}, got {values['variant']!r}")
+    if values["llm_backend"] not in LLM_BACKENDS:
+        problems.append(f"--llm-backend must be one of {', '.join(LLM_BACKENDS)}, "
+                        f"got {values['llm_backend']!r}")
+    variants = VLLM_VARIANTS if values["llm_backend"] == "vllm" else VARIANTS
+    if values["variant"] not in variants:
+        problems.append(f"--variant must be one of {', '.join(variants)} with the {values['llm_backend']} "
+                        f"backend, got {values['variant']!r}")
+    if values["llm_url"] and values["llm_backend"] != "vllm":
+        problems.append("--llm-url needs --llm-backend vllm")
+    if not (0.05 <= values["vllm_gpu_memory_utilization"] <= 1.0):
+        problems.append("--vllm-gpu-memory-utilization must be in 0.05..1")
+    for name in ("vllm_max_model_len", "vllm_max_num_seqs", "vllm_tensor_parallel_size"):
+        if values[name] < 1:
+            problems.append(f"--{name.replace('_', '-')} must be at least 1, got {values[name]}")
     if values["dtype"] not in {"auto", "fp32", "fp16", "bf16"}:
         problems.append(f"--dtype must be auto, fp32, fp16 or bf16, got {values['dtype']!r}")
     if not (0 < values["port"] < 65536):

@@ -16,7 +16,8 @@ import numpy as np
 
 from audio_prep import read_audio
 from errors import OptionsError
-from model_layout import VARIANTS
+from model_layout import ALL_VARIANTS, LLM_BACKENDS
+from models.llm_vllm import VLLMEngineOptions
 from models.prompt_features import PromptFeatures
 from models.prompts import DEFAULT_MAX_TEXT_CHARS
 from text_split import DEFAULT_CHUNK_CHARS, MAX_CHUNK_CHARS, MIN_CHUNK_CHARS
@@ -29,6 +30,7 @@ class SynthesisOptions:
     """Sampling and decoding knobs shared by clone and edit (defaults are the upstream ones)."""
 
     variant: str | None = None  # None: the engine's default (--variant)
+    backend: str | None = None  # "native" or "vllm"; None: the engine's (--llm-backend)
     seed: int | None = 0  # None: a fresh random seed each time
     temperature: float = 0.7
     top_p: float = 1.0
@@ -40,8 +42,12 @@ class SynthesisOptions:
 
     def validated(self) -> SynthesisOptions:
         """Self, or an ``OptionsError`` saying which value is out of range."""
-        if self.variant is not None and self.variant not in VARIANTS:
-            raise OptionsError(f"unknown model variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.backend is not None and self.backend not in LLM_BACKENDS:
+            raise OptionsError(f"unknown LLM backend {self.backend!r}; choose one of "
+                               f"{', '.join(LLM_BACKENDS)}")
+        if self.variant is not None and self.variant not in ALL_VARIANTS:
+            raise OptionsError(f"unknown model variant {self.variant!r}; choose one of "
+                               f"{', '.join(ALL_VARIANTS)}")
         if not (0.0 < self.temperature <= 2.0):
             raise OptionsError(f"temperature must be in (0, 2], got {self.temperature}")
         if not (0.0 < self.top_p <= 1.0):
@@ -240,6 +246,7 @@ class SynthesisResult:
     transcribed: bool
     mode: str  # "clone" or "edit <task>[/<subtask>]"
     variant: str
+    backend: str
     report: StageReport
     audio_tokens: list[int]  # the generated mixed stream of every chunk, in order
     warnings: list[str] = field(default_factory=list)
@@ -285,3 +292,6 @@ class EngineConfig:
     max_reference_seconds: float = 30.0
     device: str = "auto"
     dtype: str = "auto"
+    llm_backend: str = "native"  # "native" (our Step1 model) or "vllm"
+    llm_url: str | None = None  # vllm: a `vllm serve` server; None runs vLLM's engine in this process
+    vllm: VLLMEngineOptions | None = None  # vllm in-process engine settings (None: the defaults)

@@ -32,7 +32,7 @@ from audio_formats import FORMATS, StreamEncoder, TempoFilter, encode_audio
 from audio_prep import load_audio
 from engine import CloneEngine
 from errors import AccessError, BusyError, OptionsError, TooLargeError
-from model_layout import VARIANTS
+from model_layout import ALL_VARIANTS, LLM_BACKENDS
 from models.prompts import EDIT_TASKS
 from outputs import OutputStore
 from synthesis import AudioPiece, CloneRequest, EditRequest, SynthesisOptions, SynthesisResult
@@ -308,7 +308,7 @@ def _headers(result: SynthesisResult, output_id: str) -> dict[str, str]:
                     "X-Cache": {"cache hit": "hit", "kept": "kept", "voice": "voice"}.get(report.tokens_from,
                                                                                             "miss"),
                     "X-Audio-Seconds": f"{report.audio_s:.3f}", "X-Chunks": str(len(report.chunks)),
-                    "X-Variant": result.variant, "X-Mode": result.mode})
+                    "X-Variant": result.variant, "X-Backend": result.backend, "X-Mode": result.mode})
     if result.warnings:
         headers["X-Warnings"] = _ascii("; ".join(result.warnings))[:1000]
     return headers
@@ -328,9 +328,10 @@ def _ascii(text: str) -> str:
 
 def _options(engine: CloneEngine, model: str | None, seed: int | None, temperature: float | None,
              top_p: float | None, stream: bool) -> SynthesisOptions:
-    variant = model if model in VARIANTS else None
+    variant = model if model in ALL_VARIANTS else None
+    backend = model if model in LLM_BACKENDS else None
     defaults = SynthesisOptions()
-    return SynthesisOptions(variant=variant, seed=seed,
+    return SynthesisOptions(variant=variant, backend=backend, seed=seed,
                             temperature=defaults.temperature if temperature is None else temperature,
                             top_p=defaults.top_p if top_p is None else top_p, stream=stream).validated()
 

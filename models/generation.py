@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 # transformers' default top_k, which upstream's generate() call inherits (it sets no top_k).
 DEFAULT_TOP_K = 50
+# Upstream's repetition-aware rule: if the last token fills more than THRESHOLD of the last WINDOW
+# tokens, it is forbidden next (the native processor and the vLLM plugin both read these).
+REPETITION_WINDOW = 10
+REPETITION_THRESHOLD = 0.1
 
 
 @dataclass

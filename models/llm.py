@@ -32,7 +32,7 @@ from transformers.generation.logits_process import (
 from errors import GenerationCancelled, ModelFilesError, OptionsError, TextInputError
 from model_layout import VARIANTS
 from models.device import pick_device, pick_dtype
-from models.generation import GenerationOptions, TokenStreamLLM
+from models.generation import REPETITION_THRESHOLD, REPETITION_WINDOW, GenerationOptions, TokenStreamLLM
 from models.prompts import StepTextTokenizer
 from models.step1 import Step1Config, Step1ForCausalLM
 
@@ -55,7 +55,7 @@ class RepetitionAwareLogitsProcessor(LogitsProcessor):
     With a full window of 10 (prompt included), a last token seen at least twice in it gets -inf.
     """
 
-    def __init__(self, window: int = 10, threshold: float = 0.1) -> None:
+    def __init__(self, window: int = REPETITION_WINDOW, threshold: float = REPETITION_THRESHOLD) -> None:
         self.window = window
         self.threshold = threshold
 

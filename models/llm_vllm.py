@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import queue
-import random
 import threading
 import time
 import uuid
@@ -45,38 +44,21 @@ from typing import Any
 
 import httpx
 
-from models.llm import (
-    GROUP_PATTERN,
-    EmptyGenerationError,
-    GenerationCancelled,
+from errors import BackendUnavailable, GenerationCancelled, ModelFilesError, TextInputError
+from models.generation import (
+    REPETITION_THRESHOLD,
+    REPETITION_WINDOW,
     GenerationOptions,
     GenerationResult,
-    RepetitionAwareLogitsProcessor,
-    _kind,
-    parse_generated_ids,
+    TokenStreamLLM,
 )
-from models.prompts import (
-    AUDIO_CODES,
-    AUDIO_ID_OFFSET,
-    BOS_ID,
-    EOT_ID,
-    StepTextTokenizer,
-    TextInputError,
-    build_clone_prompt,
-    build_edit_prompt,
-)
+from models.prompts import BOS_ID, EOT_ID, StepTextTokenizer
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "AudioGroupStream", "VLLMBackendError", "VLLMEngineOptions", "VLLMGenerationResult",
-    "VLLMServerUnavailable", "VLLMStep1LLM",
-]
-
 # The plugin's logits processor (patches/vllm_step1) and the per-request switch it reads.
 REPETITION_PROCESSOR = "editx_vllm_step1.repetition:RepetitionAwareLogitsProcessor"
-_RULE = RepetitionAwareLogitsProcessor()  # the native rule's window and threshold: one source
-REPETITION_XARGS = {"repetition_window": _RULE.window, "repetition_threshold": _RULE.threshold}
+REPETITION_XARGS = {"repetition_window": REPETITION_WINDOW, "repetition_threshold": REPETITION_THRESHOLD}
 # The checkpoint's lm_head is not the embedding; vLLM's Step1 ties them when config.json lacks the key.
 HF_OVERRIDES = {"tie_word_embeddings": False}
 DEFAULT_MODEL_NAME = "step-audio-editx"
@@ -84,7 +66,7 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 600.0  # a whole non-streamed generation, or the gap between two streamed chunks
 
 
-class VLLMBackendError(RuntimeError):
+class VLLMBackendError(BackendUnavailable):
     """The vLLM backend failed: the server refused the request, or the engine stopped."""
 
 
@@ -184,58 +166,6 @@ class _Request:
     seed: int | None
     eos_id: int
     repetition_rule: bool
-
-
-class AudioGroupStream:
-    """``parse_generated_ids`` one LLM id at a time: yields whole audio groups as soon as they complete.
-
-    Feeding every id of a generation, then ``finish()``, gives exactly ``parse_generated_ids(ids)[0]``
-    in order. A token of the wrong kind waits for the next code to decide whether it starts a new group
-    (the same look-ahead ``realign_audio_groups`` uses); tokens that complete a group never wait.
-    """
-
-    def __init__(self, eos_id: int) -> None:
-        self.eos_id = eos_id
-        self.ended = False
-        self._group: list[int] = []
-        self._pending: int | None = None
-
-    def push(self, token_id: int) -> list[int]:
-        """Feed one generated LLM id; returns the codes (a whole group, or nothing) it completes."""
-        if self.ended:
-            return []
-        if token_id == self.eos_id:
-            return self.finish()
-        code = token_id - AUDIO_ID_OFFSET
-        if not 0 <= code < AUDIO_CODES:
-            return []  # text ids and the other added tokens are dropped
-        if self._pending is not None:
-            self._resolve(self._pending, _kind(code))
-            self._pending = None
-        if _kind(code) != GROUP_PATTERN[len(self._group)]:
-            self._pending = code
-            return []
-        self._group.append(code)
-        if len(self._group) == len(GROUP_PATTERN):
-            done, self._group = self._group, []
-            return done
-        return []
-
-    def finish(self) -> list[int]:
-        """End of the generation (eos or length cap); a trailing partial group is dropped."""
-        if not self.ended and self._pending is not None:
-            self._resolve(self._pending, None)
-        self.ended = True
-        self._pending = None
-        self._group = []
-        return []
-
-    def _resolve(self, code: int, next_kind: int | None) -> None:
-        # A code of the wrong kind: when the next code has its kind too, a new group (or an orphaned
-        # run) has begun and the partial group is abandoned; otherwise the stray code alone is dropped.
-        kind = _kind(code)
-        if next_kind == kind:
-            self._group = [code] if kind == GROUP_PATTERN[0] else []
 
 
 class _HTTPTransport:
@@ -481,8 +411,11 @@ class _EngineTransport:
             self._stop_loop()
 
 
-class VLLMStep1LLM:
-    """The LLM stage on vLLM with ``Step1LLM``'s methods; safe to call from many threads at once."""
+class VLLMStep1LLM(TokenStreamLLM):
+    """The LLM stage on vLLM (``TokenStreamLLM``: clone, edit, stream_ids ...); safe to call from many
+    threads at once (the server or engine batches concurrent requests)."""
+
+    backend = "vllm"
 
     def __init__(self, transport: _HTTPTransport | _EngineTransport, tokenizer: StepTextTokenizer,
                  model_dir: Path, mode: str) -> None:
@@ -491,6 +424,7 @@ class VLLMStep1LLM:
         self.model_dir = Path(model_dir)
         self.mode = mode  # "remote" or "in-process"
         self.variant = "vllm"
+        self.device = transport.description
         self.eos_id = self._read_eos_id(self.model_dir)
         # Whether requests ask for the repetition-aware rule; only honoured where the server runs it.
         self.apply_repetition_rule = True
@@ -499,8 +433,8 @@ class VLLMStep1LLM:
     def _read_eos_id(model_dir: Path) -> int:
         path = model_dir / "config.json"
         if not path.is_file():
-            raise FileNotFoundError(f"no config.json in {model_dir}; pass the Step-Audio-EditX folder the "
-                                    "vLLM server serves (its tokenizer.model builds the prompts)")
+            raise ModelFilesError(f"no config.json in {model_dir.name}/; pass the Step-Audio-EditX folder "
+                                  "the vLLM server serves (its tokenizer.model builds the prompts)")
         return int(json.loads(path.read_text()).get("eos_token_id", EOT_ID))
 
     @classmethod
@@ -531,6 +465,10 @@ class VLLMStep1LLM:
         """Whether generations apply the repetition-aware rule (asked for, and run by the server)."""
         return self.apply_repetition_rule and self._transport.repetition_rule
 
+    @property
+    def applies_repetition_rule(self) -> bool:  # TokenStreamLLM's name for it
+        return self.repetition_rule
+
     def close(self) -> None:
         """Release the HTTP connections, or shut the in-process engine down."""
         self._transport.close()
@@ -540,36 +478,6 @@ class VLLMStep1LLM:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # ---- prompts (the same as Step1LLM) ------------------------------------------------------
-
-    def clone(self, prompt_text: str, prompt_token_str: str, target_text: str,
-              options: GenerationOptions | None = None, progress: Callable[[int], None] | None = None,
-              cancel: threading.Event | None = None, speaker: str | None = None) -> VLLMGenerationResult:
-        """Speak ``target_text`` in the voice of the reference (its transcript and ``<audio_N>`` tokens)."""
-        ids = build_clone_prompt(self.tokenizer, prompt_text, prompt_token_str, target_text, speaker)
-        return self.generate_audio_tokens(ids, options or GenerationOptions(), progress, cancel)
-
-    def edit(self, audio_text: str, audio_token_str: str, task: str, subtask: str | None,
-             options: GenerationOptions | None = None, progress: Callable[[int], None] | None = None,
-             cancel: threading.Event | None = None, new_text: str | None = None) -> VLLMGenerationResult:
-        """Edit audio given as tokens (see ``Step1LLM.edit``)."""
-        ids = build_edit_prompt(self.tokenizer, audio_text, audio_token_str, task, subtask, new_text)
-        return self.generate_audio_tokens(ids, options or GenerationOptions(), progress, cancel)
-
-    def clone_stream(self, prompt_text: str, prompt_token_str: str, target_text: str,
-                     options: GenerationOptions | None = None, cancel: threading.Event | None = None,
-                     speaker: str | None = None) -> Iterator[list[int]]:
-        """``clone`` as a stream of whole audio groups (codes in [0, 5120)); see ``stream_audio_tokens``."""
-        ids = build_clone_prompt(self.tokenizer, prompt_text, prompt_token_str, target_text, speaker)
-        return self.stream_audio_tokens(ids, options or GenerationOptions(), cancel)
-
-    def edit_stream(self, audio_text: str, audio_token_str: str, task: str, subtask: str | None,
-                    options: GenerationOptions | None = None, cancel: threading.Event | None = None,
-                    new_text: str | None = None) -> Iterator[list[int]]:
-        """``edit`` as a stream of whole audio groups; see ``stream_audio_tokens``."""
-        ids = build_edit_prompt(self.tokenizer, audio_text, audio_token_str, task, subtask, new_text)
-        return self.stream_audio_tokens(ids, options or GenerationOptions(), cancel)
 
     # ---- generation ----------------------------------------------------------------------------
 
@@ -585,15 +493,25 @@ class VLLMStep1LLM:
                                      f"the vLLM engine's max_model_len of {server_len}; use a shorter "
                                      "reference or text, or start vLLM with a larger --max-model-len")
             limit = server_len
+        if options.max_new_tokens is not None:
+            limit = min(limit, len(prompt_ids) + options.max_new_tokens)
+        options = self.with_seed(options)
         greedy = options.temperature <= 0
-        seed = None if greedy else (options.seed if options.seed is not None else random.randrange(2**31))
         return _Request(prompt_ids=list(prompt_ids), max_tokens=limit - len(prompt_ids),
                         temperature=0.0 if greedy else float(options.temperature),
                         top_p=1.0 if greedy else float(options.top_p),
                         top_k=0 if greedy or not options.top_k or options.top_k < 0 else int(options.top_k),
-                        seed=seed, eos_id=self.eos_id, repetition_rule=self.repetition_rule)
+                        seed=None if greedy else options.seed, eos_id=self.eos_id,
+                        repetition_rule=self.repetition_rule)
 
-    def _stream_request(self, request: _Request, cancel: threading.Event | None) -> Iterator[list[int]]:
+    def stream_id_chunks(self, prompt_ids: list[int], options: GenerationOptions | None = None,
+                         cancel: threading.Event | None = None) -> Iterator[list[int]]:
+        """Generated LLM ids in chunks as the server sends them (eos included at the end when produced).
+
+        Setting ``cancel`` (checked at every chunk) raises GenerationCancelled and aborts the request;
+        so does closing the generator.
+        """
+        request = self._request(prompt_ids, options or GenerationOptions())
         done = 0
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("generation cancelled after 0 tokens")
@@ -608,74 +526,25 @@ class VLLMStep1LLM:
             stream.close()  # a stream left early aborts its request on the server / engine
 
     def stream_ids(self, prompt_ids: list[int], options: GenerationOptions | None = None,
-                   cancel: threading.Event | None = None) -> Iterator[list[int]]:
-        """Generated LLM ids in chunks as they arrive (eos included at the end when produced).
-
-        Their concatenation equals ``generate_ids(prompt_ids, options)[0]`` for the same seed. Setting
-        ``cancel`` (checked at every chunk) raises GenerationCancelled and aborts the request; so does
-        closing the generator.
-        """
-        request = self._request(prompt_ids, options or GenerationOptions())
-        yield from self._stream_request(request, cancel)
-
-    def stream_audio_tokens(self, prompt_ids: list[int], options: GenerationOptions | None = None,
-                            cancel: threading.Event | None = None) -> Iterator[list[int]]:
-        """Whole audio groups (codes in [0, 5120)) as soon as each one is generated.
-
-        Their concatenation equals ``generate_audio_tokens(prompt_ids, options).audio_tokens`` for the
-        same seed; raises EmptyGenerationError at the end when no group was produced.
-        """
-        options = options or GenerationOptions()
-        groups = AudioGroupStream(self.eos_id)
-        produced = 0
-        for chunk in self.stream_ids(prompt_ids, options, cancel):
-            codes = [c for token in chunk for c in groups.push(token)]
-            if codes:
-                produced += len(codes)
-                yield codes
-        groups.finish()
-        if not produced:
-            raise EmptyGenerationError("the LLM produced no complete audio-token group; try another seed "
-                                       "or a clearer reference clip")
+                   cancel: threading.Event | None = None) -> Iterator[int]:
+        """Each generated LLM id as it arrives (eos last when produced); see ``stream_id_chunks``."""
+        for chunk in self.stream_id_chunks(prompt_ids, options, cancel):
+            yield from chunk
 
     def generate_ids(self, prompt_ids: list[int], options: GenerationOptions,
                      progress: Callable[[int], None] | None = None,
                      cancel: threading.Event | None = None) -> tuple[list[int], int | None]:
-        """Sample new ids after ``prompt_ids`` until eos or ``options.max_length`` total ids.
-
-        Returns (new ids, eos included when produced; the seed used). With ``progress`` or ``cancel``
-        the request is streamed: ``progress(n)`` gets the count of new tokens as they arrive, and
-        setting ``cancel`` raises GenerationCancelled.
-        """
+        """``TokenStreamLLM.generate_ids``; without ``progress`` and ``cancel`` the request is one plain
+        (non-streamed) completion."""
+        options = self.with_seed(options)
+        if progress is not None or cancel is not None:
+            return super().generate_ids(prompt_ids, options, progress, cancel)
         request = self._request(prompt_ids, options)
-        if progress is None and cancel is None:
-            return self._transport.complete(request), request.seed
-        new: list[int] = []
-        for chunk in self._stream_request(request, cancel):
-            for token in chunk:
-                new.append(token)
-                if progress is not None:
-                    progress(len(new))
-        return new, request.seed
+        return self._transport.complete(request), request.seed
 
     def generate_audio_tokens(self, prompt_ids: list[int], options: GenerationOptions,
                               progress: Callable[[int], None] | None = None,
                               cancel: threading.Event | None = None) -> VLLMGenerationResult:
-        """Generate and parse: whole audio-token groups, or EmptyGenerationError."""
-        start = time.perf_counter()
-        new, seed = self.generate_ids(prompt_ids, options, progress, cancel)
-        seconds = time.perf_counter() - start
-        tokens, dropped = parse_generated_ids(new, self.eos_id)
-        rate = len(new) / seconds if seconds > 0 else 0.0
-        rule = self.repetition_rule
-        log.info("LLM (vLLM %s): prompt %d tokens, %d new tokens in %.2f s (%.1f tokens/s), %d audio tokens "
-                 "kept, %d dropped, seed %s, repetition rule %s", self.mode, len(prompt_ids), len(new),
-                 seconds, rate, len(tokens), dropped, seed, "on" if rule else "OFF")
-        if not tokens:
-            ended = "at eos" if new and new[-1] == self.eos_id else "at the length limit"
-            raise EmptyGenerationError(
-                f"the LLM produced no complete audio-token group ({len(new)} tokens, stopped {ended}); "
-                "try another seed or a clearer reference clip")
-        return VLLMGenerationResult(audio_tokens=tokens, prompt_tokens=len(prompt_ids), new_tokens=len(new),
-                                    seconds=seconds, tokens_per_s=rate, dropped_tokens=dropped, seed=seed,
-                                    repetition_rule=rule)
+        """``TokenStreamLLM.generate_audio_tokens``, flagged with whether the repetition rule ran."""
+        result = super().generate_audio_tokens(prompt_ids, options, progress, cancel)
+        return VLLMGenerationResult(**vars(result), repetition_rule=self.repetition_rule)

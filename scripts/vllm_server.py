@@ -27,11 +27,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from models.llm_vllm import VLLMEngineOptions
 
-from models.llm_vllm import VLLMEngineOptions  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("vllm_server")
 

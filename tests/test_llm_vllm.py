@@ -21,26 +21,26 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from models.llm import GenerationCancelled, GenerationOptions, GenerationResult, Step1LLM, parse_generated_ids
+from errors import GenerationCancelled
+from models.audio_tokens import GroupAligner, token_str
+from models.generation import GenerationOptions, GenerationResult, audio_code, parse_generated_ids
+from models.llm import Step1LLM
 from models.llm_vllm import (
     HF_OVERRIDES,
     REPETITION_PROCESSOR,
-    AudioGroupStream,
     VLLMBackendError,
     VLLMEngineOptions,
     VLLMServerUnavailable,
     VLLMStep1LLM,
 )
-from models.prompts import AUDIO_ID_OFFSET, audio_token_str, build_clone_prompt
+from models.prompts import build_clone_prompt
 from models.step1 import alibi_bias, alibi_slopes
 from scripts.vllm_server import PYTHON_ENV, VLLMServer, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_CODES = [c for g in range(12) for c in (g, 1000 - g, 1024 + g, 2048 + g, 4000 + g)]
-PROMPT_TOKENS = audio_token_str(PROMPT_CODES)
+PROMPT_TOKENS = token_str(PROMPT_CODES)
 NEW_TOKENS = 120  # per generation: enough to cross the repetition rule and several audio groups
 GREEDY_NEW_TOKENS = 400  # greedy decoding of the demo model cycles for a while before whole groups appear
 # What the tests' engines use: fp32 on CPU (from the server helper), eager mode for a quicker start.
@@ -109,34 +109,6 @@ def group(k: int) -> list[int]:
     return [2 * k % 1024, (2 * k + 1) % 1024, 1024 + 3 * k, 1025 + 3 * k, 1026 + 3 * k]
 
 
-llm_ids = st.one_of(
-    st.integers(AUDIO_ID_OFFSET, AUDIO_ID_OFFSET + 1023),  # vq02
-    st.integers(AUDIO_ID_OFFSET + 1024, AUDIO_ID_OFFSET + 5119),  # vq06
-    st.integers(5, 1000),  # text
-    st.integers(AUDIO_ID_OFFSET + 5120, AUDIO_ID_OFFSET + 9215),  # other added tokens
-    st.just(3),  # eos
-)
-
-
-@settings(max_examples=400, deadline=None)
-@given(ids=st.lists(llm_ids, max_size=60))
-def test_audio_group_stream_equals_parse_generated_ids(ids):
-    stream = AudioGroupStream(eos_id=3)
-    out: list[int] = []
-    for token in ids:
-        codes = stream.push(token)
-        assert len(codes) in (0, 5)
-        out += codes
-    stream.finish()
-    assert out == parse_generated_ids(ids, eos_id=3)[0]
-
-
-def test_audio_group_stream_emits_a_group_as_soon_as_it_is_complete():
-    stream = AudioGroupStream(eos_id=3)
-    ids = [AUDIO_ID_OFFSET + c for c in group(0)]
-    assert [stream.push(t) for t in ids[:4]] == [[], [], [], []]
-    assert stream.push(ids[4]) == group(0)
-    assert stream.push(3) == [] and stream.push(ids[0]) == []  # nothing after eos
 
 
 def test_engine_options_carry_the_step1_flags(tmp_path):
@@ -230,14 +202,22 @@ def test_stream_is_incremental_and_equals_the_plain_request(remote, prompt):
     plain, seed = remote.generate_ids(prompt, options)
     # A generation that stops before the cap stopped at eos, which is returned (as natively).
     assert len(plain) == 200 or (plain[-1] == remote.eos_id and remote.eos_id not in plain[:-1])
-    chunks = list(remote.stream_ids(prompt, options))
+    chunks = list(remote.stream_id_chunks(prompt, options))
     assert seed == 5 and len(chunks) > 1 and all(chunks)
-    assert [t for c in chunks for t in c] == plain
+    assert [t for c in chunks for t in c] == plain == list(remote.stream_ids(prompt, options))
     seen: list[int] = []
     with_progress, _ = remote.generate_ids(prompt, options, progress=seen.append)
     assert with_progress == plain and seen == list(range(1, len(plain) + 1))
     result = remote.generate_audio_tokens(prompt, options)
-    groups = list(remote.clone_stream("hello there", PROMPT_TOKENS, "How are you today?", options))
+    aligner, groups = GroupAligner(), []
+    for token in remote.stream_ids(remote.clone_prompt("hello there", PROMPT_TOKENS, "How are you today?"),
+                                   options):
+        code = audio_code(token)
+        if token == remote.eos_id:
+            break
+        if code is not None and (group := aligner.push(code)):
+            groups.append(group)
+    groups.append(aligner.finish())
     assert len(groups) > 1 and all(len(g) % 5 == 0 for g in groups)
     assert [c for g in groups for c in g] == result.audio_tokens == parse_generated_ids(plain, 3)[0]
 
@@ -275,7 +255,7 @@ def never_ending_copy(llm_dir: Path, dest: Path) -> Path:
     """A copy of the demo LLM whose eos logit is hugely negative: every request runs to its cap."""
     from safetensors.torch import load_file, save_file
 
-    from scripts.demo.llm_assets import BIAS_CHANNEL, SHARD
+    from demo.llm_assets import BIAS_CHANNEL, SHARD
 
     shutil.copytree(llm_dir, dest)
     weights = load_file(dest / SHARD)
@@ -433,3 +413,46 @@ def test_backends_benchmark_quick_run(vllm_server, demo_llm_root):
             assert level["tokens_per_s"] > 0 and level["requests_per_s"] > 0
             assert level["requests"] == 2  # --quick: as many as the highest level
     assert "vllm_meets_target" in result
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_the_app_on_the_vllm_backend_streams_then_survives_the_server_dying(vllm_python, demo_models_root,
+                                                                            tmp_path):
+    """app.py --llm-backend vllm --llm-url: a streamed clone through the API; then the server dies:
+    a clear 503, and a request for the native backend still gets audio."""
+    import io
+
+    import soundfile as sf
+
+    from demo.examples import synthetic_voice
+    from tests.app_server import running_app
+
+    server = start_server(demo_models_root / "Step-Audio-EditX", vllm_python,
+                          options=VLLMEngineOptions(**ENGINE), log_path=tmp_path / "vllm.log")
+    try:
+        extra = ["--llm-backend", "vllm", "--llm-url", server.url, "--no-warmup"]
+        (tmp_path / "app").mkdir()
+        with running_app(demo_models_root, tmp_path / "app", extra) as app, \
+                httpx.Client(base_url=app.url, timeout=600) as http:
+            health = app.health()
+            assert health["llm_backend"] == "vllm" and health["llm_repetition_rule"] is True
+            buffer = io.BytesIO()
+            sf.write(buffer, synthetic_voice(3.0, 22050, seed=5), 22050, format="WAV")
+            voice = http.post("/v1/voices", files={"file": ("v.wav", buffer.getvalue(), "audio/wav")},
+                              data={"name": "vllm voice", "text": "a test voice"}).json()["id"]
+            body = {"model": "step-audio-editx", "voice": voice, "input": "Hello over vLLM.", "seed": 3,
+                    "response_format": "pcm", "stream_format": "audio"}
+            with http.stream("POST", "/v1/audio/speech", json=body) as response:
+                assert response.status_code == 200
+                audio = b"".join(response.iter_bytes())
+            assert len(audio) > 0
+            server.kill()
+            down = http.post("/v1/audio/speech", json={**body, "stream_format": None})
+            assert down.status_code == 503, down.text
+            error = down.json()["error"]
+            assert error["code"] == "backend_unavailable" and "vLLM server" in error["message"]
+            native = http.post("/v1/audio/speech", json={**body, "model": "native", "stream_format": None})
+            assert native.status_code == 200 and native.headers["x-backend"] == "native"
+    finally:
+        server.stop()

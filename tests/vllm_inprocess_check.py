@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from models.llm import GenerationOptions
+from models.generation import GenerationOptions
 from models.llm_vllm import VLLMEngineOptions, VLLMStep1LLM
 
 
@@ -33,7 +33,7 @@ def run_job(llm: VLLMStep1LLM, job: dict) -> dict:
         ids, used = llm.generate_ids(prompt, options)
         out = {"ids": ids, "seed": used}
         if job.get("stream"):
-            out["chunks"] = list(llm.stream_ids(prompt, options))
+            out["chunks"] = list(llm.stream_id_chunks(prompt, options))
         return out
 
     seed = job.get("seed")

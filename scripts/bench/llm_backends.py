@@ -29,9 +29,11 @@ from pathlib import Path
 import torch
 
 from model_layout import LLM_FOLDER, is_demo_models
-from models.llm import GenerationOptions, Step1LLM
+from models.audio_tokens import token_str
+from models.generation import GenerationOptions
+from models.llm import Step1LLM
 from models.llm_vllm import VLLMEngineOptions, VLLMStep1LLM
-from models.prompts import audio_token_str, build_clone_prompt
+from models.prompts import build_clone_prompt
 from scripts.vllm_server import PYTHON_ENV, start_server
 
 log = logging.getLogger("bench.llm_backends")
@@ -60,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _clone_prompt(llm: Step1LLM | VLLMStep1LLM, groups: int) -> list[int]:
     codes = [c for g in range(groups) for c in (g % 1024, (7 * g) % 1024, 1024 + g, 2048 + g, 3072 + g)]
-    return build_clone_prompt(llm.tokenizer, "This is the reference sentence.", audio_token_str(codes),
+    return build_clone_prompt(llm.tokenizer, "This is the reference sentence.", token_str(codes),
                               "And this is the sentence to say in that voice.")
 
 
