@@ -3,6 +3,7 @@
     python scripts/benchmark.py tokenizer --model-dir DIR --json OUT
     python scripts/benchmark.py llm       --model-dir DIR --json OUT
     python scripts/benchmark.py vocoder   --model-dir DIR --json OUT
+    python scripts/benchmark.py vocoder_stream --json OUT [--quick]
     python scripts/benchmark.py clone     --model-dir DIR --json OUT
     python scripts/benchmark.py all       --model-dir DIR --out report.md
 
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-STAGES = ("tokenizer", "llm", "vocoder", "clone", "all")
+STAGES = ("tokenizer", "llm", "vocoder", "vocoder_stream", "clone", "all")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
