@@ -26,8 +26,8 @@ and reported identical to its twin when both cut rules keep the same estimator c
 every cut a later chunk reads (checked on the twin's recorded cache positions; then the session
 computes bitwise the same). unity_crossfade only changes the joins: rebuilt exactly from the same
 run's HiFT output. The full settings (3 s prompt, 10 s target, 3 seeds, 10 steps) take well
-under a minute on a GPU and far longer on 2 CPU cores; ``--quick`` (1 seed, 3 s prompt, 5 s
-target, 2 Euler steps) takes a couple of minutes there.
+under a minute on a GPU and over an hour on 2 busy CPU cores; ``--quick`` (1 seed, 3 s prompt,
+5 s target, 2 Euler steps) took 3 min of CPU time there (4 min wall on a shared machine).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true",
-                        help="1 seed, 3 s prompt, 5 s target, 2 Euler steps (a couple of minutes on 2 CPUs)")
+                        help="1 seed, 3 s prompt, 5 s target, 2 Euler steps (~3 CPU-minutes on 2 cores)")
 
 
 def synthetic_prompt(vocoder: Vocoder, seconds: float, rng: np.random.Generator) -> PromptFeatures:
