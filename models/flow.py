@@ -7,18 +7,23 @@ together (``CausalMaskedDiffWithXvec``). Parameter names follow the released ``f
 
 Shapes: B batch (the vocoder decodes one request at a time, B = 1), T token frames (25 Hz),
 2T mel frames (50 Hz), C model width, 80 mel bins.
+
+Streaming: ``encode_chunk`` / ``UpsampleConformerEncoderV2.forward_chunk`` and
+``CausalConditionalCFM.forward_chunk`` run one chunk with the caches of the chunks before it
+(``models/vocoder_stream.py`` drives them); the whole-sequence methods are unchanged.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.dit import DiT
+from models.dit import BlockCache, DiT
 
 MEL_BINS = 80
 
@@ -70,8 +75,12 @@ class LinearEmbed(nn.Module):
         self.xscale = math.sqrt(odim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.out(x) * self.xscale
+        x = self.scale(x)
         return x, relative_position_encoding(x.size(1), self.d_model, x.device, x.dtype)
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, idim) -> (B, T, C): Linear, LayerNorm, x sqrt(C), without the position table."""
+        return self.out(x) * self.xscale
 
 
 class RelPositionMultiHeadedAttention(nn.Module):
@@ -101,10 +110,26 @@ class RelPositionMultiHeadedAttention(nn.Module):
         return padded[:, :, 1:].reshape(b, h, t, n)[:, :, :, : n // 2 + 1]
 
     def forward(self, x: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C); pos_emb (1, 2T-1, C) -> (B, T, C)."""
+        return self.forward_chunk(x, pos_emb)[0]
+
+    def forward_chunk(
+        self, x: torch.Tensor, pos_emb: torch.Tensor, cache: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C) new frames; cache (B, H, S, 2*d_k) keys | values of the S frames before them;
+        pos_emb (1, 2(S+T)-1, C) the table over cache + chunk.
+
+        Keys are [cache ; chunk] in time order and ``rel_shift`` gives every query its distance to
+        each key; no mask. Returns (B, T, C) and the new cache (B, H, S+T, 2*d_k).
+        """
         b, t, _ = x.shape
         q = self.linear_q(x).view(b, t, self.h, self.d_k)
         k = self.linear_k(x).view(b, t, self.h, self.d_k).transpose(1, 2)
         v = self.linear_v(x).view(b, t, self.h, self.d_k).transpose(1, 2)
+        if cache is not None:
+            k_cache, v_cache = cache.chunk(2, dim=-1)
+            k = torch.cat([k_cache, k], dim=2)
+            v = torch.cat([v_cache, v], dim=2)
         p = self.linear_pos(pos_emb).view(pos_emb.size(0), -1, self.h, self.d_k).transpose(1, 2)
         q_u = (q + self.pos_bias_u).transpose(1, 2)
         q_v = (q + self.pos_bias_v).transpose(1, 2)
@@ -112,7 +137,8 @@ class RelPositionMultiHeadedAttention(nn.Module):
         matrix_bd = self.rel_shift(torch.matmul(q_v, p.transpose(-2, -1)))
         scores = (matrix_ac + matrix_bd) / math.sqrt(self.d_k)
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
-        return self.linear_out(out.transpose(1, 2).reshape(b, t, self.h * self.d_k))
+        out = self.linear_out(out.transpose(1, 2).reshape(b, t, self.h * self.d_k))
+        return out, torch.cat([k, v], dim=-1)
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -137,11 +163,20 @@ class ConformerEncoderLayer(nn.Module):
         self.normalize_before = normalize_before
 
     def forward(self, x: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
+        return self.forward_chunk(x, pos_emb)[0]
+
+    def forward_chunk(
+        self, x: torch.Tensor, pos_emb: torch.Tensor, cache: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C) with the attention cache of the frames before it (see the attention's
+        ``forward_chunk``) -> (B, T, C) and the new attention cache."""
         if self.normalize_before:
-            x = x + self.self_attn(self.norm_mha(x), pos_emb)
-            return x + self.feed_forward(self.norm_ff(x))
-        x = self.norm_mha(x + self.self_attn(x, pos_emb))
-        return self.norm_ff(x + self.feed_forward(x))
+            h, cache = self.self_attn.forward_chunk(self.norm_mha(x), pos_emb, cache)
+            x = x + h
+            return x + self.feed_forward(self.norm_ff(x)), cache
+        h, cache = self.self_attn.forward_chunk(x, pos_emb, cache)
+        x = self.norm_mha(x + h)
+        return self.norm_ff(x + self.feed_forward(x)), cache
 
 
 class PreLookaheadLayer(nn.Module):
@@ -159,6 +194,23 @@ class PreLookaheadLayer(nn.Module):
         out = self.conv2(F.pad(out, (2, 0)))
         return out.transpose(1, 2) + x
 
+    def forward_chunk(
+        self, x: torch.Tensor, cache: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C) whose last ``pre_lookahead_len`` frames are lookahead; cache (B, C, 2) the
+        previous chunk's last conv1 outputs (None: zeros, as the left pad).
+
+        No padding: conv1 reads the lookahead frames instead of zeros. Returns (B, T - lookahead, C)
+        and the new cache (this chunk's last 2 conv1 outputs).
+        """
+        context = self.conv2.kernel_size[0] - 1
+        out = F.leaky_relu(self.conv1(x.transpose(1, 2)))
+        new_cache = out[:, :, out.size(2) - context :]
+        if cache is None:
+            cache = out.new_zeros(out.size(0), out.size(1), context)
+        out = self.conv2(torch.cat([cache, out], dim=2))
+        return out.transpose(1, 2) + x[:, : x.size(1) - self.pre_lookahead_len], new_cache
+
 
 class Upsample1D(nn.Module):
     """Nearest upsampling by ``scale_factor``, left zero pad 2*stride, conv k = 2*stride+1."""
@@ -173,6 +225,34 @@ class Upsample1D(nn.Module):
         """(B, C, T) -> (B, C', T * scale_factor)."""
         x = F.interpolate(x, scale_factor=self.scale_factor, mode="nearest")
         return self.conv(F.pad(x, (self.stride * 2, 0)))
+
+    def forward_chunk(
+        self, x: torch.Tensor, cache: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, T); cache (B, C, 2*stride) the previous upsampled frames (None: zeros)
+        -> (B, C', T * scale_factor) and the new cache (the last 2*stride frames of [cache ; up])."""
+        x = F.interpolate(x, scale_factor=self.scale_factor, mode="nearest")
+        if cache is None:
+            cache = x.new_zeros(x.size(0), x.size(1), self.stride * 2)
+        x = torch.cat([cache, x], dim=2)
+        return self.conv(x), x[:, :, x.size(2) - self.stride * 2 :]
+
+
+@dataclass
+class EncoderCache:
+    """Streaming state of ``UpsampleConformerEncoderV2`` after S token frames (2S mel frames).
+
+    lookahead: (B, C, 2) last conv1 outputs of the pre-lookahead layer;
+    upsample: (B, C, 2*stride) last upsampled frames before the up conv;
+    token_att: (num_blocks, B, H, S, 2*d_k) keys | values of the token-rate layers;
+    mel_att: (num_up_blocks, B, H, 2S, 2*d_k) keys | values of the mel-rate layers.
+    Never cut: it grows with the request (as upstream).
+    """
+
+    lookahead: torch.Tensor
+    upsample: torch.Tensor
+    token_att: torch.Tensor
+    mel_att: torch.Tensor
 
 
 class UpsampleConformerEncoderV2(nn.Module):
@@ -248,6 +328,45 @@ class UpsampleConformerEncoderV2(nn.Module):
             xs = layer(xs, pos_emb)
         return self.after_norm(xs) if self.normalize_before else xs
 
+    def forward_chunk(
+        self, xs: torch.Tensor, last: bool = False, cache: EncoderCache | None = None
+    ) -> tuple[torch.Tensor, EncoderCache]:
+        """One chunk of token frames (B, T, input_size) at 25 Hz, attending over every frame before it.
+
+        Not last: the chunk's last ``pre_lookahead_len`` frames are lookahead only, the output is
+        (B, 2(T - lookahead), C). Last: 3 zero frames are appended after the input Linear + LayerNorm
+        + scale (the non-stream right pad), so every frame is emitted: (B, 2T, C).
+        Returns the output and the cache including this chunk.
+        """
+        lookahead = self.pre_lookahead_layer.pre_lookahead_len
+        xs = self.embed.scale(xs)
+        if last:
+            xs = F.pad(xs, (0, 0, 0, lookahead))
+        xs, lookahead_cache = self.pre_lookahead_layer.forward_chunk(
+            xs, None if cache is None else cache.lookahead
+        )
+        xs, token_att = self._layers_chunk(self.encoders, xs, None if cache is None else cache.token_att)
+        xs, upsample_cache = self.up_layer.forward_chunk(
+            xs.transpose(1, 2), None if cache is None else cache.upsample
+        )
+        xs = self.up_embed.scale(xs.transpose(1, 2))
+        xs, mel_att = self._layers_chunk(self.up_encoders, xs, None if cache is None else cache.mel_att)
+        if self.normalize_before:
+            xs = self.after_norm(xs)
+        return xs, EncoderCache(lookahead_cache, upsample_cache, token_att, mel_att)
+
+    def _layers_chunk(
+        self, layers: nn.ModuleList, xs: torch.Tensor, cache: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conformer layers over a chunk (B, T, C) with relative positions over cache + chunk."""
+        past = 0 if cache is None else cache.size(3)
+        pos_emb = relative_position_encoding(past + xs.size(1), self._output_size, xs.device, xs.dtype)
+        new_cache = []
+        for i, layer in enumerate(layers):
+            xs, layer_cache = layer.forward_chunk(xs, pos_emb, None if cache is None else cache[i])
+            new_cache.append(layer_cache)
+        return xs, torch.stack(new_cache)
+
 
 # Called after each Euler step with (step index, x, t, estimator output); the conformance tests use it.
 StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -289,27 +408,80 @@ class CausalConditionalCFM(nn.Module):
         The state x and the time t stay in float32 whatever the estimator's dtype, so half
         precision only touches the network, not the integration.
         """
+        mask_in = torch.cat([mask, mask], dim=0)
+        mu_in, spks_in, cond_in = self._guidance_batch(mu, spks, cond)
+
+        def velocity(step: int, x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+            out = self.estimator(x_in, mask_in, mu_in, t_in, spks_in, cond_in)
+            if on_step is not None:
+                on_step(step, x_in, t_in, out)
+            return out
+
+        return self._solve(noise, n_steps, mu.dtype, velocity)
+
+    def forward_chunk(
+        self,
+        noise: torch.Tensor,
+        mu: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        n_steps: int = 10,
+        cache: list[list[BlockCache]] | None = None,
+    ) -> tuple[torch.Tensor, list[list[BlockCache]]]:
+        """One chunk of M frames with the estimator caches of the frames before it.
+
+        noise, mu, cond (1, 80, M); spks (1, 80); ``cache[step][block]`` one ``BlockCache`` per Euler
+        step and DiT block (None: nothing before). The same schedule, guidance and Euler updates as
+        ``forward``, without a mask. Returns mel (1, 80, M) float32 and the caches including the chunk.
+        """
+        mu_in, spks_in, cond_in = self._guidance_batch(mu, spks, cond)
+        new_cache: list[list[BlockCache]] = []
+
+        def velocity(step: int, x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+            out, step_cache = self.estimator.forward_chunk(
+                x_in, mu_in, t_in, spks_in, cond_in, None if cache is None else cache[step]
+            )
+            new_cache.append(step_cache)
+            return out
+
+        return self._solve(noise, n_steps, mu.dtype, velocity), new_cache
+
+    @staticmethod
+    def _guidance_batch(
+        mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Row 2 of the batch is the unconditional branch: mu, speaker and prompt condition zeroed."""
+        return (
+            torch.cat([mu, torch.zeros_like(mu)], dim=0),
+            torch.cat([spks, torch.zeros_like(spks)], dim=0),
+            torch.cat([cond, torch.zeros_like(cond)], dim=0),
+        )
+
+    def _solve(
+        self,
+        noise: torch.Tensor,
+        n_steps: int,
+        net_dtype: torch.dtype,
+        velocity: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """Euler steps on the cosine schedule from ``noise`` (1, 80, N) -> (1, 80, N) float32.
+
+        ``velocity(step, x_in, t_in)`` is the estimator on the guidance batch [x, x] (2, 80, N); its two
+        rows are combined with rate ``inference_cfg_rate``.
+        """
         if self.inference_cfg_rate <= 0:
             raise ValueError("inference_cfg_rate must be > 0 (classifier-free guidance is always on)")
         if n_steps < 1:
             raise ValueError(f"n_steps must be at least 1, got {n_steps}")
-        net_dtype = mu.dtype
-        t_span = cosine_t_span(n_steps, mu.device, torch.float32)
+        t_span = cosine_t_span(n_steps, noise.device, torch.float32)
         x = noise.to(torch.float32)
         t = t_span[0].unsqueeze(0)
         dt = t_span[1] - t_span[0]
-        # row 2 of the batch is the unconditional branch: mu, speaker and prompt condition zeroed
-        mask_in = torch.cat([mask, mask], dim=0)
-        mu_in = torch.cat([mu, torch.zeros_like(mu)], dim=0)
-        spks_in = torch.cat([spks, torch.zeros_like(spks)], dim=0)
-        cond_in = torch.cat([cond, torch.zeros_like(cond)], dim=0)
         rate = self.inference_cfg_rate
         for step in range(1, n_steps + 1):
             x_in = torch.cat([x, x], dim=0).to(net_dtype)
             t_in = torch.cat([t, t], dim=0).to(net_dtype)
-            out = self.estimator(x_in, mask_in, mu_in, t_in, spks_in, cond_in)
-            if on_step is not None:
-                on_step(step - 1, x_in, t_in, out)
+            out = velocity(step - 1, x_in, t_in)
             v_cond, v_uncond = out.float().split([x.size(0), x.size(0)], dim=0)
             x = x + dt * ((1.0 + rate) * v_cond - rate * v_uncond)
             t = t + dt  # t is accumulated, and the next dt is measured from it (as upstream)
@@ -357,6 +529,14 @@ class CausalMaskedDiffWithXvec(nn.Module):
         """(1, T, 2) token pairs (prompt then target) -> mu (1, 2T, 80)."""
         h = self.encoder(self.input_embedding(torch.clamp(tokens, min=0)))
         return self.encoder_proj(h)
+
+    def encode_chunk(
+        self, tokens: torch.Tensor, last: bool, cache: EncoderCache | None = None
+    ) -> tuple[torch.Tensor, EncoderCache]:
+        """One chunk of (1, T, 2) token pairs -> mu (1, 2(T - lookahead), 80), or (1, 2T, 80) when
+        ``last``, and the encoder cache including the chunk (``UpsampleConformerEncoderV2.forward_chunk``)."""
+        h, cache = self.encoder.forward_chunk(self.input_embedding(torch.clamp(tokens, min=0)), last, cache)
+        return self.encoder_proj(h), cache
 
     @torch.inference_mode()
     def inference(

@@ -291,23 +291,38 @@ class HiFTGenerator(nn.Module):
         wave = torch.istft(spec, self.n_fft, self.hop_len, self.n_fft, window=self.stft_window(mel.device))
         return torch.clamp(wave, -self.audio_limit, self.audio_limit)
 
-    def f0_to_source(self, f0: torch.Tensor, draws: SineDraws) -> torch.Tensor:
-        """F0 (B, T) at the mel rate -> source (B, 1, 480*T): nearest up-sampling, then the NSF source."""
+    def f0_to_source(
+        self, f0: torch.Tensor, draws: SineDraws, prefix: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """F0 (B, T) at the mel rate -> source (B, 1, 480*T): nearest up-sampling, then the NSF source.
+
+        ``prefix`` (B, 1, n) replaces the first n source samples (streaming: the previous chunk's
+        last samples, so the excitation carries on across the join, as upstream's ``cache_source``).
+        """
         f0_up = F.interpolate(f0[:, None].float(), scale_factor=float(self.upsample_scale), mode="nearest")
-        return self.m_source(f0_up.transpose(1, 2), draws).transpose(1, 2)
+        source = self.m_source(f0_up.transpose(1, 2), draws).transpose(1, 2)
+        if prefix is not None and prefix.size(-1) > 0:
+            source = torch.cat([prefix.to(source), source[:, :, prefix.size(-1) :]], dim=2)
+        return source
 
     @torch.inference_mode()
     def inference(
-        self, mel: torch.Tensor, generator: torch.Generator | None = None, draws: SineDraws | None = None
+        self,
+        mel: torch.Tensor,
+        generator: torch.Generator | None = None,
+        draws: SineDraws | None = None,
+        source_prefix: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """mel (B, 80, T) -> (waveform (B, 480*T) float32, source (B, 1, 480*T) float32).
 
         The source's random draws come from ``draws`` when given (conformance tests), else from
-        ``generator`` (a CPU ``torch.Generator``; None means torch's global RNG).
+        ``generator`` (a CPU ``torch.Generator``; None means torch's global RNG). ``source_prefix``
+        (B, 1, n <= 480*T) overwrites the start of the source (see ``f0_to_source``).
         """
         dtype = self.conv_pre.weight.dtype
         f0 = self.f0_predictor(mel.to(dtype)).float()
         if draws is None:
             draws = SineDraws.draw(f0.size(0), f0.size(1) * self.upsample_scale, self.m_source.dim, generator)
-        source = self.f0_to_source(f0, SineDraws(draws.rand_ini.to(f0.device), draws.noise.to(f0.device)))
+        draws = SineDraws(draws.rand_ini.to(f0.device), draws.noise.to(f0.device))
+        source = self.f0_to_source(f0, draws, source_prefix)
         return self.decode(mel, source), source

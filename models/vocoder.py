@@ -3,6 +3,8 @@
     vocoder = Vocoder.load(root / "Step-Audio-EditX" / "CosyVoice-300M-25Hz")
     prompt = vocoder.prompt_features(audio, sample_rate)        # mel + CAM++ embedding, cacheable
     wave = vocoder.decode(tokens, prompt_tokens, prompt, n_steps=10, seed=0)
+    with vocoder.stream(prompt_tokens, prompt, n_steps=10, seed=0) as session:   # models/vocoder_stream.py
+        pieces = [session.feed(new_tokens), ..., session.feed([], last=True)]
 
 Frontend (here): the mixed [02,02,06,06,06] stream is reshaped to time-aligned token pairs at
 25 Hz, the reference mel is aligned to twice the prompt's pair count, prompt mel and speaker
@@ -20,8 +22,9 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,7 +35,7 @@ from audio_prep import PROMPT_PEAK, SPEAKER_SAMPLE_RATE, VOCODER_SAMPLE_RATE, re
 from errors import ModelFilesError
 from lru import LRU
 from model_layout import COSYVOICE_CONFIG_FILE, FLOW_FILE, HIFT_FILE, SPEAKER_FILE
-from models.audio_tokens import AUDIO_CODES, GROUP_SIZE, VQ02_CODES
+from models.audio_tokens import AUDIO_CODES, GROUP_SIZE, VQ02_CODES, VQ06_PER_GROUP
 from models.cosyvoice_config import load_cosyvoice_config
 from models.device import pick_device, pick_dtype
 from models.flow import MEL_BINS, CausalMaskedDiffWithXvec, StepHook
@@ -41,11 +44,15 @@ from models.mel import MelConfig, log_mel_spectrogram, mel_filters
 from models.prompt_features import PromptFeatures
 from models.speaker import SpeakerEncoder
 
+if TYPE_CHECKING:
+    from models.vocoder_stream import StreamChunk, StreamOptions, VocoderStream
+
 log = logging.getLogger(__name__)
 
 
 # Mixed stream ids: vq02 in [0, VQ02_CODES), vq06 + 1024 in [VQ02_CODES, AUDIO_CODES). In the
 # vocoder's vq02 column, id VQ02_CODES pads the third slot of each group (one vq02 per 3 frames).
+GROUP_FRAMES = VQ06_PER_GROUP  # a group is 3 time-aligned token frames at 25 Hz (one per vq06 code)
 GROUP_PAD = (0, 0, 0, VQ02_CODES, VQ02_CODES, VQ02_CODES)  # upstream pads a partial group with its tail
 NOISE_FRAMES = 50 * 600  # upstream's noise buffer: 600 s of 50 Hz mel frames
 NOISE_BUFFERS_KEPT = 4  # per-seed noise buffers kept (10 MB each; drawing one costs tens of ms)
@@ -80,7 +87,8 @@ def bf16_round(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).to(x.dtype)
 
 
-def _check_tokens(tokens: Sequence[int], what: str) -> None:
+def check_mixed_tokens(tokens: Sequence[int], what: str) -> None:
+    """Raise ValueError naming the first id of ``tokens`` outside [0, AUDIO_CODES)."""
     for i, t in enumerate(tokens):
         if not 0 <= int(t) < AUDIO_CODES:
             raise ValueError(
@@ -356,18 +364,49 @@ class Vocoder:
         """
         if len(tokens) == 0:
             raise ValueError("no audio tokens to decode (the LLM produced no audio)")
-        _check_tokens(tokens, "tokens")
-        _check_tokens(prompt_tokens, "prompt_tokens")
+        check_mixed_tokens(tokens, "tokens")
         if seed is None:
             seed = secrets.randbits(63)
         token = torch.from_numpy(reshape_mixed_tokens(tokens))[None]
+        prompt_token, aligned, embedding = self.prompt_inputs(prompt_tokens, prompt)
+        noise, generator = self.request_randomness(int(seed))
+        speech, _, _ = self.synthesize(
+            token, prompt_token, aligned, embedding, noise, n_steps, generator=generator
+        )
+        return speech[0].numpy()
+
+    def prompt_inputs(
+        self, prompt_tokens: Sequence[int], prompt: PromptFeatures
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The flow's prompt inputs: token pairs (1, Tp, 2) int64, mel (1, 2*Tp, 80) aligned to them and
+        embedding (1, 192), both rounded to bfloat16 as upstream ``tts.py`` hands them over (CPU tensors)."""
+        check_mixed_tokens(prompt_tokens, "prompt_tokens")
         prompt_token = torch.from_numpy(reshape_mixed_tokens(prompt_tokens)).reshape(1, -1, 2)
         mel = torch.as_tensor(np.asarray(prompt.mel, dtype=np.float32)).reshape(1, -1, MEL_BINS)
         embedding = torch.as_tensor(np.asarray(prompt.speaker_embedding, dtype=np.float32)).reshape(1, -1)
-        # upstream tts.py hands both prompt inputs to the vocoder as bfloat16
         aligned = align_prompt_mel(bf16_round(mel), self.flow.up_rate * prompt_token.size(1))
-        noise, generator = self.request_randomness(int(seed))
-        speech, _, _ = self.synthesize(
-            token, prompt_token, aligned, bf16_round(embedding), noise, n_steps, generator=generator
+        return prompt_token, aligned, bf16_round(embedding)
+
+    def stream(
+        self,
+        prompt_tokens: Sequence[int],
+        prompt: PromptFeatures,
+        n_steps: int = 10,
+        seed: int | None = 0,
+        options: StreamOptions | None = None,
+        *,
+        noise: torch.Tensor | None = None,
+        sine_draws: Callable[[int, int], SineDraws] | None = None,
+        on_chunk: Callable[[StreamChunk], None] | None = None,
+    ) -> VocoderStream:
+        """A streaming session for one request: feed it mixed tokens as they come, get audio pieces.
+
+        See ``models/vocoder_stream.VocoderStream`` (protocol, options, the test hooks ``noise``,
+        ``sine_draws`` and ``on_chunk``); ``options`` None means ``DEFAULT_STREAM_OPTIONS``.
+        """
+        from models.vocoder_stream import VocoderStream
+
+        return VocoderStream(
+            self, prompt_tokens, prompt, n_steps, seed, options,
+            noise=noise, sine_draws=sine_draws, on_chunk=on_chunk,
         )
-        return speech[0].numpy()

@@ -4,6 +4,7 @@
     python scripts/benchmark.py llm       --model-dir DIR --json OUT
     python scripts/benchmark.py llm_backends --model-dir DIR --json OUT   (native vs vLLM)
     python scripts/benchmark.py vocoder   --model-dir DIR --json OUT
+    python scripts/benchmark.py vocoder_stream --json OUT [--quick]
     python scripts/benchmark.py clone     --model-dir DIR --json OUT
     python scripts/benchmark.py all       --model-dir DIR --out report.md
 
@@ -19,7 +20,7 @@ import json
 import logging
 from pathlib import Path
 
-STAGES = ("tokenizer", "llm", "llm_backends", "vocoder", "clone", "all")
+STAGES = ("tokenizer", "llm", "llm_backends", "vocoder", "vocoder_stream", "clone", "all")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
