@@ -237,7 +237,8 @@ def test_a_full_queue_is_429(http, voice_id):
             "stream_format": "audio"}
     results: list[int] = []
     with http.stream("POST", "/v1/audio/speech", json=body) as running:
-        next(running.iter_bytes())  # the first request holds the slot
+        chunks = running.iter_bytes()
+        next(chunks)  # the first request holds the slot
         waiting = threading.Thread(target=lambda: results.append(
             http.post("/v1/audio/speech", json={**body, "stream_format": None}).status_code))
         waiting.start()
@@ -245,6 +246,6 @@ def test_a_full_queue_is_429(http, voice_id):
             pass
         refused = http.post("/v1/audio/speech", json=body)
         assert refused.status_code == 429 and error_of(refused)["code"] == "queue_full"
-        b"".join(running.iter_bytes())
+        b"".join(chunks)
     waiting.join()
     assert results == [200]

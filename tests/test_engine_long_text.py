@@ -48,8 +48,10 @@ def run(engine: CloneEngine, request, cancel=None) -> tuple[list, SynthesisResul
     return events[:-1], events[-1]
 
 
-def test_long_text_is_spoken_chunk_by_chunk_and_joined(engine, reference):
-    request = CloneRequest(reference, SR, "a test voice", LONG_TEXT, SynthesisOptions(seed=3, **OPTIONS))
+@pytest.mark.parametrize("stream", [False, True], ids=["whole_chunks", "streaming_vocoder"])
+def test_long_text_is_spoken_chunk_by_chunk_and_joined(engine, reference, stream):
+    request = CloneRequest(reference, SR, "a test voice", LONG_TEXT,
+                           SynthesisOptions(seed=3, stream=stream, **OPTIONS))
     events, result = run(engine, request)
     chunks = result.report.chunks
     assert len(chunks) >= 4 and all(len(c.text) <= OPTIONS["chunk_chars"] for c in chunks)
@@ -142,3 +144,16 @@ def test_a_long_version_is_edited_segment_by_segment(engine, reference):
     assert len(cloned.voices) == len(cloned.segments) > 1
     assert [c.text for c in edited.report.chunks] == [s.text for s in cloned.segments]
     assert edited.report.tokens_from == "kept" and len(edited.audio)
+
+
+def test_the_streaming_vocoder_plays_while_the_llm_is_still_sampling(engine, reference):
+    request = CloneRequest(reference, SR, "a test voice", "One sentence, spoken as it is made.",
+                           SynthesisOptions(seed=9, stream=True, max_new_tokens=120))
+    events, result = run(engine, request)
+    first_audio = next(i for i, e in enumerate(events) if isinstance(e, AudioPiece))
+    last_llm = max(i for i, e in enumerate(events) if isinstance(e, Progress) and e.stage == "llm")
+    assert first_audio < last_llm  # audio came out before the LLM's last group of the chunk
+    assert result.report.stream and 0 < result.report.ttfa_s < result.report.total_s
+    pieces = [e.audio for e in events if isinstance(e, AudioPiece)]
+    assert len(pieces) > 1 and np.array_equal(np.concatenate(pieces), result.audio)
+    assert len(result.audio) == 2880 * len(result.audio_tokens) // 5
