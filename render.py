@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 SEED_SPACE = 2**32
 CHUNK_SEED_STEP = 7919  # chunk k of a request samples with seed + k * step (a prime: no overlaps)
 RETRY_SEED_STEP = 104729  # the retry of a chunk that made no audio adds this
+PREFETCH_TOKENS = 256  # tokens the LLM may run ahead of the streaming vocoder
 
 
 def chunk_seed(seed: int, chunk: int, attempt: int = 0) -> int:
@@ -122,6 +124,8 @@ class Render:
         new = dropped_text = 0
         try:
             stream = self.llm.stream_ids(ids, generation, self.cancel)
+            if session is not None:  # sample the next tokens while the vocoder works on these
+                stream = Prefetched(stream)
             with contextlib.closing(stream):
                 while True:
                     t0 = time.perf_counter()
@@ -133,7 +137,8 @@ class Render:
                         self.stopped = True
                         break
                     finally:
-                        self._add_llm(chunk_report, time.perf_counter() - t0)
+                        if session is None:
+                            self._add_llm(chunk_report, time.perf_counter() - t0)
                     new += 1
                     if token == self.llm.eos_id:
                         break
@@ -148,6 +153,8 @@ class Render:
                         yield Progress(index + 1, len(self.jobs), self._llm_audio_s)
                         if session is not None:
                             yield from self._vocode_stream(index, session, groups, False, chunk_report)
+            if isinstance(stream, Prefetched):  # its own clock: the LLM ran beside the vocoder
+                self._add_llm(chunk_report, stream.busy_s)
             final = aligner.finish()
             tokens += final
             self._llm_audio_s += len(final) / TOKENS_PER_SECOND
@@ -216,6 +223,66 @@ class Render:
         chunk_report.audio_tokens = kept
         self.report.new_tokens += new
         self.report.dropped_tokens += dropped
+
+
+class Prefetched:
+    """An iterator run ahead in a thread of its own (here: the LLM sampling while the vocoder works).
+
+    Items, the end and any exception arrive in order through a bounded queue. ``close()`` stops the
+    producer and closes the source generator in the producer's own thread (a generator holding a
+    lock releases it where it took it). ``busy_s`` is the producer's wall time.
+    """
+
+    _END = object()
+
+    def __init__(self, source: Iterator, max_ahead: int = PREFETCH_TOKENS):
+        self._source = source
+        self._items: queue.Queue = queue.Queue(maxsize=max_ahead)
+        self._stop = threading.Event()
+        self.busy_s = 0.0
+        self._thread = threading.Thread(target=self._produce, name="llm-prefetch", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        start = time.perf_counter()
+        try:
+            for item in self._source:
+                if not self._put((True, item)):
+                    break
+            else:
+                self._put((True, self._END))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            self._put((False, exc))
+        finally:
+            self.busy_s = time.perf_counter() - start
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                close()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Prefetched:
+        return self
+
+    def __next__(self):
+        ok, item = self._items.get()
+        if not ok:
+            raise item
+        if item is self._END:
+            self._thread.join()
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _quote(text: str, limit: int = 60) -> str:

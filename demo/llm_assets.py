@@ -53,6 +53,11 @@ CONFIG = {
     "use_cache": True,
     "torch_dtype": "bfloat16",
 }
+# The released Step-Audio-EditX LLM's layer sizes (tests/fixtures/reference/llm/STEP1_FACTS.md), for
+# benchmarks that write random weights of the real width (and REAL_LAYERS deep, or fewer).
+REAL_SHAPES = {"hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 48,
+               "num_attention_groups": 4, "vocab_size": 74752}
+REAL_LAYERS = 32
 TOKENIZER_CONFIG = {
     "tokenizer_class": "LlamaTokenizer",
     "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
@@ -121,9 +126,9 @@ def train_tokenizer(rng: np.random.Generator) -> bytes:
     return model.getvalue()
 
 
-def _weights(rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    h, i, v = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["vocab_size"]
-    nh, g = CONFIG["num_attention_heads"], CONFIG["num_attention_groups"]
+def _weights(rng: np.random.Generator, config: dict) -> dict[str, torch.Tensor]:
+    h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    nh, g = config["num_attention_heads"], config["num_attention_groups"]
     kv = h // nh * g
 
     def normal(shape: tuple[int, ...], std: float) -> np.ndarray:
@@ -133,7 +138,7 @@ def _weights(rng: np.random.Generator) -> dict[str, torch.Tensor]:
     embed = normal((v, h), 1.0)
     embed[:, BIAS_CHANNEL] = BIAS_CHANNEL_VALUE
     w["model.embed_tokens.weight"] = embed
-    for layer in range(CONFIG["num_hidden_layers"]):
+    for layer in range(config["num_hidden_layers"]):
         p = f"model.layers.{layer}."
         w[p + "input_layernorm.weight"] = 1 + normal((h,), 0.1)
         w[p + "self_attn.q_proj.weight"] = normal((h, h), h ** -0.5)
@@ -160,7 +165,7 @@ def _weights(rng: np.random.Generator) -> dict[str, torch.Tensor]:
     head[EOT_ID] = normal((h,), EOS_LOGIT_STD / h ** 0.5)
     head[:, BIAS_CHANNEL] = bias / BIAS_CHANNEL_NORMED
     w["lm_head.weight"] = head
-    return {k: torch.from_numpy(a).to(torch.bfloat16) for k, a in w.items()}
+    return {k: torch.from_numpy(w.pop(k)).to(torch.bfloat16) for k in list(w)}
 
 
 def write_checkpoint(out: Path, weights: dict[str, torch.Tensor], config: dict) -> None:
@@ -174,13 +179,17 @@ def write_checkpoint(out: Path, weights: dict[str, torch.Tensor], config: dict) 
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def write(root: Path, seed: int) -> None:
-    """Write ``root/Step-Audio-EditX/`` (LLM files only; the vocoder part adds CosyVoice-300M-25Hz/)."""
+def write(root: Path, seed: int, config: dict | None = None) -> None:
+    """Write ``root/Step-Audio-EditX/`` (LLM files only; the vocoder part adds CosyVoice-300M-25Hz/).
+
+    ``config`` overrides layer sizes of the tiny CONFIG (benchmarks write real-width layers).
+    """
+    config = {**CONFIG, **(config or {})}
     start = time.perf_counter()
     rng = np.random.default_rng([seed, 0x57E91])
     out = Path(root) / LLM_FOLDER
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.model").write_bytes(train_tokenizer(rng))
     (out / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
-    write_checkpoint(out, _weights(rng), CONFIG)
+    write_checkpoint(out, _weights(rng, config), config)
     log.info("demo LLM written to %s in %.2f s", out, time.perf_counter() - start)

@@ -60,12 +60,15 @@ def speaker_onnx(seed: int) -> onnx.ModelProto:
     return model
 
 
-def write(root: Path, seed: int) -> None:
-    """Write the demo CosyVoice-300M-25Hz folder under ``root`` (deterministic for ``seed``)."""
+def write(root: Path, seed: int, sizes: dict | None = None) -> None:
+    """Write the demo CosyVoice-300M-25Hz folder under ``root`` (deterministic for ``seed``).
+
+    ``sizes`` (default the tiny DEMO_SIZES; REAL_SIZES for benchmarks) picks the networks' shapes.
+    """
     start = time.perf_counter()
     out = Path(root) / SUBDIR
     out.mkdir(parents=True, exist_ok=True)
-    text = render_cosyvoice_yaml(DEMO_SIZES)
+    text = render_cosyvoice_yaml(sizes or DEMO_SIZES)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # module initialisers draw from the global RNG
         flow, hift, _ = build_networks(text, "cpu")

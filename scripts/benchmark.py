@@ -6,6 +6,7 @@
     python scripts/benchmark.py vocoder   --model-dir DIR --json OUT
     python scripts/benchmark.py vocoder_stream --json OUT [--quick]
     python scripts/benchmark.py clone     --model-dir DIR --json OUT
+    python scripts/benchmark.py stream    --json OUT [--real-scale]     (TTFA, streaming overhead)
     python scripts/benchmark.py all       --model-dir DIR --out report.md
 
 Each stage lives in ``scripts/bench/<stage>.py`` with ``add_arguments(parser)`` and
@@ -20,7 +21,7 @@ import json
 import logging
 from pathlib import Path
 
-STAGES = ("tokenizer", "llm", "llm_backends", "vocoder", "vocoder_stream", "clone", "all")
+STAGES = ("tokenizer", "llm", "llm_backends", "vocoder", "vocoder_stream", "clone", "stream", "all")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

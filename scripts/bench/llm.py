@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers.cache_utils import DynamicCache
 
-from demo.llm_assets import write_checkpoint
+from demo.llm_assets import REAL_LAYERS, REAL_SHAPES, write_checkpoint
 from model_layout import LLM_FOLDER, is_demo_models
 from models.audio_tokens import token_str
 from models.generation import GenerationOptions
@@ -33,9 +33,6 @@ from models.step1 import Step1Config
 
 log = logging.getLogger("bench.llm")
 
-REAL_SHAPES = {"hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 48,
-               "num_attention_groups": 4, "vocab_size": 74752}
-REAL_LAYERS = 32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
