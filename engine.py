@@ -336,6 +336,7 @@ class CloneEngine:
 
     def status(self) -> dict:
         """Health / status summary: models, device, variants, demo flag, cache statistics."""
+        cache = self.cache_stats()
         return {
             "status": "ok",
             "models_loaded": {"tokenizer": True, "vocoder": True, "llm": self.loaded_variants},
@@ -351,7 +352,9 @@ class CloneEngine:
             "auto_transcribe": self.config.auto_transcribe,
             "requests": self.requests,
             "requests_active": self.requests_active,
-            "cache": self.cache_stats(),
+            "cache": cache,
+            # which store holds the prompt cache and the voices, and whether it answers (Redis may not)
+            "store": cache.get("store") or {"backend": "none", "connected": False},
         }
 
     def cache_stats(self) -> dict:

@@ -11,7 +11,8 @@ Every backend has the same semantics: values are JSON objects (dicts), stored as
 unpickled; bounded namespaces evict their least recently used entries past their own entry bound and
 past the store's byte budget (``max_bytes``, shared by all bounded namespaces); kept namespaces are
 never evicted; counters are shared by every process using the store (written behind: increments reach
-the store within ``COUNTER_FLUSH_S``, and at once on ``counters``, ``flush``, ``close`` and exit); a
+the store within ``COUNTER_FLUSH_S`` even when the process is idle (a background thread),
+and at once on ``counters``, ``flush``, ``close`` and exit); a
 value that does not parse is a miss and is removed.
 """
 
@@ -38,6 +39,30 @@ MAX_PENDING = 256  # pending counter names (or recency marks) that force a write
 
 Number = int | float
 _WRITE_BEHIND: weakref.WeakSet = weakref.WeakSet()  # stores with buffered increments, flushed at exit
+
+
+_flusher_lock = threading.Lock()
+_flusher: threading.Thread | None = None
+
+
+def _flush_loop() -> None:
+    """Background: write buffered increments of idle stores, so other processes see them in time."""
+    while True:
+        time.sleep(COUNTER_FLUSH_S / 2)
+        for store in list(_WRITE_BEHIND):
+            try:
+                if store.has_buffered() and store._flush_due():
+                    store.flush()
+            except Exception as exc:  # noqa: BLE001 - retried next round; a request will surface it
+                log.debug("storage: background flush failed (%s)", exc)
+
+
+def _start_flusher() -> None:
+    global _flusher
+    with _flusher_lock:
+        if _flusher is None or not _flusher.is_alive():
+            _flusher = threading.Thread(target=_flush_loop, name="store-flush", daemon=True)
+            _flusher.start()
 
 
 @atexit.register
@@ -112,6 +137,7 @@ class Store(ABC):
         self._flushed_at = time.monotonic()
         if self.counter_flush_s > 0:
             _WRITE_BEHIND.add(self)
+            _start_flusher()
 
     # -- namespaces ------------------------------------------------------------------------------
 
@@ -233,6 +259,10 @@ class Store(ABC):
             self._flushed_at = time.monotonic()
         if pending:
             self._write_counters(pending)
+
+    def has_buffered(self) -> bool:
+        """True while something waits to be written (a backend adds its own buffers)."""
+        return bool(self._pending)
 
     def _flush_due(self) -> bool:
         return time.monotonic() - self._flushed_at >= self.counter_flush_s

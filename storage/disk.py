@@ -315,6 +315,9 @@ class DiskStore(Store):
             self._on_disk(self._db_delete_counters, write=True)
             return old
 
+    def has_buffered(self) -> bool:
+        return bool(self._touched) or super().has_buffered()
+
     def flush(self) -> None:
         """Write the buffered recency marks and counter increments."""
         with self._lock:

@@ -216,6 +216,22 @@ def test_two_processes_share_entries_and_counters(store_factory):
     assert counters["hits"] == 41 and counters["time_saved_s"] == pytest.approx(40 * 0.25)
 
 
+def test_an_idle_stores_increments_reach_the_others_without_another_call(store_factory):
+    """A replica that counts a miss and then sits idle must not hide it from the other replicas."""
+    import time
+
+    from storage.base import COUNTER_FLUSH_S
+
+    idle, other = store_factory(), store_factory()
+    idle.incr_many({"misses": 1, "time_saved_s": 0.5})
+    assert other.counters().get("misses", 0) == 0  # written behind, not yet
+    deadline = time.monotonic() + 10 * COUNTER_FLUSH_S
+    while other.counters().get("misses", 0) == 0 and time.monotonic() < deadline:
+        time.sleep(COUNTER_FLUSH_S / 4)
+    assert other.counters() == {"misses": 1, "time_saved_s": 0.5}
+    assert not idle.has_buffered()
+
+
 def test_status_names_the_backend_without_paths_or_secrets(store_factory, tmp_path):
     store = store_factory()
     status = store.status()
