@@ -34,7 +34,9 @@ log = logging.getLogger("check_compose")
 SERVICES = ("lb", "app", "redis", "vllm")
 VLLM_PROFILE = "vllm"
 # vllm serve flags the Step1 checkpoint and the app's token-id protocol need.
-VLLM_FLAGS = ("--hf-overrides", "--skip-tokenizer-init", "--max-model-len", "--gpu-memory-utilization")
+VLLM_FLAGS = ("--hf-overrides", "--skip-tokenizer-init", "--max-model-len", "--gpu-memory-utilization",
+              "--logits-processors")
+PLUGIN_DIR = "patches/vllm_step1"  # holds the editx_vllm_step1 package the --logits-processors flag names
 EVICTION_POLICIES = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-ttl", "volatile-random")
 
 
@@ -216,6 +218,14 @@ def check_compose(compose: dict, dockerfile: Path) -> list[str]:
     overrides = flag_value(vllm_args, "--hf-overrides")
     if overrides and json.loads(overrides).get("tie_word_embeddings") is not False:
         problems.append("vllm: --hf-overrides must set tie_word_embeddings to false (untied lm_head)")
+    plugin_mounts = [target for source, target, _ in volume_mounts(vllm)
+                     if source.rstrip("/").endswith(PLUGIN_DIR)]
+    vllm_env = as_mapping(vllm.get("environment"))
+    if not plugin_mounts or vllm_env.get("PYTHONPATH") not in plugin_mounts:
+        problems.append(f"vllm: mount {PLUGIN_DIR} and put it on PYTHONPATH (the repetition-aware "
+                        "logits processor)")
+    if str(vllm_env.get("VLLM_USE_V2_MODEL_RUNNER")) != "0":
+        problems.append("vllm: VLLM_USE_V2_MODEL_RUNNER must be 0 (the logits processor is a V1 one)")
     if not vllm_args or not vllm_args[0].startswith(model_dir + "/"):
         problems.append(f"vllm: the first argument must be a model folder under {model_dir}")
     return problems

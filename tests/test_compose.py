@@ -106,6 +106,10 @@ BROKEN = [
     (_redis_command(maxmemory_policy="allkeys-lru"), "--maxmemory-policy must be one of"),
     (_set(f"{VLLM}/image", "vllm/vllm-openai:latest"), "pinned to a version tag"),
     (_vllm_without("--skip-tokenizer-init"), "command lacks --skip-tokenizer-init"),
+    (_vllm_without("--logits-processors"), "command lacks --logits-processors"),
+    (_set(f"{VLLM}/environment/PYTHONPATH", None), "put it on PYTHONPATH"),
+    (_set(f"{VLLM}/volumes/1", "./elsewhere:/opt/editx-vllm-plugin:ro"), "mount patches/vllm_step1"),
+    (_set(f"{VLLM}/environment/VLLM_USE_V2_MODEL_RUNNER", "1"), "VLLM_USE_V2_MODEL_RUNNER must be 0"),
     (_set(f"{VLLM}/command/6", '{"tie_word_embeddings": true}'), "tie_word_embeddings to false"),
     (_set(f"{VLLM}/command/0", "stepfun-ai/Step-Audio-EditX"), "model folder under /model"),
 ]

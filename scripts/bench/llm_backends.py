@@ -7,7 +7,10 @@ The same clone prompt and the same ``--requests`` seeded requests (temperature 0
 level C through C threads, so every level does the same work: tokens/s is all new tokens over the
 wall time, requests/s all requests over it, and the 8-vs-1 ratio is tokens/s at the highest level
 over tokens/s at 1 (target for vLLM on CPU with the demo model: >= 2.5). Levels run ``--repeats``
-times, interleaved, and each reports its fastest run (all runs are listed). Backends: the native
+times, interleaved, and each reports its fastest run (all runs are listed). Latency, for one request
+at a time (streamed, ``stream_ids``): time to the first new token and to the first vocoder chunk's
+tokens (the LLM's part of the time to first audio; the streaming vocoder then adds its first chunk,
+see ``benchmark.py stream``), medians over ``--latency-requests`` seeds. Backends: the native
 ``Step1LLM``, whose requests run one at a time as in ``clone``/``edit`` (they hold its generation
 lock), and ``VLLMStep1LLM`` against a vLLM server started on the same folder with
 scripts/vllm_server.py (or ``--llm-url``). The native backend runs on ``--threads`` torch threads
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -34,6 +38,7 @@ from models.generation import GenerationOptions
 from models.llm import Step1LLM
 from models.llm_vllm import VLLMEngineOptions, VLLMStep1LLM
 from models.prompts import build_clone_prompt
+from models.vocoder_stream import CHUNK_FRAMES, LOOKAHEAD_TOKENS, mixed_token_count
 from scripts.vllm_server import PYTHON_ENV, start_server
 
 log = logging.getLogger("bench.llm_backends")
@@ -49,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=128, help="cap on new tokens per request")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of every level, interleaved; each level reports its fastest run")
+    parser.add_argument("--latency-requests", type=int, default=5,
+                        help="streamed single requests for the first-token / first-chunk latency")
     parser.add_argument("--prompt-groups", type=int, default=60,
                         help="reference audio groups in the clone prompt (5 tokens each)")
     parser.add_argument("--device", default="auto", help="native backend device")
@@ -88,10 +95,34 @@ def measure_level(llm: Step1LLM | VLLMStep1LLM, prompt: list[int], concurrency: 
             "requests_per_s": round(requests / wall, 3)}
 
 
+FIRST_CHUNK_TOKENS = mixed_token_count(CHUNK_FRAMES[0]) + LOOKAHEAD_TOKENS  # what the 1st vocoder call needs
+
+
+def measure_latency(llm: Step1LLM | VLLMStep1LLM, prompt: list[int], requests: int) -> dict:
+    """One streamed request at a time: seconds to the first new token and to the tokens of the first
+    vocoder chunk (medians; requests that end before the first chunk count only for the first)."""
+    firsts, chunks = [], []
+    for seed in range(20_000, 20_000 + max(1, requests)):
+        options = GenerationOptions(seed=seed, max_length=len(prompt) + FIRST_CHUNK_TOKENS)
+        start, count = time.perf_counter(), 0
+        for _ in llm.stream_ids(prompt, options):
+            count += 1
+            if count == 1:
+                firsts.append(time.perf_counter() - start)
+            if count == FIRST_CHUNK_TOKENS:
+                chunks.append(time.perf_counter() - start)
+                break
+    return {"first_token_s": round(statistics.median(firsts), 4) if firsts else None,
+            "first_chunk_tokens": FIRST_CHUNK_TOKENS,
+            "first_chunk_tokens_s": round(statistics.median(chunks), 4) if chunks else None,
+            "latency_requests": len(firsts)}
+
+
 def bench_backend(llm: Step1LLM | VLLMStep1LLM, levels: list[int], args: argparse.Namespace) -> dict:
     prompt = _clone_prompt(llm, args.prompt_groups)
     measure_level(llm, prompt, 1, 1, min(8, args.new_tokens), first_seed=10_000)  # warm-up
-    out: dict = {"prompt_tokens": len(prompt), "levels": {}}
+    out: dict = {"prompt_tokens": len(prompt), "levels": {},
+                 "latency": measure_latency(llm, prompt, args.latency_requests)}
     runs: dict[int, list[dict]] = {level: [] for level in levels}
     # Interleaved repeats, best run per level: other load on the machine hits every level alike.
     for _ in range(max(1, args.repeats)):
