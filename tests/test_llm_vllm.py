@@ -412,6 +412,10 @@ def test_backends_benchmark_quick_run(vllm_server, demo_llm_root):
         for level in figures["levels"].values():
             assert level["tokens_per_s"] > 0 and level["requests_per_s"] > 0
             assert level["requests"] == 2  # --quick: as many as the highest level
+        latency = figures["latency"]
+        assert latency["latency_requests"] == 5 and 0 < latency["first_token_s"]
+        if latency["first_chunk_tokens_s"] is not None:  # None: every request ended before 30 tokens
+            assert latency["first_chunk_tokens_s"] >= latency["first_token_s"]
     assert "vllm_meets_target" in result
 
 
