@@ -61,7 +61,7 @@ def load(settings: Settings):
     config = EngineConfig(variant=settings.variant, auto_transcribe=settings.auto_transcribe,
                           max_text_chars=settings.max_text_chars, chunk_chars=settings.chunk_chars,
                           max_reference_seconds=settings.max_reference_seconds,
-                          device=settings.device, dtype=settings.dtype)
+                          device=settings.device, dtype=settings.dtype, scores=settings.scores)
     engine = CloneEngine.load(root.path, config, cache_dir=settings.cache_dir,
                               cache_max_entries=settings.cache_max_entries,
                               cache_max_bytes=settings.cache_max_bytes, ort_threads=settings.ort_threads,
