@@ -4,6 +4,7 @@
     python scripts/benchmark.py llm       --model-dir DIR --json OUT
     python scripts/benchmark.py vocoder   --model-dir DIR --json OUT
     python scripts/benchmark.py clone     --model-dir DIR --json OUT
+    python scripts/benchmark.py scores    --model-dir DIR --json OUT
     python scripts/benchmark.py all       --model-dir DIR --out report.md
 
 Each stage lives in ``scripts/bench/<stage>.py`` with ``add_arguments(parser)`` and
@@ -18,7 +19,7 @@ import json
 import logging
 from pathlib import Path
 
-STAGES = ("tokenizer", "llm", "vocoder", "clone", "all")
+STAGES = ("tokenizer", "llm", "vocoder", "clone", "scores", "all")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
