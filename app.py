@@ -62,7 +62,8 @@ def load(settings: Settings):
                           max_text_chars=settings.max_text_chars, chunk_chars=settings.chunk_chars,
                           max_reference_seconds=settings.max_reference_seconds,
                           device=settings.device, dtype=settings.dtype, llm_backend=settings.llm_backend,
-                          llm_url=settings.llm_url, vllm=vllm_options(settings))
+                          llm_url=settings.llm_url, vllm=vllm_options(settings),
+                          scores=settings.scores)
     engine = CloneEngine.load(root.path, config, cache_dir=settings.cache_dir,
                               cache_max_entries=settings.cache_max_entries,
                               cache_max_bytes=settings.cache_max_bytes, ort_threads=settings.ort_threads,

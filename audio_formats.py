@@ -95,7 +95,7 @@ class StreamEncoder:
         """Encode more samples; returns the bytes the encoder released (often empty for a tiny piece)."""
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         if self.format.muxer is None:
-            return _pcm16(samples).tobytes()
+            return pcm16(samples).tobytes()
         if samples.size:
             frame = self._av.AudioFrame.from_ndarray(samples[None], format="flt", layout="mono")
             frame.sample_rate = self.sample_rate
@@ -128,7 +128,8 @@ def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     return encoder.write(samples) + encoder.finish()
 
 
-def _pcm16(samples: np.ndarray) -> np.ndarray:
+def pcm16(samples: np.ndarray) -> np.ndarray:
+    """float32 samples in [-1, 1] -> little-endian int16 (clipped, rounded, full scale 32767)."""
     return np.round(np.clip(samples, -1.0, 1.0) * PCM16_MAX).astype("<i2")
 
 

@@ -14,6 +14,11 @@ Stages (each logged on one line with its time):
                under the vocoder's fingerprint (so another vocoder never reuses them)
 4. llm         Step1LLM.clone / .edit generates the mixed audio-token stream
 5. vocoder     flow + HiFT turn the tokens into 24 kHz audio, prompted by the reference
+6. scores      each chunk's audio is checked (``scoring.py``): CAM++ similarity to the reference,
+               Paraformer transcript error rate against its text; best-of-N keeps the best take
+
+Every result carries its provenance record (``result.manifest``, ``provenance.py``); ``replay``
+makes the same audio again from it with the same models.
 
 The engine knows nothing of any UI: the Gradio adapter, the REST API, the benchmark and the tests
 all call the same ``clone`` / ``edit`` with the request types of ``synthesis.py``. Bad input
@@ -27,13 +32,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from audio_prep import VOCODER_SAMPLE_RATE
-from errors import EmptyGenerationError, GenerationCancelled, OptionsError, TextInputError
+from errors import AudioInputError, EmptyGenerationError, GenerationCancelled, OptionsError, TextInputError
 from model_layout import (
     LLM_BACKENDS,
     TOKENIZER_FOLDER,
@@ -45,10 +51,12 @@ from model_layout import (
 )
 from models.generation import TokenStreamLLM
 from models.llm import Step1LLM, variant_problem
-from models.prompts import EDIT_TASKS, TASKS_WITH_OPTION, TEXTLESS_TASKS, clean_text
+from models.prompts import EDIT_TASKS, TASKS_WITH_OPTION, TEXTLESS_TASKS, clean_text, split_language_tag
 from models.vocoder import Vocoder
 from prompt_cache import PromptCache, open_prompt_cache
+from provenance import build_manifest, check_manifest, folder_fingerprint, replay_request
 from render import ChunkJob, Render
+from scoring import OutputScorer, Scorer
 from synthesis import (
     MAX_SEED,
     CloneRequest,
@@ -101,6 +109,12 @@ class CloneEngine:
         self._llm_loader = llm_loader
         self._load_lock = threading.Lock()
         self._stats_lock = threading.Lock()
+        self._llm_fingerprints: dict[str, str | None] = {}
+        # the output checks use the models already loaded; a test may put forced scores here
+        self.scorer: Scorer | None = (OutputScorer(tokenizer.vq02, vocoder.speaker)
+                                      if config.scores and vocoder.speaker is not None else None)
+        if config.scores and self.scorer is None:
+            log.warning("scores are off: the vocoder folder has no speaker model (campplus.onnx)")
         self.requests = 0  # requests finished since start-up
         self.requests_active = 0  # requests between their first event and their end
 
@@ -225,14 +239,17 @@ class CloneEngine:
             with self._stats_lock:
                 self.requests_active -= 1
 
-    def _clone(self, request: CloneRequest, cancel: threading.Event | None) -> Iterator[StreamEvent]:
-        """The body of ``clone_stream``."""
+    def _clone(self, request: CloneRequest, cancel: threading.Event | None,
+               accept_error_rate: float | None = None) -> Iterator[StreamEvent]:
+        """The body of ``clone_stream`` (``accept_error_rate``: a replay's recorded best-of threshold)."""
         t_start = time.perf_counter()
         report, warnings = StageReport(), []
-        options = request.options.validated()
+        options = self._resolved(request.options)
         # 1. prep
         target = clean_text(request.target_text, "target text", self.config.max_text_chars, warnings)
-        chunks = split_text(target, options.chunk_chars or self.config.chunk_chars)
+        chunks = split_text(target, options.chunk_chars)
+        # a leading dialect or language tag ([Cantonese]) applies to the whole text: every chunk's prompt
+        language_tag, _ = split_language_tag(target)
         prompt_text = clean_text(request.reference_text, "reference text", self.config.max_text_chars,
                                  warnings, allow_empty=True)
         llm = self.llm(options.variant, options.backend)
@@ -253,19 +270,22 @@ class CloneEngine:
         if transcribe and not voice.text:
             warnings.append("auto-transcription found no words in the reference; the clone may be worse")
         # 4-5. LLM and vocoder, chunk by chunk
-        jobs = [ChunkJob(c.text, partial(llm.clone_prompt, voice.text, voice.token_str, c.text), voice,
-                         c.pause_s) for c in chunks]
-        render = Render(llm, self.vocoder, jobs, options, self._request_seed(options), cancel, report,
-                        t_start)
+        jobs = [ChunkJob(c.text, partial(llm.clone_prompt, voice.text, voice.token_str,
+                                         _with_tag(language_tag, c.text)), voice, c.pause_s) for c in chunks]
+        render = self._render(llm, jobs, options, cancel, report, t_start, accept_error_rate)
         yield from render.events()
+        provenance = {"kind": "clone", "text": target, "edit": None,
+                      "voice": {"voice_id": request.voice_id, "reference_hash": voice.cache_key or None,
+                                "reference_text": voice.text, "transcribed": transcribe}}
         yield self._finish("clone", t_start, render, target, voice.text, transcribe, options, report,
-                           warnings)
+                           warnings, llm, provenance)
 
-    def _edit(self, request: EditRequest, cancel: threading.Event | None) -> Iterator[StreamEvent]:
-        """The body of ``edit_stream``."""
+    def _edit(self, request: EditRequest, cancel: threading.Event | None,
+              accept_error_rate: float | None = None) -> Iterator[StreamEvent]:
+        """The body of ``edit_stream`` (``accept_error_rate``: a replay's recorded best-of threshold)."""
         t_start = time.perf_counter()
         report, warnings = StageReport(), []
-        options = request.options.validated()
+        options = self._resolved(request.options)
         task, subtask = self._validated_task(request.task, request.subtask)
         source = request.source
         audio_text = clean_text(request.audio_text, "text of the audio", self.config.max_text_chars, warnings,
@@ -297,13 +317,18 @@ class CloneEngine:
                          partial(llm.edit_prompt, voice.text, voice.token_str, task, subtask, new), voice,
                          PAUSE_SENTENCE_S)
                 for voice, new in zip(voices, new_texts, strict=True)]
-        render = Render(llm, self.vocoder, jobs, options, self._request_seed(options), cancel, report,
-                        t_start)
+        render = self._render(llm, jobs, options, cancel, report, t_start, accept_error_rate)
         yield from render.events()
         mode = f"edit {task}" + (f"/{subtask}" if subtask else "")
         prompt_text = " ".join(v.text for v in voices)
         text = " ".join(job.text for job in jobs)
-        yield self._finish(mode, t_start, render, text, prompt_text, transcribe, options, report, warnings)
+        source_record = ({"kind": "output", "manifest": source.manifest or None} if chained else
+                         {"kind": "clip", "reference_hash": voices[0].cache_key or None})
+        provenance = {"kind": "edit", "text": text, "voice": None,
+                      "edit": {"task": task, "subtask": subtask, "audio_text": prompt_text,
+                               "new_text": para_text, "transcribed": transcribe, "source": source_record}}
+        yield self._finish(mode, t_start, render, text, prompt_text, transcribe, options, report, warnings,
+                           llm, provenance)
 
     def prepare_reference(self, audio: np.ndarray, sample_rate: int, reference_text: str = "") -> str:
         """Validate and encode a reference clip ahead of Clone (tokens and vocoder features land in
@@ -317,6 +342,51 @@ class CloneEngine:
         log.info("reference prepared in %.3f s (tokens %s, features %s)", time.perf_counter() - start,
                  report.tokens_from, "cached" if report.vocoder_prompt_cached else "computed")
         return voice.text
+
+    def replay(self, manifest: dict, audio: np.ndarray | None = None, sample_rate: int | None = None,
+               cancel: threading.Event | None = None) -> SynthesisResult:
+        """Make a recorded output again from its provenance record (``result.manifest``).
+
+        With the same model files the samples are the same, bit for bit. A clone from a library voice
+        needs nothing else; one from a reference clip, or an edit of an uploaded clip, needs that clip
+        ((samples,) or (channels, samples) at ``sample_rate`` Hz; it is checked against the recorded
+        prompt-cache key). An edit of a previous output replays that output first from the nested
+        record (with the same ``audio`` for the chain's first clip). Other model files are noted in
+        ``result.warnings``: the audio will differ then.
+        """
+        manifest = check_manifest(manifest)
+        edit = manifest.get("edit") or {}
+        source_record = edit.get("source") or {}
+        source = None
+        if manifest["kind"] == "edit" and source_record.get("kind") == "output":
+            if not isinstance(source_record.get("manifest"), dict):
+                raise OptionsError("this edit's record has no record of the version it edited; it cannot "
+                                   "be replayed")
+            source = self.replay(source_record["manifest"], audio, sample_rate, cancel)
+        elif audio is not None:
+            expected = (source_record if manifest["kind"] == "edit"
+                        else manifest.get("voice") or {}).get("reference_hash")
+            clip, sr = self.voices.validated_audio(audio, sample_rate)
+            if expected and self.tokenizer.prepare(clip, sr)[0] != expected:
+                raise AudioInputError("this clip is not the one the record was made from (its prompt-cache "
+                                      "key differs); send the original clip")
+        request = replay_request(manifest, audio, sample_rate, source)
+        accept = (manifest.get("options") or {}).get("accept_error_rate")
+        events = (self._clone(request, cancel, accept) if isinstance(request, CloneRequest)
+                  else self._edit(request, cancel, accept))
+        result = _collect(self._counted(events), None)
+        recorded = (manifest.get("model") or {}).get("fingerprints") or {}
+        current = result.manifest["model"]["fingerprints"]
+        changed = sorted(name for name, value in recorded.items() if value and current.get(name) != value)
+        if changed:
+            note = (f"replayed with other model files ({', '.join(changed)}) than the record's; the audio "
+                    "differs from the original")
+            log.warning("%s", note)
+            result.warnings.append(note)
+        log.info("replayed a %s record: %d samples, sha256 %s (recorded %s)", manifest["kind"],
+                 len(result.audio), result.manifest["audio"]["sha256"][:12],
+                 str((manifest.get("audio") or {}).get("sha256", "-"))[:12])
+        return result
 
     def warm_up(self, audio: np.ndarray, sample_rate: int, reference_text: str,
                 target_text: str = "Warm up.") -> StageReport:
@@ -350,6 +420,7 @@ class CloneEngine:
             "variants_available": self.available_variants(),
             "demo": self.demo,
             "auto_transcribe": self.config.auto_transcribe,
+            "scores": self.scorer is not None,
             "requests": self.requests,
             "requests_active": self.requests_active,
             "cache": cache,
@@ -386,9 +457,33 @@ class CloneEngine:
                                  "[Laughter]")
         return parts
 
+    def _render(self, llm: Step1LLM, jobs: list[ChunkJob], options: SynthesisOptions,
+                cancel: threading.Event | None, report: StageReport, t_start: float,
+                accept_error_rate: float | None) -> Render:
+        return Render(llm, self.vocoder, jobs, options, options.seed, cancel, report, t_start, self.scorer,
+                      self.config.accept_error_rate if accept_error_rate is None else accept_error_rate)
+
+    def _resolved(self, options: SynthesisOptions) -> SynthesisOptions:
+        """The validated options with every default made explicit (as recorded in the manifest): the
+        variant, the chunk size and the seed (a fresh random one when none was asked for)."""
+        options = options.validated()
+        if options.best_of > 1 and self.scorer is None:
+            raise OptionsError("trying several takes needs the output scores, which are off on this server "
+                               "(--no-scores); ask for one take")
+        return replace(options, variant=options.variant or self.config.variant,
+                       chunk_chars=options.chunk_chars or self.config.chunk_chars,
+                       seed=self._request_seed(options))
+
+    def llm_fingerprint(self, llm: Step1LLM) -> str | None:
+        """Fingerprint of an LLM's files (computed once per variant; None for a backend without a folder)."""
+        key = f"{llm.backend}:{llm.variant}"
+        if key not in self._llm_fingerprints:
+            self._llm_fingerprints[key] = folder_fingerprint(getattr(llm, "model_dir", None))
+        return self._llm_fingerprints[key]
+
     def _finish(self, mode: str, t_start: float, render: Render, text: str, prompt_text: str,
                 transcribed: bool, options: SynthesisOptions, report: StageReport,
-                warnings: list[str]) -> SynthesisResult:
+                warnings: list[str], llm: Step1LLM, provenance: dict) -> SynthesisResult:
         audio = render.audio
         report.seed, report.stream, report.stopped = render.seed, options.stream, render.stopped
         report.audio_s = len(audio) / VOCODER_SAMPLE_RATE
@@ -404,12 +499,18 @@ class CloneEngine:
             self.requests += 1
         log.info("%s breakdown: %s", mode, report.summary())
         spoken = " ".join(segment.text for segment in render.segments)
-        return SynthesisResult(audio=audio, sample_rate=VOCODER_SAMPLE_RATE,
-                               text=spoken if len(render.segments) < len(render.jobs) else text,
-                               prompt_text=prompt_text, transcribed=transcribed, mode=mode,
-                               variant=render.llm.variant, backend=render.llm.backend, report=report,
-                               audio_tokens=list(render.tokens), warnings=warnings,
-                               segments=render.segments, stopped=render.stopped)
+        result = SynthesisResult(audio=audio, sample_rate=VOCODER_SAMPLE_RATE,
+                                 text=spoken if len(render.segments) < len(render.jobs) else text,
+                                 prompt_text=prompt_text, transcribed=transcribed, mode=mode,
+                                 variant=render.llm.variant, backend=render.llm.backend,
+                                 report=report,
+                                 audio_tokens=list(render.tokens), warnings=warnings,
+                                 segments=render.segments, stopped=render.stopped)
+        model = {"variant": result.variant, "backend": llm.backend, "demo": self.demo,
+                 "fingerprints": {**self.voices.fingerprints(), "llm": self.llm_fingerprint(llm)}}
+        result.manifest = build_manifest(result, model=model, options=options,
+                                         accept_error_rate=render.accept_error_rate, **provenance)
+        return result
 
     @staticmethod
     def _validated_task(task: str, subtask: str | None) -> tuple[str, str | None]:
@@ -458,3 +559,8 @@ def load_vllm(model_root: Path, config: EngineConfig) -> TokenStreamLLM:
     log.info("LLM %s on vLLM (%s) ready in %.2f s; repetition rule %s", config.variant, llm.mode,
              time.perf_counter() - t0, "on" if llm.applies_repetition_rule else "OFF")
     return llm
+
+
+def _with_tag(tag: str | None, text: str) -> str:
+    """``text`` led by the request's language tag (the first chunk already starts with it)."""
+    return text if tag is None or split_language_tag(text)[0] is not None else f"{tag}{text}"

@@ -60,6 +60,7 @@ class Settings:
     chunk_chars: int = DEFAULT_CHUNK_CHARS
     api_key: str | None = None
     warmup: bool = True
+    scores: bool = True
     examples_dir: Path = Path("examples")
     log_level: str = "INFO"
 
@@ -105,11 +106,14 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--api-key", "api_key", str, "require 'Authorization: Bearer <key>' on /v1 (and for destructive "
      "actions when serving the network)"),
     ("--no-warmup", "warmup", bool, "skip the warm-up clone at start-up"),
+    ("--no-scores", "scores", bool, "do not score outputs (speaker similarity, transcript error rate); "
+     "best-of-N takes need the scores"),
     ("--no-demo", "allow_demo", bool, "fail instead of building demo models when real ones are missing"),
     ("--examples-dir", "examples_dir", Path, "folder of the example voices (generated when missing)"),
     ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
 )
-_NEGATED = {"auto_transcribe", "warmup", "allow_demo"}  # flags that switch a default-on feature off
+# flags that switch a default-on feature off
+_NEGATED = {"auto_transcribe", "warmup", "allow_demo", "scores"}
 
 
 def env_name(flag: str) -> str:

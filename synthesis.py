@@ -23,6 +23,8 @@ from models.prompts import DEFAULT_MAX_TEXT_CHARS
 from text_split import DEFAULT_CHUNK_CHARS, MAX_CHUNK_CHARS, MIN_CHUNK_CHARS
 
 MAX_SEED = 2**32 - 1
+MAX_BEST_OF = 8  # takes per text chunk at most ("Try up to N takes, keep the best")
+DEFAULT_ACCEPT_ERROR_RATE = 0.2  # best-of-N keeps the first take whose CER/WER is below this
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class SynthesisOptions:
     max_new_tokens: int | None = None  # cap on generated tokens per text chunk (None: only max_length)
     stream: bool = False  # streaming vocoder: audio in pieces as the LLM makes tokens (else per chunk)
     chunk_chars: int | None = None  # longest text chunk per LLM pass (None: the engine's --chunk-chars)
+    best_of: int = 1  # takes per text chunk; the best-scored is kept (needs the scores on)
 
     def validated(self) -> SynthesisOptions:
         """Self, or an ``OptionsError`` saying which value is out of range."""
@@ -63,6 +66,8 @@ class SynthesisOptions:
         if self.chunk_chars is not None and not (MIN_CHUNK_CHARS <= self.chunk_chars <= MAX_CHUNK_CHARS):
             raise OptionsError(f"chunk size must be in {MIN_CHUNK_CHARS}..{MAX_CHUNK_CHARS} characters, "
                                f"got {self.chunk_chars}")
+        if not (1 <= self.best_of <= MAX_BEST_OF):
+            raise OptionsError(f"best of must be in 1..{MAX_BEST_OF} takes, got {self.best_of}")
         return self
 
 
@@ -129,18 +134,38 @@ class EditRequest:
 
 
 @dataclass
+class TakeScore:
+    """One take of a text chunk: its seed and its scores (None: not scored, or no audio)."""
+
+    seed: int
+    similarity: float | None = None
+    error_rate: float | None = None
+
+
+@dataclass
 class ChunkReport:
-    """One text chunk of a request: what was said, with which seed, and what it cost."""
+    """One text chunk of a request: what was said, with which seed, what it cost and how it scored.
+
+    ``seed`` is the kept take's; ``takes`` lists every take that was generated (best-of-N), in order.
+    """
 
     text: str
     seed: int
-    attempts: int = 1  # 2 when the first seed gave no audio and another was tried
+    attempts: int = 1  # generations run: 2 when the first seed gave no audio, up to N with best-of-N
     new_tokens: int = 0
     audio_tokens: int = 0
     llm_s: float = 0.0
     vocoder_s: float = 0.0
     audio_s: float = 0.0
     warning: str = ""  # why this chunk has no audio, when it has none
+    similarity: float | None = None  # cosine of CAM++ embeddings, output vs reference (or version edited)
+    error_rate: float | None = None  # CER or WER of the Paraformer transcript against ``text``
+    metric: str | None = None  # "cer", "wer", or None when not scored
+    reference_tokens: int = 0  # characters (CER) or words (WER) of ``text`` after normalisation
+    transcript: str = ""  # what the Paraformer heard in the kept take
+    score_note: str = ""  # why a score is missing (e.g. "not scored" for Japanese)
+    scored_s: float = 0.0  # seconds spent scoring this chunk's takes
+    takes: list[TakeScore] = field(default_factory=list)
 
 
 @dataclass
@@ -171,7 +196,42 @@ class StageReport:
     ttfa_s: float = 0.0  # time to first audio
     stream: bool = False
     stopped: bool = False  # Stop was pressed: the audio made until then is kept
+    scored: bool = False  # the outputs were scored (off with --no-scores)
+    score_s: float = 0.0  # seconds spent scoring (included in total_s)
     chunks: list[ChunkReport] = field(default_factory=list)
+
+    @property
+    def similarity(self) -> float | None:
+        """Mean speaker similarity of the chunks that have one, weighted by their audio seconds."""
+        scored = [(c.similarity, max(c.audio_s, 1e-9)) for c in self.chunks if c.similarity is not None]
+        return sum(s * w for s, w in scored) / sum(w for _, w in scored) if scored else None
+
+    @property
+    def error_rate(self) -> float | None:
+        """Overall error rate: the chunks' errors over their reference tokens (as one long text)."""
+        scored = [(c.error_rate, c.reference_tokens) for c in self.chunks
+                  if c.error_rate is not None and c.reference_tokens]
+        total = sum(n for _, n in scored)
+        return sum(r * n for r, n in scored) / total if total else None
+
+    @property
+    def metric(self) -> str | None:
+        """"cer" or "wer" when every scored chunk used it, "mixed" for both, None when none was scored."""
+        metrics = {c.metric for c in self.chunks if c.error_rate is not None}
+        return (metrics.pop() if len(metrics) == 1 else "mixed") if metrics else None
+
+    def score_detail(self) -> str:
+        """The scores in words, for the timing table: "similarity 0.93, CER 4.2%, 3 takes"."""
+        if not self.scored:
+            return "off (--no-scores)"
+        parts = [f"similarity {self.similarity:.3f}" if self.similarity is not None else "similarity -"]
+        rate, metric = self.error_rate, self.metric
+        parts.append(f"{metric.upper()} {rate:.1%}" if rate is not None and metric else
+                     next((c.score_note for c in self.chunks if c.score_note), "error rate -"))
+        takes = sum(len(c.takes) for c in self.chunks)
+        if takes > len(self.chunks):
+            parts.append(f"{takes} takes for {len(self.chunks)} chunk(s)")
+        return ", ".join(parts)
 
     @property
     def rtf(self) -> float:
@@ -196,6 +256,7 @@ class StageReport:
                      f"{chunks}"])
         rows.append(["vocoder", f"{self.vocoder_s:.3f}", f"{self.audio_s:.2f} s of 24 kHz audio"
                      + (" (streamed)" if self.stream else "")])
+        rows.append(["scores", f"{self.score_s:.3f}" if self.scored else "off", self.score_detail()])
         rows.append(["total", f"{self.total_s:.3f}", f"real-time factor {self.rtf:.2f}, first audio after "
                      f"{self.ttfa_s:.2f} s" + (" (stopped)" if self.stopped else "")])
         return rows
@@ -203,11 +264,13 @@ class StageReport:
     def summary(self) -> str:
         """One log line with the whole breakdown."""
         transcribe = " + transcription" if self.transcribed else ""
+        scores = f"{self.score_s:.3f}s {self.score_detail()}" if self.scored else self.score_detail()
         return (f"prep {self.prep_s:.3f}s | tokenizer {self.tokens_from} "
                 f"{self.tokenizer_s:.3f}s{transcribe} | vocoder prompt "
                 f"{'hit' if self.vocoder_prompt_cached else 'miss'} {self.vocoder_prompt_s:.3f}s | llm "
                 f"{self.llm_s:.3f}s ({self.new_tokens} tok, {self.tokens_per_s:.1f} tok/s) | vocoder "
-                f"{self.vocoder_s:.3f}s{' streamed' if self.stream else ''} | {len(self.chunks)} chunk(s) | "
+                f"{self.vocoder_s:.3f}s{' streamed' if self.stream else ''} | scores {scores} | "
+                f"{len(self.chunks)} chunk(s) | "
                 f"first audio {self.ttfa_s:.3f}s | total {self.total_s:.3f}s for {self.audio_s:.2f}s audio, "
                 f"RTF {self.rtf:.2f}{' | STOPPED' if self.stopped else ''}")
 
@@ -254,6 +317,7 @@ class SynthesisResult:
     stopped: bool = False  # Stop was pressed: this is the audio made until then
     # this version's own prompts (tokens + vocoder features per segment), made when first edited
     voices: list[VoicePrompt] = field(default_factory=list, repr=False)
+    manifest: dict = field(default_factory=dict, repr=False)  # provenance record (provenance.py), JSON-safe
 
     @property
     def seconds(self) -> float:
@@ -275,7 +339,7 @@ class Progress:
     chunk: int
     chunks: int
     audio_s: float  # seconds of audio the LLM has produced tokens for, over all chunks so far
-    stage: str = "llm"  # "llm", "vocoder" or "retry"
+    stage: str = "llm"  # "llm", "vocoder", "retry" (no audio: another seed), "take" (best-of-N), "score"
 
 
 StreamEvent = AudioPiece | Progress | SynthesisResult  # the last event of a request is its result
@@ -295,3 +359,5 @@ class EngineConfig:
     llm_backend: str = "native"  # "native" (our Step1 model) or "vllm"
     llm_url: str | None = None  # vllm: a `vllm serve` server; None runs vLLM's engine in this process
     vllm: VLLMEngineOptions | None = None  # vllm in-process engine settings (None: the defaults)
+    scores: bool = True  # score every output (similarity, error rate); off: --no-scores
+    accept_error_rate: float = DEFAULT_ACCEPT_ERROR_RATE  # best-of-N: first take below this is kept

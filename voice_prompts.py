@@ -5,6 +5,7 @@
     voices = prompts.from_version(result, report)                     # a version's own tokens
     voice = prompts.from_library("calm-narrator", report)             # stored tokens + features
     info = prompts.create_voice("Calm narrator", audio, sr)           # keep a clip as a named voice
+    check = prompts.preflight(audio, sr, "what the clip says")        # measurements + warnings
 
 A voice prompt is everything the LLM and the vocoder need about a clip: its ``<audio_N>`` tokens,
 its mixed-stream codes, its text and the vocoder's features (reference mel + speaker embedding).
@@ -20,12 +21,13 @@ import time
 import numpy as np
 
 from audio_formats import reference_flac
-from audio_prep import prompt_prelude, read_audio, to_float, validate_reference
+from audio_prep import check_samples, prompt_prelude, read_audio, to_float, validate_reference
 from errors import AudioInputError, NotFoundError, OptionsError, TextInputError
 from models.audio_tokens import interleave, token_str
 from models.prompt_features import PromptFeatures, audio_digest, decode_features, encode_features
 from models.prompts import clean_text
 from models.vocoder import Vocoder
+from preflight import Preflight, preflight
 from prompt_cache import PromptCache
 from synthesis import EngineConfig, Segment, StageReport, SynthesisResult, VoicePrompt
 from tokenizer import StepAudioTokenizer, TokenizedAudio
@@ -112,6 +114,31 @@ class VoicePrompts:
                  "computed in %.3f s", sum(len(v.mixed_tokens) for v in voices), len(voices),
                  report.vocoder_prompt_s)
         return voices
+
+    def preflight(self, audio: np.ndarray, sample_rate: int, text: str = "") -> Preflight:
+        """Check a reference before Clone: duration, loudness, clipping, SNR and (when ``text`` is
+        given) how far it is from the Paraformer transcript, with plain warnings. The transcript comes
+        from the tokenizer's encode, so the clone that follows is a prompt-cache hit. Raises
+        AudioInputError only when nothing can be measured (empty, damaged, silent, too long)."""
+        start = time.perf_counter()
+        text = clean_text(text, "reference text", self.config.max_text_chars, [], allow_empty=True)
+        audio = to_float(np.asarray(audio))
+        if sample_rate is None or int(sample_rate) <= 0:
+            raise AudioInputError(f"the sample rate must be a positive number of Hz, got {sample_rate}")
+        check_samples(audio, int(sample_rate), self.config.max_reference_seconds)
+        unusable, transcript = None, None
+        try:
+            validate_reference(audio, int(sample_rate), self.config.max_reference_seconds)
+        except AudioInputError as exc:
+            unusable = str(exc)
+        if unusable is None:
+            tokens = self.tokenizer.encode(audio, int(sample_rate), transcribe=True)
+            transcript = (tokens.transcript or "").strip()
+        check = preflight(audio, int(sample_rate), text, transcript, unusable)
+        check.seconds = time.perf_counter() - start
+        log.info("preflight: %.2f s clip in %.3f s; %s", check.duration_s, check.seconds,
+                 "; ".join(w.code for w in check.warnings) or "no warnings")
+        return check
 
     # ---- the voice library ---------------------------------------------------------------------
 

@@ -6,6 +6,12 @@ Routes only translate: HTTP bodies -> the engine's request types (validated ther
 events -> encoded audio (whole, chunked as it is made, or OpenAI's server-sent events), errors ->
 ``api/errors.py``. Generation runs in a bounded set of slots: ``concurrency`` at a time, up to
 ``queue_size`` waiting, and a 429 beyond that.
+
+Every output's provenance record (``provenance.py``) travels with it: whole responses carry it in
+``X-Render-Manifest`` (base64url of the compact JSON, without padding) when it fits in
+``MAX_MANIFEST_HEADER_BYTES``, and always name ``X-Render-Manifest-Url``
+(``GET /v1/outputs/{id}/manifest``); a whole WAV embeds it in a LIST/INFO ICMT chunk; the SSE
+``speech.audio.done`` event carries it as ``manifest``.
 """
 
 from __future__ import annotations
@@ -27,15 +33,25 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from api.errors import ApiRoute, error_response
-from api.schema import EditJSONRequest, ModelList, ModelOut, SpeechRequest, VoiceInfoOut, VoiceList
+from api.schema import (
+    EditJSONRequest,
+    ModelList,
+    ModelOut,
+    PreflightOut,
+    SpeechRequest,
+    VoiceInfoOut,
+    VoiceList,
+)
 from audio_formats import FORMATS, StreamEncoder, TempoFilter, encode_audio
 from audio_prep import load_audio
 from engine import CloneEngine
 from errors import AccessError, BusyError, OptionsError, TooLargeError
 from model_layout import ALL_VARIANTS, LLM_BACKENDS
-from models.prompts import EDIT_TASKS
+from models.prompts import EDIT_TASKS, LANGUAGE_TAGS, PARALINGUISTIC_TAGS
 from outputs import OutputStore
-from synthesis import AudioPiece, CloneRequest, EditRequest, SynthesisOptions, SynthesisResult
+from provenance import manifest_json
+from synthesis import MAX_BEST_OF, AudioPiece, CloneRequest, EditRequest, SynthesisOptions, SynthesisResult
+from wav_info import write_wav
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +59,7 @@ MODEL_ID = "step-audio-editx"
 DEFAULT_MAX_UPLOAD_BYTES = 50 << 20  # a 30 s reference is a few MB even as 48 kHz float WAV
 DEFAULT_QUEUE_SIZE = 64
 INSTRUCTION_TASKS = ("emotion", "style")  # instructions naming one of their options apply that edit
+MAX_MANIFEST_HEADER_BYTES = 8 << 10  # larger records are only served at X-Render-Manifest-Url
 
 
 class Slots:
@@ -113,6 +130,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
         edits = {task: options for task, options in EDIT_TASKS.items()}
         details = {"variants": engine.available_variants(), "default_variant": engine.config.variant,
                    "edit_tasks": edits, "instructions": {t: EDIT_TASKS[t] for t in INSTRUCTION_TASKS},
+                   "paralinguistic_tags": list(PARALINGUISTIC_TAGS), "language_tags": list(LANGUAGE_TAGS),
+                   "scores": engine.scorer is not None, "best_of": {"min": 1, "max": MAX_BEST_OF},
                    "demo": engine.demo, "sample_rate": engine.vocoder.sample_rate}
         data = [ModelOut(id=MODEL_ID, details=details)]
         data += [ModelOut(id=v, details={"variant": v}) for v in engine.available_variants()]
@@ -124,7 +143,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
     def speech(body: SpeechRequest) -> Response:
         edit = _instruction_edit(body.instructions)
         options = _options(engine, body.model, body.seed, body.temperature, body.top_p,
-                           stream=body.stream_format is not None and edit is None)
+                           stream=body.stream_format is not None and edit is None, best_of=body.best_of)
         request = CloneRequest.from_voice(body.voice_id, body.input, options)
         return _respond(ctx, lambda cancel: _speech_events(engine, request, edit, cancel),
                         body.response_format, body.stream_format, body.speed)
@@ -140,7 +159,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
             except ValidationError as exc:
                 raise OptionsError(f"invalid edit request: {_first_error(exc)}") from None
             source = ctx.outputs.get(body.output_id)
-            options = _options(engine, None, body.seed, body.temperature, body.top_p, stream=False)
+            options = _options(engine, None, body.seed, body.temperature, body.top_p, stream=False,
+                               best_of=body.best_of)
             edit_request = EditRequest.from_result(source, body.task, body.subtask, body.new_text or "",
                                                    options)
             fmt = body.response_format
@@ -151,7 +171,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
                 raise OptionsError("send the clip to edit as the multipart field 'file' (or JSON with an "
                                    "output_id)")
             audio, sr = _upload_audio(await upload.read(), upload.filename, engine)
-            options = _options(engine, None, _int_or_none(form.get("seed")), None, None, stream=False)
+            options = _options(engine, None, _int_or_none(form.get("seed")), None, None, stream=False,
+                               best_of=_int_or_none(form.get("best_of"), "best_of") or 1)
             edit_request = EditRequest(audio, sr, str(form.get("text") or ""), str(form.get("task") or ""),
                                        str(form.get("subtask") or "") or None,
                                        str(form.get("new_text") or ""), options)
@@ -160,6 +181,23 @@ def build_router(ctx: ApiContext) -> APIRouter:
             raise OptionsError(f"unknown response format {fmt!r}; choose one of {', '.join(FORMATS)}")
         return await run_in_threadpool(_respond, ctx, lambda cancel: engine.edit_stream(edit_request, cancel),
                                        fmt, None, 1.0)
+
+    @router.get("/outputs/{output_id}/manifest", summary="The provenance record of a recent output",
+                responses=_ERRORS)
+    def output_manifest(output_id: str) -> Response:
+        return Response(manifest_json(ctx.outputs.get(output_id).manifest), media_type="application/json")
+
+    @router.post("/voices/preflight", response_model=PreflightOut, openapi_extra=_PREFLIGHT_BODY,
+                 summary="Check a reference clip before cloning (multipart: file, optional text)",
+                 responses=_ERRORS)
+    async def preflight(request: Request) -> PreflightOut:
+        form = await _form(request, ctx.max_upload_bytes)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise OptionsError("send the reference clip as the multipart field 'file'")
+        audio, sr = _upload_audio(await upload.read(), upload.filename, engine)
+        check = await run_in_threadpool(engine.voices.preflight, audio, sr, str(form.get("text") or ""))
+        return PreflightOut(**check.to_dict())
 
     @router.get("/voices", response_model=VoiceList, summary="Every voice of the library")
     def voices() -> VoiceList:
@@ -239,8 +277,9 @@ def _respond(ctx: ApiContext, make_events, fmt: str, stream_format: str | None, 
         audio = TempoFilter(speed, result.sample_rate)
         samples = audio.push(result.audio)
         samples = np.concatenate([samples, audio.finish()])
-        return Response(encode_audio(samples, result.sample_rate, fmt), media_type=FORMATS[fmt].media_type,
-                        headers=_headers(result, output_id))
+        data = (write_wav(samples, result.sample_rate, manifest_json(result.manifest)) if fmt == "wav"
+                else encode_audio(samples, result.sample_rate, fmt))
+        return Response(data, media_type=FORMATS[fmt].media_type, headers=_headers(result, output_id))
     body = _stream_body(ctx, first, events, cancel, fmt, stream_format, speed, output_id)
     media = "text/event-stream" if stream_format == "sse" else FORMATS[fmt].media_type
     return StreamingResponse(body, media_type=media, headers={"X-Output-Id": output_id,
@@ -270,7 +309,8 @@ def _stream_body(ctx: ApiContext, first, events, cancel: threading.Event, fmt: s
                             "usage": {"input_tokens": event.report.prompt_tokens,
                                       "output_tokens": event.report.new_tokens,
                                       "total_tokens": event.report.prompt_tokens + event.report.new_tokens},
-                            "timings": _timings(event), "warnings": event.warnings}
+                            "timings": _timings(event), "scores": _scores(event), "warnings": event.warnings,
+                            "manifest": event.manifest}
                     yield f"data: {json.dumps(done)}\n\n".encode()
     except Exception as exc:  # the status line is gone: SSE clients get an error event, audio ends early
         if sse:
@@ -308,7 +348,13 @@ def _headers(result: SynthesisResult, output_id: str) -> dict[str, str]:
                     "X-Cache": {"cache hit": "hit", "kept": "kept", "voice": "voice"}.get(report.tokens_from,
                                                                                             "miss"),
                     "X-Audio-Seconds": f"{report.audio_s:.3f}", "X-Chunks": str(len(report.chunks)),
-                    "X-Variant": result.variant, "X-Backend": result.backend, "X-Mode": result.mode})
+                    "X-Variant": result.variant, "X-Backend": result.backend, "X-Mode": result.mode,
+                    "X-Render-Manifest-Url": f"/v1/outputs/{output_id}/manifest"})
+    headers.update({f"X-Score-{k.replace('_', '-').title()}": str(v) for k, v in _scores(result).items()
+                    if v is not None})
+    encoded = base64.urlsafe_b64encode(manifest_json(result.manifest).encode()).rstrip(b"=").decode()
+    if len(encoded) <= MAX_MANIFEST_HEADER_BYTES:
+        headers["X-Render-Manifest"] = encoded
     if result.warnings:
         headers["X-Warnings"] = _ascii("; ".join(result.warnings))[:1000]
     return headers
@@ -317,7 +363,13 @@ def _headers(result: SynthesisResult, output_id: str) -> dict[str, str]:
 def _timings(result: SynthesisResult) -> dict[str, float]:
     r = result.report
     return {"total": r.total_s, "prep": r.prep_s, "tokenizer": r.tokenizer_s, "llm": r.llm_s,
-            "vocoder": r.vocoder_s, "ttfa": r.ttfa_s}
+            "vocoder": r.vocoder_s, "scores": r.score_s, "ttfa": r.ttfa_s}
+
+
+def _scores(result: SynthesisResult) -> dict:
+    """The output's scores as the manifest states them (None: not scored)."""
+    scores = result.manifest.get("scores") or {}
+    return {name: scores.get(name) for name in ("similarity", "error_rate", "metric")}
 
 
 def _ascii(text: str) -> str:
@@ -327,13 +379,14 @@ def _ascii(text: str) -> str:
 # ---- request parts -------------------------------------------------------------------------------
 
 def _options(engine: CloneEngine, model: str | None, seed: int | None, temperature: float | None,
-             top_p: float | None, stream: bool) -> SynthesisOptions:
+             top_p: float | None, stream: bool, best_of: int = 1) -> SynthesisOptions:
     variant = model if model in ALL_VARIANTS else None
     backend = model if model in LLM_BACKENDS else None
     defaults = SynthesisOptions()
     return SynthesisOptions(variant=variant, backend=backend, seed=seed,
                             temperature=defaults.temperature if temperature is None else temperature,
-                            top_p=defaults.top_p if top_p is None else top_p, stream=stream).validated()
+                            top_p=defaults.top_p if top_p is None else top_p, stream=stream,
+                            best_of=best_of).validated()
 
 
 def _instruction_edit(instructions: str | None) -> tuple[str, str] | None:
@@ -385,13 +438,13 @@ async def _form(request: Request, limit: int):
     return await request.form(max_files=1, max_fields=16, max_part_size=limit)
 
 
-def _int_or_none(value) -> int | None:
+def _int_or_none(value, name: str = "seed") -> int | None:
     if value in (None, ""):
         return None
     try:
         return int(str(value))
     except ValueError:
-        raise OptionsError(f"seed must be a whole number, got {value!r}") from None
+        raise OptionsError(f"{name} must be a whole number, got {value!r}") from None
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -415,7 +468,13 @@ _EDIT_BODY = {"requestBody": {"content": {
         "file": {"type": "string", "format": "binary"}, "text": {"type": "string"},
         "task": {"type": "string", "example": "style"}, "subtask": {"type": "string", "example": "whisper"},
         "new_text": {"type": "string"}, "response_format": {"type": "string", "example": "wav"},
-        "seed": {"type": "integer"}}}}}}}
+        "seed": {"type": "integer"},
+        "best_of": {"type": "integer", "minimum": 1, "maximum": MAX_BEST_OF}}}}}}}
+_PREFLIGHT_BODY = {"requestBody": {"content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "text": {"type": "string",
+                 "description": "what the clip says, if typed (compared with the transcript)"}}}}}}}
 _VOICE_BODY = {"requestBody": {"content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"},

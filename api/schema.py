@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from audio_formats import FORMATS, MAX_SPEED, MIN_SPEED
+from synthesis import MAX_BEST_OF
 
 ResponseFormat = Literal["wav", "mp3", "flac", "opus", "aac", "pcm"]
 assert set(ResponseFormat.__args__) == set(FORMATS)  # one list of formats: audio_formats.FORMATS
@@ -45,7 +46,8 @@ class SpeechRequest(BaseModel):
     seed: int | None = Field(None, description="same seed, same audio (empty: random)")
     temperature: float | None = None
     top_p: float | None = None
-    best_of: int = Field(1, ge=1, le=8, description="takes to try, keeping the best-scored one")
+    best_of: int = Field(1, ge=1, le=MAX_BEST_OF, description="try up to N takes per text chunk and keep "
+                         "the best-scored one (the first under the error-rate threshold)")
 
     @property
     def voice_id(self) -> str:
@@ -68,6 +70,36 @@ class EditJSONRequest(BaseModel):
     seed: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    best_of: int = Field(1, ge=1, le=MAX_BEST_OF, description="try up to N takes, keep the best-scored one")
+
+
+class PreflightWarningOut(BaseModel):
+    """One problem with a reference; ``suggestion`` names the edit that may fix it ("denoise", "vad")."""
+
+    code: str
+    message: str
+    suggestion: str | None = None
+
+
+class PreflightOut(BaseModel):
+    """``POST /v1/voices/preflight``: measurements of a reference clip and plain warnings."""
+
+    duration_s: float
+    speech_s: float | None
+    sample_rate: int
+    channels: int
+    loudness_lufs: float | None
+    peak_dbfs: float | None
+    clipped_share: float
+    snr_db: float | None
+    text: str
+    transcript: str | None
+    text_error_rate: float | None
+    text_metric: str | None
+    text_note: str
+    usable: bool
+    seconds: float
+    warnings: list[PreflightWarningOut]
 
 
 class VoiceInfoOut(BaseModel):

@@ -58,8 +58,24 @@ EDIT_SYSTEM_PROMPT = (
     "and execute the most suitable audio edits and enhancements.\n"
 )
 
-# Upstream config/edit_config.py (option lists) and README (the 10 paralinguistic tags). For
-# "paralinguistic" the options are tags a user writes into the new text, e.g. "Great[Laughter]".
+# Paralinguistic tags a person writes into a text, e.g. "Great[Laughter]": the first release's ten
+# (upstream README), then those the 2026-01-29 model release added (both spellings are kept as the
+# model was trained on them). Clone text keeps them too (sanitize_text and text_split leave them whole).
+PARALINGUISTIC_TAGS_2025 = (
+    "[Breathing]", "[Laughter]", "[Surprise-oh]", "[Confirmation-en]", "[Uhm]", "[Surprise-ah]",
+    "[Surprise-wa]", "[Sigh]", "[Question-ei]", "[Dissatisfaction-hnn]",
+)
+PARALINGUISTIC_TAGS_2026 = (
+    "[inhale]", "[exhale]", "[chuckle]", "[giggle]", "[snort]", "[clears throat]", "[cough]", "[laugh]",
+    "[breath]", "[sigh]", "[uhm]", "[Surprise-yo]", "[Question-ah]", "[Question-en]",
+)
+PARALINGUISTIC_TAGS = PARALINGUISTIC_TAGS_2025 + PARALINGUISTIC_TAGS_2026
+# Tags that set the language or dialect of a whole clone text, written before it (upstream README:
+# "add a [Sichuanese] / [Cantonese] / [Japanese] / [Korean] tag before your text").
+LANGUAGE_TAGS = ("[Sichuanese]", "[Cantonese]", "[Japanese]", "[Korean]")
+_LANGUAGE_TAG_RE = re.compile(r"\s*(" + "|".join(map(re.escape, LANGUAGE_TAGS)) + r")\s*", re.IGNORECASE)
+
+# Upstream config/edit_config.py (option lists); for "paralinguistic" the options are the tags above.
 EDIT_TASKS: dict[str, list[str]] = {
     "emotion": [
         "happy", "angry", "sad", "humour", "confusion", "disgusted", "empathy", "embarrass", "fear",
@@ -72,10 +88,7 @@ EDIT_TASKS: dict[str, list[str]] = {
         "murmur", "shout", "deeply", "loudly", "remove", "exaggerated",
     ],
     "speed": ["faster", "slower", "more faster", "more slower"],
-    "paralinguistic": [
-        "[Breathing]", "[Laughter]", "[Surprise-oh]", "[Confirmation-en]", "[Uhm]", "[Surprise-ah]",
-        "[Surprise-wa]", "[Sigh]", "[Question-ei]", "[Dissatisfaction-hnn]",
-    ],
+    "paralinguistic": list(PARALINGUISTIC_TAGS),
     "denoise": [],
     "vad": [],
 }
@@ -105,6 +118,16 @@ def sanitize_text(text: str) -> str:
         previous = text
         text = _CONTROL_RE.sub("", text)
     return text.strip()
+
+
+def split_language_tag(text: str) -> tuple[str | None, str]:
+    """(the leading language or dialect tag in its canonical spelling, the rest of the text), or
+    (None, text) when the text does not start with one of ``LANGUAGE_TAGS``."""
+    match = _LANGUAGE_TAG_RE.match(text or "")
+    if not match:
+        return None, text
+    tag = next(t for t in LANGUAGE_TAGS if t.lower() == match.group(1).lower())
+    return tag, text[match.end():]
 
 
 def clean_text(text: str | None, what: str, limit: int, warnings: list[str],

@@ -70,7 +70,7 @@ def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
 
 
 def speech(openai_client, voice: str, text: str = "Hello there, this is a test.", **kwargs):
-    extra = {"seed": kwargs.pop("seed", SEED)}
+    extra = {"seed": kwargs.pop("seed", SEED), **kwargs.pop("extra", {})}
     return openai_client.audio.speech.with_raw_response.create(
         model="step-audio-editx", voice=voice, input=text, extra_body=extra, **kwargs)
 
@@ -169,12 +169,82 @@ def test_models_list_the_model_and_its_variants(http):
     data = http.get("/v1/models").json()["data"]
     assert data[0]["id"] == "step-audio-editx" and "base" in [m["id"] for m in data]
     assert "happy" in data[0]["details"]["instructions"]["emotion"]
+    details = data[0]["details"]
+    assert {"[Laughter]", "[clears throat]", "[Surprise-yo]"} <= set(details["paralinguistic_tags"])
+    assert details["paralinguistic_tags"] == details["edit_tasks"]["paralinguistic"]
+    assert "[Cantonese]" in details["language_tags"] and details["scores"] is True
+    assert details["best_of"] == {"min": 1, "max": 8}
+
+
+# ---- scores, best-of-N, provenance, preflight ---------------------------------------------------------
+
+def unpadded_b64_json(value: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+
+
+def test_best_of_scores_and_the_manifest_in_header_wav_and_route_agree(openai_client, http, voice_id):
+    from wav_info import read_wav_comment
+
+    raw = speech(openai_client, voice_id, response_format="wav", extra={"best_of": 2})
+    manifest = unpadded_b64_json(raw.headers["x-render-manifest"])
+    assert json.loads(read_wav_comment(raw.content)) == manifest
+    assert raw.headers["x-render-manifest-url"] == f"/v1/outputs/{raw.headers['x-output-id']}/manifest"
+    assert http.get(raw.headers["x-render-manifest-url"]).json() == manifest
+    assert manifest["options"]["best_of"] == 2 and manifest["options"]["seed"] == SEED
+    assert manifest["voice"]["voice_id"] == voice_id and manifest["kind"] == "clone"
+    assert all(1 <= len(c["takes"]) <= 2 for c in manifest["chunks"])
+    assert float(raw.headers["x-score-similarity"]) == manifest["scores"]["similarity"]
+    assert raw.headers["x-score-metric"] == manifest["scores"]["metric"] == "wer"
+    assert float(raw.headers["x-timing-scores"]) > 0
+    samples, _ = decode(raw.content, "wav")
+    assert len(samples) == manifest["audio"]["samples"]
+    mp3 = speech(openai_client, voice_id, response_format="mp3")
+    assert unpadded_b64_json(mp3.headers["x-render-manifest"])["options"]["best_of"] == 1
+
+
+def test_server_sent_events_end_with_the_manifest(http, voice_id):
+    body = {"model": "step-audio-editx", "voice": voice_id, "input": "Events, please.",
+            "instructions": "happy", "response_format": "pcm", "stream_format": "sse", "seed": SEED}
+    with http.stream("POST", "/v1/audio/speech", json=body) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    done = events[-1]
+    assert done["type"] == "speech.audio.done" and done["manifest"]["kind"] == "edit"
+    assert done["manifest"]["edit"]["source"]["manifest"]["voice"]["voice_id"] == voice_id
+    names = ("similarity", "error_rate", "metric")
+    assert done["scores"] == {k: done["manifest"]["scores"][k] for k in names}
+    assert http.get(f"/v1/outputs/{done['output_id']}/manifest").json() == done["manifest"]
+
+
+def test_best_of_out_of_range_is_a_400(http, voice_id):
+    body = {"model": "x", "voice": voice_id, "input": "Hi.", "best_of": 9}
+    response = http.post("/v1/audio/speech", json=body)
+    assert response.status_code == 400 and error_of(response)["param"] == "best_of"
+
+
+def test_preflight_flags_a_clipped_upload_and_passes_a_clean_one(http):
+    clipped = io.BytesIO()
+    sf.write(clipped, np.clip(4 * synthetic_voice(4.0, 22050, seed=8), -1, 1), 22050, format="WAV")
+    response = http.post("/v1/voices/preflight",
+                         files={"file": ("loud.wav", clipped.getvalue(), "audio/wav")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [w["code"] for w in body["warnings"]] == ["clipped"] and body["clipped_share"] > 0.01
+    assert body["warnings"][0]["message"].startswith("clipped ") and body["usable"]
+    clean = http.post("/v1/voices/preflight", files={"file": ("ok.wav", wav_bytes(4.0, seed=8), "audio/wav")})
+    transcript = clean.json()["transcript"]
+    assert clean.json()["warnings"] == [] and transcript
+    again = http.post("/v1/voices/preflight", files={"file": ("ok.wav", wav_bytes(4.0, seed=8), "audio/wav")},
+                      data={"text": transcript})
+    assert again.json()["text_error_rate"] == 0.0 and again.json()["warnings"] == []
+    wrong = http.post("/v1/voices/preflight", files={"file": ("ok.wav", wav_bytes(2.0, seed=8), "audio/wav")},
+                      data={"text": "nothing like what is said in it"})
+    assert {w["code"] for w in wrong.json()["warnings"]} == {"short", "text_mismatch"}
 
 
 def test_openapi_docs_list_every_route_with_examples(server):
     spec = httpx.get(server.url + "/openapi.json").json()
     for path in ("/v1/audio/speech", "/v1/audio/edits", "/v1/voices", "/v1/voices/{voice_id}",
-                 "/v1/models", "/health"):
+                 "/v1/models", "/health", "/v1/voices/preflight", "/v1/outputs/{output_id}/manifest"):
         assert path in spec["paths"], path
     assert "examples" in json.dumps(spec["components"]["schemas"]["SpeechRequest"])
     assert httpx.get(server.url + "/docs").status_code == 200

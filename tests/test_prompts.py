@@ -15,6 +15,8 @@ from models.prompts import (
     EDIT_SYSTEM_PROMPT,
     EDIT_TASKS,
     EOT_ID,
+    LANGUAGE_TAGS,
+    PARALINGUISTIC_TAGS_2025,
     TURN_IDS,
     StepTextTokenizer,
     TextInputError,
@@ -23,9 +25,11 @@ from models.prompts import (
     clean_text,
     edit_instruction,
     sanitize_text,
+    split_language_tag,
     validate_audio_token_str,
     validate_text,
 )
+from text_split import split_text
 
 AUDIO = token_str([5, 900, 1024, 3000, 5119, 0, 1, 2000, 2001, 2002])
 
@@ -102,7 +106,8 @@ def test_edit_task_lists_match_upstream():
     assert len(EDIT_TASKS["emotion"]) == 15 and "remove" in EDIT_TASKS["emotion"]
     assert len(EDIT_TASKS["style"]) == 33 and "remove" in EDIT_TASKS["style"]
     assert EDIT_TASKS["speed"] == ["faster", "slower", "more faster", "more slower"]
-    assert len(EDIT_TASKS["paralinguistic"]) == 10 and "[Laughter]" in EDIT_TASKS["paralinguistic"]
+    assert EDIT_TASKS["paralinguistic"][:10] == list(PARALINGUISTIC_TAGS_2025)
+    assert "[Laughter]" in EDIT_TASKS["paralinguistic"]
     assert set(EDIT_TASKS) == {"emotion", "style", "speed", "paralinguistic", "denoise", "vad"}
     for options in EDIT_TASKS.values():
         assert len(options) == len(set(options))
@@ -162,6 +167,26 @@ def test_sanitize_text_removes_control_strings(text):
 
 def test_sanitize_keeps_ordinary_text_and_tags():
     assert sanitize_text("  Great[Laughter], a <b> tag & 3 < 4  ") == "Great[Laughter], a <b> tag & 3 < 4"
+
+
+def test_the_2026_release_tags_are_offered_beside_the_older_ones_and_survive_cleaning_and_splitting():
+    new = ["[inhale]", "[exhale]", "[chuckle]", "[giggle]", "[snort]", "[clears throat]", "[cough]",
+           "[laugh]", "[breath]", "[sigh]", "[uhm]", "[Surprise-yo]", "[Question-ah]", "[Question-en]"]
+    assert EDIT_TASKS["paralinguistic"] == list(PARALINGUISTIC_TAGS_2025) + new
+    text = " ".join(f"Word {tag} here." for tag in [*new, *LANGUAGE_TAGS])
+    cleaned = clean_text(text, "target text", DEFAULT_MAX_TEXT_CHARS, [])
+    assert cleaned == text
+    joined = " ".join(c.text for c in split_text(cleaned, 40))
+    assert all(tag in joined for tag in [*new, *LANGUAGE_TAGS])
+    assert all(c.text.count("[") == c.text.count("]") for c in split_text(cleaned, 20))  # never cut inside
+
+
+def test_a_leading_language_tag_is_found_in_any_case():
+    assert split_language_tag("[Cantonese]你好") == ("[Cantonese]", "你好")
+    assert split_language_tag("  [sichuanese] 你好") == ("[Sichuanese]", "你好")
+    assert split_language_tag("你好[Cantonese]") == (None, "你好[Cantonese]")
+    assert split_language_tag("[Laughter] hi") == (None, "[Laughter] hi")
+    assert LANGUAGE_TAGS == ("[Sichuanese]", "[Cantonese]", "[Japanese]", "[Korean]")
 
 
 def test_validate_text_errors():

@@ -36,6 +36,12 @@ def test_switches():
     assert parse_settings([], environ={"EDITX_NO_WARMUP": "false"}).warmup
 
 
+def test_scores_are_on_unless_switched_off():
+    assert parse_settings([], environ={}).scores
+    assert not parse_settings(["--no-scores"], environ={}).scores
+    assert not parse_settings([], environ={"EDITX_NO_SCORES": "1"}).scores
+
+
 def test_cache_dir_none_means_memory_only():
     assert parse_settings(["--cache-dir", "none"], environ={}).cache_dir is None
     assert parse_settings([], environ={"EDITX_CACHE_DIR": "none"}).cache_dir is None

@@ -25,7 +25,7 @@ from typing import Any
 
 log = logging.getLogger("bench.all")
 
-STAGES = ("tokenizer", "llm", "vocoder", "clone")
+STAGES = ("tokenizer", "llm", "vocoder", "clone", "scores")
 VERSIONED_PACKAGES = ("torch", "onnxruntime-gpu", "onnxruntime", "transformers", "funasr", "bitsandbytes",
                       "gradio", "numpy", "librosa", "diskcache", "huggingface_hub")
 # --quick: a stage's own --quick flag if it has one (it knows which of its settings may shrink),
