@@ -30,16 +30,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import server
     from outputs import OutputStore
+    from ui.access import AdminGate
     from ui.page import build_app
 
-    outputs = OutputStore()  # versions made on the page can be edited through the API, and back
-    page = build_app(engine, examples, settings.max_text_chars)
-    log.info("serving on http://%s:%d (%s models, variant %s)", settings.host, settings.port,
-             "DEMO" if engine.demo else "real", settings.variant)
-    server.serve(page, engine, server.ServeOptions(
+    options = server.ServeOptions(
         host=settings.host, port=settings.port, share=settings.share, concurrency=settings.concurrency,
         queue_size=settings.queue_size, api_key=settings.api_key,
-        allowed_paths=(settings.examples_dir.resolve(),)), outputs)
+        allowed_paths=(settings.examples_dir.resolve(),))
+    outputs = OutputStore()  # versions made on the page can be edited through the API, and back
+    gate = AdminGate(settings.api_key, options.loopback_only)  # clearing the cache and deleting voices
+    page = build_app(engine, examples, settings.max_text_chars, outputs, gate)
+    log.info("serving on http://%s:%d (%s models, variant %s)%s", settings.host, settings.port,
+             "DEMO" if engine.demo else "real", settings.variant,
+             "" if settings.share else "; --share also opens a public link")
+    server.serve(page, engine, options, outputs)
     return 0
 
 

@@ -330,14 +330,16 @@ class CloneEngine:
         yield self._finish(mode, t_start, render, text, prompt_text, transcribe, options, report, warnings,
                            llm, provenance)
 
-    def prepare_reference(self, audio: np.ndarray, sample_rate: int, reference_text: str = "") -> str:
+    def prepare_reference(self, audio: np.ndarray, sample_rate: int, reference_text: str = "",
+                          report: StageReport | None = None) -> str:
         """Validate and encode a reference clip ahead of Clone (tokens and vocoder features land in
         the prompt cache, so the clone is a hit); returns the reference text, transcribed when it
-        was empty and auto-transcription is on (else returned as given)."""
+        was empty and auto-transcription is on (else returned as given). ``report``, when given,
+        receives the tokenizer and vocoder-prompt times of this encode (the page shows them)."""
         start = time.perf_counter()
         text = clean_text(reference_text, "reference text", self.config.max_text_chars, [], allow_empty=True)
         audio, sr = self.voices.validated_audio(audio, sample_rate)
-        report = StageReport()
+        report = StageReport() if report is None else report
         voice = self.voices.from_clip(audio, sr, text, not text and self.config.auto_transcribe, report)
         log.info("reference prepared in %.3f s (tokens %s, features %s)", time.perf_counter() - start,
                  report.tokens_from, "cached" if report.vocoder_prompt_cached else "computed")
@@ -437,10 +439,12 @@ class CloneEngine:
             stats.setdefault(name, 0)
         return stats
 
-    def clear_cache(self) -> None:
-        if self.cache is not None:
-            self.cache.clear()
-            log.info("prompt cache cleared")
+    def clear_cache(self) -> dict:
+        """Empty the prompt cache and reset its counters (library voices stay); returns what was removed
+        ({"entries", "bytes", "aliases", "counters"}, see ``PromptCache.clear``)."""
+        if self.cache is None:
+            return {"entries": 0, "bytes": 0, "aliases": 0, "counters": {}}
+        return self.cache.clear()
 
     # ---- stages ------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from api.routes import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_QUEUE_SIZE, ApiContext, Slots, build_router
 from engine import CloneEngine
 from outputs import OutputStore
-from ui.page import CSS, THEME
+from ui.page import CSS, PAGE_JS, THEME
 
 MAX_UPLOAD = "100mb"  # the page's uploads (a 30 s reference is a few MB even as 48 kHz float WAV)
 
@@ -69,10 +69,13 @@ def api_context(engine: CloneEngine, options: ServeOptions, outputs: OutputStore
 def serve(page: gr.Blocks, engine: CloneEngine, options: ServeOptions,
           outputs: OutputStore | None = None) -> None:
     """Queue the page's requests, add the API and health routes, and serve until interrupted."""
-    ctx = api_context(engine, options, outputs or OutputStore())
+    # "is None", not "or": an empty store is falsy (it has a length), and the page must share this one
+    ctx = api_context(engine, options, outputs if outputs is not None else OutputStore())
     routes = [health_route(engine, ctx.slots), *build_router(ctx).routes]
     page.queue(default_concurrency_limit=options.concurrency, max_size=options.queue_size)
+    # quiet: Gradio's own start-up lines tell to "set share=True in launch()"; app.py logs the address and
+    # the --share flag instead (with --share, Gradio prints the public link itself)
     page.launch(server_name=options.host, server_port=options.port, share=options.share, theme=THEME,
-                css=CSS, show_error=False, footer_links=["api"],
+                css=CSS, js=PAGE_JS, show_error=False, footer_links=["api"], quiet=not options.share,
                 app_kwargs={"routes": routes, "docs_url": "/docs", "title": "EditX Studio API"},
                 allowed_paths=[str(p) for p in options.allowed_paths], max_file_size=MAX_UPLOAD)

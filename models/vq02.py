@@ -22,6 +22,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def import_funasr() -> None:
     ``import funasr`` imports every submodule; one of them (funasr.bin.realtime_ws) calls
     ``logging.basicConfig(level=INFO)`` on the root logger, which would override the app's logging
     setup, and the package prints an ffmpeg notice on stdout. Both are undone here (the printed text
-    goes to the debug log).
+    goes to the debug log). ``funasr.utils.load_utils`` also imports pydub, which warns at import that
+    ffmpeg is missing; we never decode through pydub (audio_prep reads files), so that warning is
+    silenced for this import only.
     """
     if "funasr.models.paraformer_streaming.model" in sys.modules:
         return
@@ -67,7 +70,9 @@ def import_funasr() -> None:
     handlers, level = list(root.handlers), root.level
     printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv",
+                                    category=RuntimeWarning)
             import funasr.models.paraformer_streaming.model  # noqa: F401 - registers the classes
             import funasr.utils.load_utils  # noqa: F401
             import funasr.utils.postprocess_utils  # noqa: F401

@@ -39,7 +39,9 @@ class AppServer:
         cmd = [sys.executable, str(ROOT / "app.py"), "--model-dir", str(model_dir), "--host", "127.0.0.1",
                "--port", str(self.port), "--cache-dir", str(work / "cache"), "--examples-dir",
                str(self.examples), *(extra or [])]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        # this checkout's modules first, even where another checkout is installed in editable mode
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": path}
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=work, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.health_at_start: dict = {}

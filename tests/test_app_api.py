@@ -1,29 +1,44 @@
-"""The served app: app.py in a subprocess on demo models, driven with gradio_client and plain HTTP.
+"""The page's API on a served app (demo models), driven with gradio_client, plain HTTP and bash.
 
-Also the adapter (ui_adapter.py) on its own: UI values -> request, engine errors -> gr.Error.
+The server listens on 0.0.0.0 with an API key, as a deployment open to the network would, and the
+tests connect through 127.0.0.1. Also the adapter's pieces on their own (no server): UI values ->
+options, engine errors -> messages, the timing table, version labels and details, the admin check.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
+from audio_join import ChunkJoiner
 from demo.examples import synthetic_voice
-from errors import AudioInputError, OptionsError
+from errors import AccessError, AudioInputError, OptionsError
+from synthesis import ChunkReport, Segment, StageReport, SynthesisResult
 from tests.app_server import ROOT, free_port, get_json, running_app
-from ui.adapter import EngineAdapter, cache_table, synthesis_options
+from ui.access import AdminGate
+from ui.adapter import EngineAdapter, cache_table, public_error, synthesis_options
+from ui.timing import UploadEncode, timing_html, timing_rows
+from ui.versions import add_version, chunk_details, result_details, version_choices, version_label
+
+KEY = "page-admin-key-0123"
+SEEDS = 6  # the random demo LLM sometimes emits no whole audio group for a seed
 
 
 @pytest.fixture(scope="module")
 def server(demo_models_root, tmp_path_factory):
-    with running_app(demo_models_root, tmp_path_factory.mktemp("app")) as srv:
+    work = tmp_path_factory.mktemp("app")
+    with running_app(demo_models_root, work, ["--host", "0.0.0.0", "--api-key", KEY]) as srv:
         yield srv
 
 
@@ -34,101 +49,249 @@ def client(server):
     return Client(server.url, verbose=False)
 
 
-def clone_args(wav: Path, reference_text: str, target: str, seed: int = 0) -> list:
+@pytest.fixture(scope="module")
+def rest(server):
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as c:
+        yield c
+
+
+def voice_file(tmp_path: Path, name: str = "voice.wav", seconds: float = 3.0, sr: int = 22050,
+               seed: int = 21) -> Path:
+    path = tmp_path / name
+    sf.write(path, synthetic_voice(seconds, sr, f0=140.0, seed=seed), sr)
+    return path
+
+
+def clone(client, wav: Path | None, text: str = "Hello.", reference_text: str = "some words here",
+          voice: str = "(new)"):
+    """/clone with keyword arguments, trying a few seeds (no-audio seeds of the demo LLM are skipped)."""
     from gradio_client import handle_file
-
-    return [handle_file(str(wav)), reference_text, target, "base", seed, 0.7, 1.0, 10]
-
-
-def predict_until_audio(client, wav: Path, reference_text: str, target: str):
-    """/clone, trying a few seeds: the random demo LLM sometimes emits no whole audio group."""
     from gradio_client.exceptions import AppError
 
     last = None
-    for seed in range(6):
+    for seed in range(SEEDS):
         try:
-            return client.predict(*clone_args(wav, reference_text, target, seed), api_name="/clone")
+            return client.predict(text=text, voice=voice,
+                                  reference_audio=handle_file(str(wav)) if wav else None,
+                                  reference_text=reference_text, seed=seed, max_new_tokens=60,
+                                  api_name="/clone")
         except AppError as exc:
-            if "No audio was generated" not in str(exc) and "no complete audio" not in str(exc):
+            if "no audio" not in str(exc).lower():
                 raise
             last = exc
     raise AssertionError(f"no seed produced audio: {last}")
 
 
+def edit(client, version: str, task: str = "speed", subtask: str = "faster"):
+    from gradio_client.exceptions import AppError
+
+    last = None
+    for seed in range(SEEDS):
+        try:
+            return client.predict(version=version, task=task, subtask=subtask, seed=seed, max_new_tokens=60,
+                                  api_name="/edit")
+        except AppError as exc:
+            if "no audio" not in str(exc).lower():
+                raise
+            last = exc
+    raise AssertionError(f"no seed produced an edit: {last}")
+
+
 # ---- served app --------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_health_reports_models_device_variant_demo_and_cache(server):
+def test_health_reports_models_and_cache_without_server_paths(server):
     health = server.health_at_start
     assert health["status"] == "ok" and health["demo"] is True
     assert health["models_loaded"]["tokenizer"] and health["models_loaded"]["llm"] == ["base"]
     assert health["device"] == "cpu" and health["variant"] == "base"
-    cache = health["cache"]
-    assert cache["persistent"] is True
     # the warm-up cloned the first example voice, so it is already in the cache for users
-    assert health["requests"] == 1 and cache["misses"] == 1 and cache["entries"] == 1
-    assert "untrained" in server.log() or "DEMO" in server.log()
+    assert health["requests"] == 1 and health["cache"]["misses"] == 1 and health["cache"]["entries"] == 1
+    text = json.dumps(health)
+    assert str(server.log_path.parent) not in text and "/tmp/" not in text
 
 
 @pytest.mark.slow
-def test_clone_over_the_api_returns_24khz_wav_and_health_shows_the_hit(server, client, tmp_path):
-    wav = tmp_path / "voice.wav"
-    sf.write(wav, synthetic_voice(3.0, 44100, f0=140.0, seed=21), 44100)  # a new voice: a miss
-    audio_path, reference_text, timing, *_ = predict_until_audio(client, wav, "some words here", "Hello.")
-    audio, sr = sf.read(audio_path)
-    assert sr == 24000 and audio.ndim == 1 and len(audio) > 0
-    assert reference_text == "some words here"
-    stages = [row[0] for row in timing["data"]]
-    assert stages[0] == "prep" and stages[-1] == "total"
-    before = get_json(server.url + "/health")["cache"]["hits"]
-    _, _, timing, *_ = predict_until_audio(client, wav, "some words here", "Again.")
-    assert [row[0] for row in timing["data"]][1] == "tokenizer (cache hit)"
-    assert get_json(server.url + "/health")["cache"]["hits"] > before
+def test_start_up_log_has_no_share_hint_and_no_ffmpeg_warning(server):
+    log = server.log()
+    assert "serving on http://0.0.0.0" in log
+    assert "share=True" not in log  # Gradio's hint contradicts our --share flag
+    assert "ffmpeg" not in log.lower()  # pydub's warning, from FunASR's import of it
 
 
 @pytest.mark.slow
-def test_example_voice_was_cached_by_the_warm_up(server, client):
-    example = sorted(server.examples.glob("*.wav"))
-    index = json.loads((server.examples / "examples.json").read_text())
-    first = next(p for p in example if p.stem == next(iter(index)))
-    _, _, timing, *_ = predict_until_audio(client, first, index[first.stem]["reference_text"], "Hi.")
-    assert [row[0] for row in timing["data"]][1] == "tokenizer (cache hit)"
+def test_api_view_names_every_input_and_the_two_outputs(client):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    clone_info, edit_info = info["/clone"], info["/edit"]
+    assert [p["parameter_name"] for p in clone_info["parameters"]] == [
+        "text", "voice", "reference_audio", "reference_text", "variant", "seed", "temperature", "top_p",
+        "flow_steps", "max_new_tokens"]
+    assert [r["label"] for r in clone_info["returns"]] == ["Speech", "Details"]
+    assert [p["parameter_name"] for p in edit_info["parameters"]][:6] == [
+        "version", "clip", "clip_text", "task", "subtask", "new_text"]
+    assert [r["label"] for r in edit_info["returns"]] == ["Edited speech", "Details"]
+    optional = {p["parameter_name"] for p in clone_info["parameters"] if p["parameter_has_default"]}
+    assert optional == {p["parameter_name"] for p in clone_info["parameters"]} - {"text"}
+    for name, endpoint in info.items():  # no unnamed "value_14" anywhere
+        labels = [p["label"] for p in endpoint["parameters"]] + [r["label"] for r in endpoint["returns"]]
+        assert not any(re.fullmatch(r"(value|parameter)_\d+", label or "") for label in labels), name
+    assert "/clear_cache" not in info and "/delete_voice" not in info  # callable, not advertised
 
 
 @pytest.mark.slow
-def test_bad_input_over_the_api_is_a_clear_error_and_the_server_lives(server, client, tmp_path):
+def test_clone_returns_speech_and_details_and_the_version_is_edited_over_rest_and_back(
+        server, client, rest, tmp_path):
+    speech, details = clone(client, voice_file(tmp_path), text="Hello there.")
+    audio, sr = sf.read(speech)
+    assert sr == 24000 and audio.ndim == 1 and len(audio) == details["samples"] > 0
+    assert details["status"] == "done" and details["text"] == "Hello there."
+    assert details["reference_text"] == "some words here" and details["voice"] == "voice"
+    assert set(details["timings"]) >= {"prep_s", "tokenizer_s", "llm_s", "vocoder_s", "total_s"}
+    assert all(isinstance(v, float) for v in details["timings"].values())
+    version_id = details["version_id"]
+
+    # a page version is an output of the REST API: edit it there
+    for seed in range(SEEDS):
+        response = rest.post("/v1/audio/edits", json={"output_id": version_id, "task": "speed",
+                                                      "subtask": "faster", "seed": seed})
+        if response.status_code == 200:
+            break
+        assert "no audio" in response.text.lower(), response.text
+    assert response.status_code == 200, response.text
+    rest_id = response.headers["X-Output-Id"]
+
+    # and a REST output is a version of the page: edit it there
+    edited, edit_details = edit(client, rest_id)
+    assert sf.info(edited).samplerate == 24000
+    assert edit_details["source_version_id"] == rest_id and edit_details["mode"] == "edit speed/faster"
+    again = rest.post("/v1/audio/edits", json={"output_id": edit_details["version_id"], "task": "vad"})
+    assert again.status_code in (200, 422, 500) and "no output with id" not in again.text
+
+
+@pytest.mark.slow
+def test_an_unknown_version_is_a_message_not_a_crash(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="No output with id 'out-000000000000'"):
+        client.predict(version="out-000000000000", task="speed", subtask="faster", api_name="/edit")
+
+
+@pytest.mark.slow
+def test_missing_inputs_are_named_by_field(client):
+    from gradio_client.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        client.predict(text="   ", api_name="/clone")
+    message = str(info.value)
+    assert "text: Type the text to speak" in message and "reference_audio: Upload or record" in message
+    with pytest.raises(ValidationError, match="version: Pick a version"):
+        client.predict(api_name="/edit")
+
+
+@pytest.mark.slow
+def test_bad_audio_is_a_clear_error_without_server_paths(server, client, tmp_path):
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(24000, np.float32), 24000)
     with pytest.raises(AppError, match="silent") as info:
-        client.predict(*clone_args(silent, "words", "Hello."), api_name="/clone")
+        client.predict(text="Hello.", reference_audio=handle_file(str(silent)), api_name="/clone")
     assert "Traceback" not in str(info.value)
-    with pytest.raises(AppError, match="empty"):
-        client.predict(*clone_args(silent, "words", "   "), api_name="/clone")
+    text_file = tmp_path / "notes.wav"
+    text_file.write_text("this is a text file, not a recording\n" * 20)
+    with pytest.raises(AppError) as info:
+        client.predict(text="Hello.", reference_audio=handle_file(str(text_file)), api_name="/clone")
+    message = str(info.value)
+    assert "'notes.wav'" in message and "common format" in message
+    assert "/tmp" not in message and "gradio" not in message.lower() and str(tmp_path) not in message
     assert "refused: the reference audio is silent" in server.log()  # the log keeps the detail
     assert get_json(server.url + "/health")["status"] == "ok"
 
 
 @pytest.mark.slow
-def test_edit_over_the_api(server, client, tmp_path):
+def test_a_short_clip_warns_and_a_too_short_one_is_refused_with_the_minimum(client, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    wav = tmp_path / "edit.wav"
-    sf.write(wav, synthetic_voice(3.0, 16000, f0=110.0, seed=22), 16000)
-    for seed in range(6):
-        try:
-            audio_path, timing, *_ = client.predict(
-                "my own clip", None, handle_file(str(wav)), "words to edit", "speed", "faster", "", "base",
-                seed, 0.7, 1.0, 10, api_name="/edit")
-            break
-        except AppError as exc:
-            assert "No audio was generated" in str(exc) or "no complete audio" in str(exc)
-    else:
-        pytest.fail("no seed produced an edit")
-    audio, sr = sf.read(audio_path)
-    assert sr == 24000 and len(audio) > 0
+    _, details = clone(client, voice_file(tmp_path, "short.wav", seconds=1.5, seed=5), text="Hi.")
+    assert any("3 to 30 s" in w and "timbre" in w for w in details["warnings"]), details["warnings"]
+    tiny = voice_file(tmp_path, "tiny.wav", seconds=0.3, seed=6)
+    with pytest.raises(AppError, match=r"at least 0\.5 s of clear speech"):
+        client.predict(text="Hi.", reference_audio=handle_file(str(tiny)), api_name="/clone")
+
+
+@pytest.mark.slow
+def test_example_voice_was_cached_by_the_warm_up(server, client):
+    index = json.loads((server.examples / "examples.json").read_text())
+    name = next(iter(index))
+    _, details = clone(client, server.examples / f"{name}.wav", text="Hi.",
+                       reference_text=index[name]["reference_text"])
+    assert details["report"]["tokens_from"] == "cache hit"
+
+
+@pytest.mark.slow
+def test_clearing_the_cache_needs_the_admin_key_off_loopback(server, client):
+    from gradio_client.exceptions import AppError
+
+    before = get_json(server.url + "/health")["cache"]
+    assert before["entries"] >= 1 and before["misses"] >= 1
+    for key in ("", "wrong-key-000"):
+        with pytest.raises(AppError, match="admin key"):
+            client.predict(key, api_name="/clear_cache")
+    # the event is not only the named endpoint: a raw call of the same event is refused the same way
+    raw = httpx.post(server.url + "/gradio_api/call/clear_cache", json={"data": [""]}, timeout=30)
+    event = raw.json()["event_id"]
+    stream = httpx.get(f"{server.url}/gradio_api/call/clear_cache/{event}", timeout=30).text
+    assert "event: error" in stream
+    assert get_json(server.url + "/health")["cache"]["entries"] == before["entries"]
+
+    rows = client.predict(KEY, api_name="/clear_cache")
+    table = {row[0]: row[1] for row in rows["data"]}
+    assert table["entries"] == "0" and table["hits"] == "0" and table["misses"] == "0"
+    assert table["time saved"] == "0.00 s" and table["vocoder prompt hits"] == "0"
+    assert "/" not in table["stored in"]
+    after = get_json(server.url + "/health")["cache"]
+    assert after["entries"] == 0 and after["hits"] == 0 and after.get("vocoder_prompt_hits", 0) == 0
+
+
+@pytest.mark.slow
+def test_deleting_a_voice_needs_the_admin_key_off_loopback(client, rest, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    with voice_file(tmp_path, "keep.wav").open("rb") as f:
+        created = rest.post("/v1/voices", files={"file": ("keep.wav", f, "audio/wav")},
+                            data={"name": "Keep me", "text": "words"})
+    assert created.status_code == 201, created.text
+    voice_id = created.json()["id"]
+    with pytest.raises(AppError, match="admin key"):
+        client.predict(voice_id, "", api_name="/delete_voice")
+    assert rest.get(f"/v1/voices/{voice_id}").status_code == 200
+    client.predict(voice_id, KEY, api_name="/delete_voice")
+    assert rest.get(f"/v1/voices/{voice_id}").status_code == 404
+
+
+@pytest.mark.slow
+def test_the_readme_examples_work_in_python_and_in_bash(server, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    port = server.url.rsplit(":", 1)[1]
+    voice_file(tmp_path, "my_voice.wav", seconds=3.0, seed=9)
+
+    def block(marker: str) -> str:
+        match = re.search(rf"<!-- example: {marker} -->\n```\w+\n(.*?)```", readme, re.S)
+        assert match, f"README has no '{marker}' example"
+        return match.group(1).replace("127.0.0.1:7860", f"127.0.0.1:{port}")
+
+    python = subprocess.run([sys.executable, "-c", block("gradio_client")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)
+    assert python.returncode == 0, python.stderr[-3000:]
+    assert re.search(r"out-[0-9a-f]{12}", python.stdout)
+    bash = subprocess.run(["bash", "-c", block("curl")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert bash.returncode == 0, bash.stderr
+    line = bash.stdout.strip().splitlines()[-1]
+    speech, details = json.loads(line.removeprefix("data: "))
+    assert speech["url"].endswith(".wav") and details["status"] == "done" and details["voice"] == "my_voice"
 
 
 def test_missing_models_without_demo_fallback_is_a_start_up_message(tmp_path):
@@ -141,51 +304,159 @@ def test_missing_models_without_demo_fallback_is_a_start_up_message(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-# ---- adapter on its own ------------------------------------------------------------------------
+# ---- the adapter's pieces on their own ---------------------------------------------------------
 
 def test_options_from_ui_values():
-    opts = synthesis_options("base", 7.0, 0.8, 0.9, 12.0)
+    opts = synthesis_options("base", 7.0, 0.8, 0.9, 12.0, 40.0)
     assert (opts.seed, opts.temperature, opts.top_p, opts.flow_steps) == (7, 0.8, 0.9, 12)
+    assert opts.max_new_tokens == 40
     assert synthesis_options(None, -1, 0.7, 1.0, 10).seed is None  # -1: random
-    assert synthesis_options(None, None, 0.7, 1.0, 10).seed is None
+    assert synthesis_options(None, None, 0.7, 1.0, 10, 0).max_new_tokens is None  # 0: no cap
     with pytest.raises(OptionsError, match="-1 \\(random\\)"):  # only -1 means random, not any negative
         synthesis_options(None, -2, 0.7, 1.0, 10)
     with pytest.raises(OptionsError, match="whole number"):
         synthesis_options(None, 1.5, 0.7, 1.0, 10)
-    with pytest.raises(OptionsError, match="temperature"):
-        synthesis_options(None, 0, 5.0, 1.0, 10)
+    with pytest.raises(OptionsError, match="max new tokens"):
+        synthesis_options(None, 0, 0.7, 1.0, 10, 2.5)
 
 
-def test_adapter_turns_engine_errors_into_messages():
-    def refuse():
-        raise AudioInputError("the reference audio is silent")
-
-    with pytest.raises(gr.Error) as info:
-        EngineAdapter._guard("clone", refuse)
-    assert info.value.message == "The reference audio is silent"
-
-    def crash():
-        raise KeyError("internal detail")
-
-    with pytest.raises(gr.Error) as info:
-        EngineAdapter._guard("clone", crash)
-    assert "server log" in info.value.message and "internal detail" not in info.value.message
+def test_engine_errors_become_messages_without_paths():
+    error = public_error("clone", AudioInputError("could not read /tmp/gradio/abc123/voice.wav as audio"))
+    assert error.message == "Could not read voice.wav as audio"
+    internal = public_error("clone", KeyError("internal detail"))
+    assert "server log" in internal.message and "internal detail" not in internal.message
 
 
 def test_stop_flags_only_the_requesting_sessions_run():
-    from types import SimpleNamespace
-
     adapter = EngineAdapter(engine=None)
     mine, other = SimpleNamespace(session_hash="mine"), SimpleNamespace(session_hash="other")
     with adapter._cancel_flag(mine) as my_flag, adapter._cancel_flag(other) as other_flag:
         adapter.stop(mine)
         assert my_flag.is_set() and not other_flag.is_set()
-    adapter.stop(mine)  # nothing running: a no-op
+    adapter.stop(mine)  # nothing running: a notice, not an error
     assert adapter._cancels == {}
 
 
 def test_cache_table_rows():
     rows = dict(cache_table({"hits": 3, "misses": 1, "hit_rate": 0.75, "entries": 2, "bytes": 2_500_000,
-                             "time_saved_s": 1.5, "vocoder_prompt_time_saved_s": 0.25, "directory": None}))
+                             "time_saved_s": 1.5, "vocoder_prompt_time_saved_s": 0.25,
+                             "directory": "disk: cache folder 'funasr'"}))
     assert rows["hits"] == "3" and rows["hit rate"] == "75 %" and rows["size on disk"] == "2.50 MB"
-    assert rows["time saved"] == "1.75 s" and rows["folder"] == "in memory only"
+    assert rows["time saved"] == "1.75 s" and rows["stored in"] == "disk: cache folder 'funasr'"
+
+
+def test_admin_gate_one_click_on_loopback_key_off_it():
+    local, remote = SimpleNamespace(client=SimpleNamespace(host="127.0.0.1")), \
+        SimpleNamespace(client=SimpleNamespace(host="203.0.113.7"))
+    AdminGate(None, loopback_only=True).check(None, remote, "clear")
+    keyed = AdminGate("secret-key-1", loopback_only=False)
+    for key, request in ((None, local), ("wrong", remote), ("", local)):
+        with pytest.raises(AccessError, match="admin key"):
+            keyed.check(key, request, "clear the prompt cache")
+    keyed.check("secret-key-1", remote, "clear")
+    open_no_key = AdminGate(None, loopback_only=False)
+    open_no_key.check(None, local, "clear")  # on the server machine itself
+    with pytest.raises(AccessError, match="--api-key"):
+        open_no_key.check(None, remote, "clear")
+
+
+def test_timing_rows_one_per_stage_that_ran_with_numbers():
+    report = StageReport(prep_s=0.01, tokenizer_s=0.002, tokens_from="cache hit", cache_hit=True,
+                         encode_s_saved=0.8, vocoder_prompt_s=0.003, vocoder_prompt_cached=True, llm_s=1.2,
+                         new_tokens=50, tokens_per_s=41.0, vocoder_s=0.4, total_s=1.7, audio_s=1.0)
+    upload = UploadEncode(tokenizer_s=0.7, vocoder_prompt_s=0.1, tokens_from="encoded", transcribed=True)
+    rows = timing_rows(report, upload)
+    stages = [r[0] for r in rows]
+    assert stages == ["prep", "reference encode (at upload)", "tokenizer (cache hit)", "vocoder prompt",
+                      "LLM", "vocoder", "total"]
+    assert all(isinstance(r[1], float) for r in rows) and rows[1][1] == pytest.approx(0.8)
+    assert "transcription" in rows[1][2]
+    # an edit of a version: its tokens were kept, so no tokenizer row and no empty rows
+    kept = StageReport(tokens_from="kept", cache_hit=True, llm_s=1.0, vocoder_s=0.2, total_s=1.3, audio_s=1.0)
+    assert [r[0] for r in timing_rows(kept)] == ["prep", "LLM", "vocoder", "total"]
+    encoded = StageReport(tokenizer_s=0.9, transcribed=True, vocoder_prompt_s=0.2)
+    assert [r[0] for r in timing_rows(encoded)][1] == "tokenizer + transcription"
+    html = timing_html(report, upload)
+    assert "in tokenizer" not in html and re.findall(r'class="seconds">([^<]*)<', html)[1:] == [
+        f"{r[1]:.3f}" for r in rows]
+
+
+def test_timing_rows_show_report_fields_added_later():
+    @dataclass
+    class ScoredReport(StageReport):  # what the output-scores module adds to the report
+        score_s: float = 0.3
+        rerank_s: float = 0.05
+
+        @property
+        def similarity(self):
+            return 0.91
+
+        @property
+        def error_rate(self):
+            return 0.042
+
+    rows = {r[0]: r for r in timing_rows(ScoredReport(total_s=1.0, audio_s=1.0))}
+    assert rows["scores"][1] == pytest.approx(0.3) and "similarity 0.910" in rows["scores"][2]
+    assert "4.2%" in rows["scores"][2] and rows["rerank"][1] == pytest.approx(0.05)
+
+
+def joined_result(chunk_samples: list[int], pause_s: float = 0.25, stopped: bool = False) -> SynthesisResult:
+    """A result joined like the engine's (audio_join.ChunkJoiner), with its segments."""
+    joiner = ChunkJoiner(24000)
+    out, segments = [], []
+    for i, n in enumerate(chunk_samples):
+        if i:
+            out.append(joiner.end_chunk(pause_s))
+        start = joiner.chunk_starts[-1]
+        out.append(joiner.push(np.full(n, 0.1, np.float32)))
+        segments.append(Segment(f"chunk {i}", [], start, start + n))
+    out.append(joiner.finish())
+    audio = np.concatenate(out)
+    report = StageReport(seed=4, total_s=2.0, audio_s=len(audio) / 24000, stopped=stopped,
+                         chunks=[ChunkReport(text=f"chunk {i}", seed=4) for i in range(len(chunk_samples))])
+    return SynthesisResult(audio, 24000, "words", "ref", False, "clone", "base", report, [], [],
+                           segments, stopped)
+
+
+def test_details_give_chunk_lengths_that_add_up_to_the_file():
+    result = joined_result([12000, 7000, 9000])
+    details = result_details(result, "out-0123456789ab", "calm")
+    chunks = details["chunks"]
+    total = (sum(c["samples"] for c in chunks) + sum(c["pause_after_samples"] for c in chunks)
+             - (len(chunks) - 1) * details["crossfade_samples"])
+    assert total == details["samples"] == len(result.audio)
+    assert [c["pause_after_samples"] for c in chunks] == [6000, 6000, 0]
+    assert details["report"]["chunks"][0]["seed"] == 4 and details["timings"]["total_s"] == 2.0
+    assert chunk_details(joined_result([5000]))[0]["pause_after_samples"] == 0
+
+
+def test_versions_are_told_apart_by_voice_seed_time_and_edit():
+    history = []
+    for seed, at in ((0, "14:02:11"), (1, "14:02:30")):
+        details = result_details(joined_result([4800]), f"out-00000000000{seed}", "calm") | {
+            "seed": seed, "finished_at": at}
+        history = add_version(history, details)
+    edited = result_details(joined_result([4800], stopped=True), "out-000000000009", "") | {
+        "mode": "edit emotion/happy", "source_version_id": "out-000000000001", "finished_at": "14:03:00"}
+    history = add_version(history, edited)
+    labels = [label for label, _ in version_choices(history)]
+    assert len(set(labels)) == 3 and labels[0].startswith("v3 · emotion: happy of v2")
+    assert labels[0].endswith("stopped") and "voice calm · seed 1 · 14:02:30" in labels[1]
+    assert version_choices(history)[0][1] == "out-000000000009"
+    assert version_label(history[0]).startswith("v1 · clone · voice calm · seed 0")
+
+
+def test_the_page_builds_with_named_api_endpoints(demo_models_root):
+    """Layout only (no server): every API input has a label and the API has no stray outputs."""
+    fake = SimpleNamespace(
+        demo=True, config=SimpleNamespace(variant="base", max_reference_seconds=30.0, max_text_chars=1000,
+                                          auto_transcribe=True),
+        available_variants=lambda: ["base"], vocoder=SimpleNamespace(sample_rate=24000),
+        voices=SimpleNamespace(list_voices=lambda: []), cache_stats=lambda: {})
+    from ui.page import build_app
+
+    demo = build_app(fake, [], gate=AdminGate())
+    names = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    assert len(names["clone"].outputs) == 2 and len(names["edit"].outputs) == 2
+    assert names["clear_cache"].api_visibility == "undocumented"
+    assert isinstance(demo, gr.Blocks)

@@ -1,35 +1,51 @@
 """The page in a real browser (Playwright + Debian Chromium) against app.py on the demo models.
 
-Uploads a reference, types a sentence, clones, watches the prompt-cache hits rise on a second click,
-edits the result, and saves screenshots under artifacts/ (set EDITX_DOCS_SCREENSHOT=1 to also
-refresh docs/ui.png, the README's picture).
+What a new user does in their first hour, one test per thing that used to trip them: a new clip
+never keeps another clip's text, input errors show at their field, Stop keeps the audio, messages
+show no server paths, MP3 and WebM uploads work, the cache clear asks and resets every counter, the
+timing table reads at 390 px, one progress line, versions told apart with A/B playback, short clips
+warned about, and the small things. Also streaming: audio plays before the clone ends and a long
+text becomes one joined file, and the voice library survives a reload.
+
+Screenshots of the Clone tab (idle, running, done, error) at 1280 and 390 px go to artifacts/; set
+EDITX_DOCS_SCREENSHOT=1 to also refresh docs/ui.png (the README's picture) from the 1280 px "done".
 """
 
 from __future__ import annotations
 
+import fractions
+import io
 import os
 import re
-import time
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import soundfile as sf
 
 from demo.examples import synthetic_voice
 from tests.app_server import ROOT, running_app
+from text_split import PAUSE_CLAUSE_S, PAUSE_PARAGRAPH_S, PAUSE_SENTENCE_S, PAUSE_WORD_S, split_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = ROOT / "artifacts"
-STEP_TIMEOUT_MS = 180_000  # one clone on a busy 2-core machine
+STEP_TIMEOUT_MS = 300_000  # one long clone on a busy 2-core machine
 SEEDS = 5  # the random demo LLM sometimes emits no whole audio group for a seed
+WIDTHS = (1280, 390)
+LONG_TEXT = ("The quick brown fox jumps over the lazy dog near the river bank, and the day goes on. "
+             * 40)[:3000]
+LONG_CHUNKS = len(split_text(LONG_TEXT))  # text chunks at the server's default --chunk-chars
+MAX_TEXT_CHARS = 3200
 
 
 @pytest.fixture(scope="module")
 def server(demo_models_root, tmp_path_factory):
-    with running_app(demo_models_root, tmp_path_factory.mktemp("browser_app")) as srv:
+    work = tmp_path_factory.mktemp("browser_app")
+    with running_app(demo_models_root, work, ["--max-text-chars", str(MAX_TEXT_CHARS)]) as srv:
         yield srv
 
 
@@ -45,99 +61,369 @@ def browser():
         b.close()
 
 
-def open_page(browser, server):
+@pytest.fixture
+def page(browser, server):
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     page.set_default_timeout(STEP_TIMEOUT_MS)
     page.goto(server.url)
     page.wait_for_selector("#clone-button")
-    return page
+    yield page
+    assert "Traceback" not in page.content()
+    page.close()
 
 
-def cache_hits(page) -> int:
-    text = page.locator("#cache-stats").inner_text()
-    match = re.search(r"hits\s+(\d+)", text)
-    assert match, f"no hit count in the cache panel: {text!r}"
-    return int(match.group(1))
+# ---- helpers -----------------------------------------------------------------------------------
+
+def voice_wav(tmp_path: Path, name: str, seconds: float = 3.5, sr: int = 16000, seed: int = 4) -> Path:
+    path = tmp_path / name
+    sf.write(path, synthetic_voice(seconds, sr, f0=120.0, seed=seed), sr)
+    return path
 
 
-def set_seed(page, seed: int) -> None:
+def encoded_voice(tmp_path: Path, name: str, codec: str, rate: int) -> Path:
+    """The synthetic voice encoded by FFmpeg (through PyAV) into ``name`` (the suffix picks the container)."""
+    voice = synthetic_voice(3.5, rate, f0=120.0, seed=8).astype(np.float32)
+    path = tmp_path / name
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        for start in range(0, voice.size, 960):
+            frame = av.AudioFrame.from_ndarray(voice[None, start:start + 960].copy(), format="flt",
+                                               layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, start, fractions.Fraction(1, rate)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def shoot(page, state: str) -> None:
+    """Screenshots of the whole page at every width (artifacts/clone_<state>_<width>.png)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.mouse.move(2, 2)  # no hover highlight in the picture
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.screenshot(path=str(ARTIFACTS / f"clone_{state}_{width}.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 1000})
+
+
+def note(page) -> str:
+    return page.locator("#reference-note").inner_text()
+
+
+def upload_reference(page, path: Path, any_file: bool = False) -> str:
+    """Upload a clip as the reference (through the audio player, or the any-file button) and wait for
+    its note ("Clip ready" or the reason it is refused)."""
+    clear = page.locator("#reference-audio button[aria-label='Clear']")
+    if clear.count():
+        clear.click()
+        page.wait_for_function("() => !document.querySelector('#reference-note').innerText.trim()")
+    if any_file:
+        with page.expect_file_chooser() as chooser:
+            page.locator("#reference-file").click()
+        chooser.value.set_files(str(path))
+    else:
+        page.locator("#reference-audio input[type=file]").set_input_files(str(path))
+    page.wait_for_function("() => /Clip ready|⛔/.test(document.querySelector('#reference-note').innerText)")
+    return note(page)
+
+
+def status(page, name: str = "clone") -> tuple[str, str]:
+    line = page.locator(f"#{name}-status .run-status")
+    return line.get_attribute("data-state"), line.inner_text()
+
+
+def set_option(page, selector: str, value: str) -> None:
     page.get_by_role("tab", name="Clone").click()
-    page.get_by_label("Seed (-1: random)").fill(str(seed))
+    advanced = page.locator("#advanced")
+    if selector == "#max-new-tokens" and not page.locator(selector).is_visible():
+        advanced.get_by_text("Advanced").first.click()
+    page.locator(f"{selector} input").fill(value)
 
 
-def click_until_done(page, button: str, done, what: str) -> None:
-    """Click ``button`` until ``done()`` is true; on a "No audio was generated" notice try the next seed."""
+def run(page, name: str, number: int) -> tuple[str, str]:
+    """Press Clone / Edit until version ``number`` is made (a seed without audio tries the next one)."""
     for seed in range(SEEDS):
         if seed:
-            set_seed(page, seed)
-            if button == "#edit-button":
+            set_option(page, "#seed", str(seed))
+            if name == "edit":
                 page.get_by_role("tab", name="Edit").click()
-        page.locator(button).click()
-        deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
-        while time.monotonic() < deadline:
-            if done():
-                return
-            if page.get_by_text("No audio was generated").count():
-                page.get_by_text("No audio was generated").first.wait_for(state="detached", timeout=20_000)
-                break
-            page.wait_for_timeout(250)
-        else:
-            pytest.fail(f"{what} did not finish in {STEP_TIMEOUT_MS / 1000:.0f} s")
-    pytest.fail(f"{what}: no seed produced audio")
+        page.locator(f"#{name}-button").click()
+        page.wait_for_function(
+            """([name, n]) => { const s = document.querySelector(`#${name}-status .run-status`);
+                 return s && (s.dataset.state === 'error'
+                              || (['done', 'stopped'].includes(s.dataset.state)
+                                  && new RegExp(`v${n}\\\\b`).test(s.textContent))); }""", arg=[name, number])
+        state, text = status(page, name)
+        if state != "error":
+            return state, text
+        toasts = " ".join(page.locator(".toast-body").all_inner_texts())
+        assert "no audio" in toasts.lower(), f"{name} failed: {toasts}"
+        for close in page.locator(".toast-close").all():
+            close.click()
+    pytest.fail(f"{name}: no seed produced audio")
 
 
-def test_clone_in_the_browser_and_the_cache_hit_count_rises(browser, server, tmp_path):
-    wav = tmp_path / "my_voice.wav"
-    sf.write(wav, synthetic_voice(3.0, 32000, f0=125.0, seed=31), 32000)
-    page = open_page(browser, server)
-    assert "untrained weights" in page.locator("#demo-banner").inner_text()
+def live(page, name: str = "clone") -> dict:
+    return page.evaluate(f"editxLive.state('{name}')")
 
-    page.locator("#reference-text textarea").fill("one two three four")
-    page.locator("#reference-audio input[type=file]").set_input_files(str(wav))
-    page.locator("#target-text textarea").fill("Hello from a real browser.")
-    page.wait_for_function("() => document.querySelector('#char-counter').innerText.startsWith('26 /')")
-    page.locator("#cache-panel").get_by_text("Prompt cache").first.click()
-    page.wait_for_selector("#cache-stats")
 
-    click_until_done(page, "#clone-button", lambda: page.locator("#clone-output audio").count() > 0, "clone")
-    assert page.locator("#clone-timing").get_by_text("total").count() == 1
-    hits = cache_hits(page)
-    click_until_done(page, "#clone-button", lambda: cache_hits(page) > hits, "second clone")
-    assert page.locator("#clone-timing").get_by_text("tokenizer (cache hit)").count() == 1
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "ui_clone.png"), full_page=True)
+def visible_progress(page) -> list[str]:
+    """Ids of the fields that show one of Gradio's status overlays (progress, timer or error)."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('.wrap'))
+        .filter(w => !w.classList.contains('hide') && w.offsetParent !== null
+                     && ['full', 'minimal', 'default'].some(c => w.classList.contains(c)))
+        .map(w => (w.closest('[id]') || {}).id)""")
 
-    # Edit tab: the clones are in the history; edit the newest one
+
+def download(page, selector: str) -> tuple[np.ndarray, int, str]:
+    """The file behind a player's download link: (samples, rate, file name)."""
+    link = page.locator(f"{selector} a[download]").first
+    body = page.request.get(link.get_attribute("href")).body()
+    audio, sr = sf.read(io.BytesIO(body))
+    return audio, sr, link.get_attribute("download")
+
+
+# ---- the tests ---------------------------------------------------------------------------------
+
+def test_a_long_text_plays_while_it_is_made_and_ends_as_one_joined_file(page):
+    page.get_by_text("en us calm").click()
+    page.wait_for_function("() => document.querySelector('#target-text textarea').value.length > 0")
+    page.locator("#target-text textarea").fill(LONG_TEXT)
+    set_option(page, "#max-new-tokens", "20")
+    page.locator("#clone-button").click()
+    page.wait_for_function("""() => { const s = document.querySelector('#clone-status .run-status');
+        return s.dataset.state === 'running'
+               && /^Chunk \\d+ of \\d+ · [\\d.]+ s of audio made/.test(s.textContent); }""")
+    # one progress indicator, under the button; nothing covers the reference text, the output or the table
+    assert set(visible_progress(page)) <= {"clone-status"}
+    assert f" of {LONG_CHUNKS} · " in status(page)[1]
+    shoot(page, "running")
+    assert live(page)["done"] is False, "the clone ended during the screenshots: they do not show it running"
+    page.wait_for_function("() => editxLive.state('clone').audibleBeforeDone")  # heard before the end
+    assert status(page)[0] == "running"
+    state, text = run_until_done(page)
+    assert state == "done" and text.startswith("Done: v1")
+
+    details = live(page)["details"]
+    chunks, fade = details["chunks"], details["crossfade_samples"]
+    assert len(chunks) >= 2 and details["status"] == "done"
+    pauses = {round(p * details["sample_rate"]) for p in (PAUSE_WORD_S, PAUSE_CLAUSE_S, PAUSE_SENTENCE_S,
+                                                          PAUSE_PARAGRAPH_S)}
+    assert all(c["pause_after_samples"] in pauses for c in chunks[:-1])
+    assert chunks[-1]["pause_after_samples"] == 0
+    audio, sr, name = download(page, "#clone-output")
+    assert name == f"{details['version_id']}.wav" and sr == 24000
+    joined = sum(c["samples"] for c in chunks) + sum(c["pause_after_samples"] for c in chunks) - (
+        len(chunks) - 1) * fade
+    assert len(audio) == joined == details["samples"]
+    assert live(page)["scheduled"] >= 2  # it played piece by piece
+
+
+def run_until_done(page) -> tuple[str, str]:
+    page.wait_for_function("() => ['done', 'stopped', 'error'].includes("
+                           "document.querySelector('#clone-status .run-status').dataset.state)")
+    return status(page)
+
+
+def test_stop_keeps_the_audio_made_so_far_as_a_stopped_version(page):
+    page.get_by_text("en scottish slow").click()
+    page.wait_for_function("() => document.querySelector('#target-text textarea').value.length > 0")
+    page.locator("#target-text textarea").fill(LONG_TEXT)
+    set_option(page, "#max-new-tokens", "20")
+    page.locator("#clone-button").click()
+    page.wait_for_function("() => editxLive.state('clone').scheduled > 0")
+    page.locator("#clone-stop").click()
+    page.get_by_text("Stopping: the audio made so far is kept.").wait_for()  # a queued handler's notice
+    state, text = run_until_done(page)
+    assert state == "stopped" and re.match(r"Stopped: kept [\d.]+ s of audio as v1 \(stopped\)", text)
+    toasts = " ".join(page.locator(".toast-body").all_inner_texts())
+    assert "error" not in toasts.lower() and "cancelled" not in toasts.lower()
+    assert set(visible_progress(page)) <= {"clone-status"}  # no error badge anywhere
+    details = live(page)["details"]
+    audio, _, _ = download(page, "#clone-output")
+    assert details["status"] == "stopped" and len(audio) == details["samples"] > 0
+    assert len(details["chunks"]) < LONG_CHUNKS
     page.get_by_role("tab", name="Edit").click()
-    assert page.locator("#version-select input").input_value().startswith("v2 · clone")
-    click_until_done(page, "#edit-button", lambda: page.locator("#edit-output audio").count() > 0, "edit")
-    page.screenshot(path=str(ARTIFACTS / "ui_edit.png"), full_page=True)
-    assert "Traceback" not in page.content()
-    page.close()
+    page.locator("#version-select input").click()
+    assert page.get_by_role("option").first.inner_text().strip().endswith("· stopped")
 
 
-def test_example_voice_fills_the_form_and_clones(browser, server):
-    page = open_page(browser, server)
+def test_done_screenshots_timing_table_versions_and_a_b(page):
     page.get_by_text("en gb bright").click()
     page.wait_for_function("() => document.querySelector('#target-text textarea').value.length > 0")
-    assert page.locator("#reference-audio audio").count() or page.locator("#reference-audio").inner_text()
-    click_until_done(page, "#clone-button", lambda: page.locator("#clone-output audio").count() > 0,
-                     "example clone")
-    page.locator("#cache-panel").get_by_text("Prompt cache").first.click()
-    page.wait_for_selector("#cache-stats")
-    page.mouse.move(2, 2)  # no hover highlight in the picture
-    page.wait_for_timeout(500)
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "ui_example.png"), full_page=True)
+    set_option(page, "#max-new-tokens", "40")
+    assert run(page, "clone", 1)[0] == "done"
+    page.locator("#clone-output a[download]").wait_for()
+    shoot(page, "done")
     if os.environ.get("EDITX_DOCS_SCREENSHOT") == "1":
         page.screenshot(path=str(ROOT / "docs" / "ui.png"), full_page=True)
-    page.close()
+
+    # the timing table: one row per stage that ran, seconds always a number, readable at 390 px
+    stages = page.locator("#clone-timing td.stage").all_inner_texts()
+    seconds = page.locator("#clone-timing td.seconds").all_inner_texts()
+    assert len(stages) == len(set(stages)) and stages[0] == "prep" and stages[-1] == "total"
+    assert all(re.fullmatch(r"\d+\.\d{3}", s) for s in seconds), seconds
+    page.set_viewport_size({"width": 390, "height": 900})
+    layout = page.evaluate("""() => {
+        const table = document.querySelector('#clone-timing table');
+        const lines = (cell) => { const r = document.createRange(); r.selectNodeContents(cell);
+                                  return r.getClientRects().length; };
+        const cells = Array.from(table.querySelectorAll('td.seconds'));
+        return {tableRight: table.getBoundingClientRect().right, viewport: window.innerWidth,
+                split: cells.filter(c => c.scrollWidth > c.clientWidth + 1 || lines(c) !== 1).length}; }""")
+    assert layout["split"] == 0 and layout["tableRight"] <= layout["viewport"]
+    page.set_viewport_size({"width": 1280, "height": 1000})
+
+    # a second take with another seed: the two versions must not look alike
+    set_option(page, "#seed", "1")
+    assert run(page, "clone", 2)[0] == "done"
+    page.get_by_role("tab", name="Edit").click()
+    assert page.locator("#edit-button").is_enabled()
+    page.locator("#version-select input").click()
+    labels = [t.strip().lstrip("✓").strip() for t in page.get_by_role("option").all_inner_texts()]
+    page.keyboard.press("Escape")
+    assert len(labels) == 2 and labels[0] != labels[1]
+    assert re.match(r"v2 · clone · voice en_gb_bright · seed 1 · \d\d:\d\d:\d\d · [\d.]+ s$", labels[0])
+    assert "seed 0" in labels[1]
+
+    # edit v2: before (A) and after (B) side by side, then the edit is a version of its own
+    assert run(page, "edit", 3)[0] == "done"
+    assert page.locator("#edit-before").get_by_text("Before (v2)").count() == 1
+    before, _, _ = download(page, "#edit-before")
+    after, _, _ = download(page, "#edit-output")
+    assert len(before) > 0 and len(after) > 0
+    assert page.locator("#version-select input").input_value().startswith("v3 · emotion: happy of v2")
+    edit_stages = page.locator("#edit-timing td.stage").all_inner_texts()
+    assert not any(s.startswith("tokenizer") for s in edit_stages) and "LLM" in edit_stages
+    edit_seconds = page.locator("#edit-timing td.seconds").all_inner_texts()
+    assert all(re.fullmatch(r"\d+\.\d{3}", s) for s in edit_seconds)
 
 
-def test_bad_input_shows_a_message_not_a_traceback(browser, server):
-    page = open_page(browser, server)
-    page.locator("#target-text textarea").fill("No reference yet.")
+def test_a_new_clip_never_keeps_the_text_typed_for_another_one(page, tmp_path):
+    # typed first, then the clip: the text was typed for this clip and stays
+    page.locator("#reference-text textarea").fill("words for my own clip")
+    ready = upload_reference(page, voice_wav(tmp_path, "mine.wav", seed=11))
+    assert "Clip ready" in ready
+    assert page.locator("#reference-text textarea").input_value() == "words for my own clip"
+
+    # an example's text, the example's clip cleared, another clip uploaded: the text does not follow
+    page.get_by_text("en us calm").click()
+    page.wait_for_function(
+        "() => document.querySelector('#reference-text textarea').value.startsWith('The quick')")
+    example_text = page.locator("#reference-text textarea").input_value()
+    text = upload_reference(page, voice_wav(tmp_path, "other.wav", seed=12))
+    assert page.locator("#reference-text textarea").input_value() != example_text
+    assert "typed for another clip" in text and "Clip ready" in text
+
+    # the encode done at upload is its own row of the timing table (the clone itself is a cache hit)
+    page.locator("#target-text textarea").fill("A short sentence.")
+    set_option(page, "#max-new-tokens", "40")
+    run(page, "clone", 1)
+    stages = page.locator("#clone-timing td.stage").all_inner_texts()
+    assert stages[1:3] == ["reference encode (at upload)", "tokenizer (cache hit)"]
+
+    # too short: a warning that says why under 3 s, a refusal with the minimum under 0.5 s
+    short = upload_reference(page, voice_wav(tmp_path, "short.wav", seconds=1.2, seed=13))
+    assert "⚠️" in short and "3 to 30 s" in short and "timbre" in short and "Clip ready" in short
+    tiny = upload_reference(page, voice_wav(tmp_path, "tiny.wav", seconds=0.3, seed=14))
+    assert "⛔" in tiny and "at least 0.5 s" in tiny
+
+
+def test_input_errors_show_at_their_field_and_messages_show_no_paths(page, tmp_path):
+    shoot(page, "idle")
+    page.locator("#reference-text textarea").fill("my typed words")
     page.locator("#clone-button").click()
-    page.get_by_text("upload or record a clip").first.wait_for()
-    assert "Traceback" not in page.content()
-    page.close()
+    page.locator("#target-text").get_by_text("Type the text to speak.").wait_for()
+    page.locator("#reference-audio").get_by_text("Upload or record a reference clip").wait_for()
+    assert page.locator("#reference-text textarea").input_value() == "my typed words"
+    assert set(visible_progress(page)) <= {"target-text", "reference-audio"}  # nothing over other fields
+    assert status(page) == ("idle", "Ready.")
+    shoot(page, "error")
+
+    text_file = tmp_path / "voice.wav"
+    text_file.write_text("this is a text file, not a recording\n" * 20)
+    refused = upload_reference(page, text_file)
+    assert "⛔" in refused and "'voice.wav'" in refused
+    assert "/tmp" not in refused and "gradio" not in refused.lower() and str(tmp_path) not in refused
+    toasts = " ".join(page.locator(".toast-body").all_inner_texts())
+    assert "/tmp" not in toasts
+
+
+def test_mp3_webm_and_mp4_uploads_are_accepted(page, tmp_path):
+    # MP3 is audio/mpeg to the browser: the audio player takes it
+    ready = upload_reference(page, encoded_voice(tmp_path, "voice.mp3", "libmp3lame", 44100))
+    assert "Clip ready: 3." in ready and "⛔" not in ready, ready
+    # the browser calls .webm and .mp4 video/*, which Gradio's audio player refuses: the any-file button
+    for name, codec, rate in (("note.webm", "libopus", 48000), ("phone.mp4", "aac", 44100)):
+        ready = upload_reference(page, encoded_voice(tmp_path, name, codec, rate), any_file=True)
+        assert "Clip ready: 3." in ready and "⛔" not in ready, (name, ready)
+        assert page.locator("#reference-audio button[aria-label='Clear']").count() == 1  # the player has it
+
+
+def test_clearing_the_cache_asks_first_and_resets_every_counter(page):
+    page.locator("#cache-panel").get_by_text("Prompt cache").first.click()
+    page.wait_for_function("() => /hits\\s+\\d/.test(document.querySelector('#cache-stats').innerText)")
+
+    names = ("hits", "misses", "hit rate", "entries", "size on disk", "time saved", "vocoder prompt hits",
+             "stored in")
+
+    def stats() -> dict[str, str]:
+        text = page.locator("#cache-stats").inner_text()
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return {name: lines[lines.index(name) + 1] for name in names}
+
+    before = stats()
+    assert int(before["entries"]) >= 1 and "/" not in before["stored in"]  # a folder name, no server path
+    questions = []
+    page.once("dialog", lambda d: (questions.append(d.message), d.dismiss()))
+    page.locator("#cache-clear").click()
+    page.get_by_text("The prompt cache was not cleared.").wait_for()
+    assert questions and "Clear the prompt cache?" in questions[0]
+    assert stats()["entries"] == before["entries"]
+    assert set(visible_progress(page)) == set()  # "No" is no error
+
+    page.once("dialog", lambda d: d.accept())
+    page.locator("#cache-clear").click()
+    page.get_by_text("Prompt cache cleared: removed").wait_for()
+    page.wait_for_function("() => /entries\\s+0/.test(document.querySelector('#cache-stats').innerText)")
+    after = stats()
+    assert after["hits"] == after["misses"] == after["entries"] == after["vocoder prompt hits"] == "0"
+    assert after["time saved"] == "0.00 s" and after["hit rate"] == "0 %"
+
+
+def test_a_saved_voice_survives_a_reload_and_clones(page, tmp_path):
+    upload_reference(page, voice_wav(tmp_path, "narrator.wav", seed=21))
+    page.locator("#voice-name input, #voice-name textarea").first.fill("Night Narrator")
+    page.locator("#voice-save").click()
+    page.get_by_text("Saved as library voice").wait_for()
+    page.reload()
+    page.wait_for_selector("#clone-button")
+    page.locator("#voice-select input").click()
+    page.get_by_role("option", name="Night Narrator (library)").click()
+    page.locator("#reference-note").get_by_text("Library voice").wait_for()
+    assert page.locator("#reference-text textarea").is_disabled()  # its own text is used
+    page.locator("#target-text textarea").fill("Spoken by a saved voice.")
+    set_option(page, "#max-new-tokens", "40")
+    assert run(page, "clone", 1)[0] == "done"
+    assert page.locator("#clone-timing td.stage").all_inner_texts()[1] == "voice library"
+    assert live(page)["details"]["voice"] == "Night Narrator"
+
+    page.locator("#library-panel").get_by_text("Voice library").first.click()
+    page.locator("#voice-new-name input, #voice-new-name textarea").first.fill("Day Narrator")
+    page.locator("#voice-rename").click()
+    page.wait_for_function("() => document.querySelector('#library-list').innerText.includes('Day Narrator')")
+    page.once("dialog", lambda d: d.accept())
+    page.locator("#voice-delete").click()
+    page.get_by_text("Deleted the voice 'Day Narrator'").wait_for()
+    page.wait_for_function(
+        "() => !document.querySelector('#library-list').innerText.includes('Day Narrator')")
+
+
+def test_small_things_footer_and_edit_without_history(page):
+    assert page.locator("footer").inner_text().strip() == "Use via API"  # no stray "·"
+    page.get_by_role("tab", name="Edit").click()
+    assert page.locator("#edit-button").is_disabled()
+    assert page.locator("#edit-hint").get_by_text("Clone something first").is_visible()
+    page.locator("#edit-source").get_by_text("my own clip").click()
+    page.wait_for_function("() => !document.querySelector('#edit-button').disabled")
+    assert page.locator("#edit-clip").is_visible()
