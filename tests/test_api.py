@@ -5,7 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import av
 import httpx
@@ -319,3 +324,31 @@ def test_a_full_queue_is_429(http, voice_id):
         b"".join(chunks)
     waiting.join()
     assert results == [200]
+
+
+def test_the_readme_rest_examples_work_in_bash_and_with_the_openai_package(server, tmp_path):
+    """The README's curl and openai blocks, run as written (only the port differs), in that order:
+    the curl block creates the voice "my-voice" that both then speak."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    port = server.url.rsplit(":", 1)[1]
+
+    def block(marker: str) -> str:
+        match = re.search(rf"<!-- example: {marker} -->\n```\w+\n(.*?)```", readme, re.S)
+        assert match, f"README has no '{marker}' example"
+        return match.group(1).replace("127.0.0.1:7860", f"127.0.0.1:{port}")
+
+    (tmp_path / "my_voice.wav").write_bytes(wav_bytes(seconds=3.0, seed=31))
+    env = {**os.environ, "EDITX_API_KEY": KEY}
+    bash = subprocess.run(["bash", "-c", "set -e\n" + block("rest-curl")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert bash.returncode == 0, bash.stderr[-3000:]
+    mp3, sr = decode((tmp_path / "hello.mp3").read_bytes(), "mp3")
+    assert sr == 24000 and len(mp3) > 0
+    edited, sr = sf.read(tmp_path / "happier.wav")
+    assert sr == 24000 and len(edited) > 0
+    python = subprocess.run([sys.executable, "-c", block("openai")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert python.returncode == 0, python.stderr[-3000:]
+    plain, sr = sf.read(tmp_path / "hello.wav")
+    streamed = np.frombuffer((tmp_path / "stream.pcm").read_bytes(), "<i2")
+    assert sr == 24000 and len(plain) > 0 and len(streamed) > 0
