@@ -1,4 +1,4 @@
-"""The clone / edit engine (models/pipeline.py) on the demo models, through its public interface."""
+"""The clone / edit engine (engine.py) on the demo models, through its public interface."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from errors import (
     TextInputError,
 )
 from model_layout import locate_models
-from models.prompts import DEFAULT_MAX_TEXT_CHARS
 from models.prompt_features import PromptFeatures, audio_digest, decode_features, encode_features
+from models.prompts import DEFAULT_MAX_TEXT_CHARS
 from prompt_cache import open_prompt_cache
 from synthesis import CloneRequest, EditRequest, EngineConfig, SynthesisOptions
 from voice_prompts import VOCODER_FIELD_PREFIX

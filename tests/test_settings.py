@@ -72,3 +72,17 @@ def test_help_lists_every_flag_with_its_environment_variable():
         assert flag in text
         assert env_name(flag) in text
     assert env_name("--cache-max-mb") == "EDITX_CACHE_MAX_MB"
+
+
+@pytest.mark.parametrize("text, mib", [("0.5", 0.5), ("1.25", 1.25), ("2048", 2048.0)])
+def test_cache_max_mb_takes_fractions_from_the_flag_and_the_environment(text, mib):
+    for s in (parse_settings(["--cache-max-mb", text], environ={}),
+              parse_settings([], environ={"EDITX_CACHE_MAX_MB": text})):
+        assert s.cache_max_mb == mib and s.cache_max_bytes == int(mib * 1024 * 1024)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "-0.5", "nan"])
+def test_cache_max_mb_must_be_positive(text, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_settings(["--cache-max-mb", text], environ={})
+    assert info.value.code == 2 and "--cache-max-mb must be positive" in capsys.readouterr().err
