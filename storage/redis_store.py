@@ -1,17 +1,6 @@
 """``RedisStore``: the shared backend for several replicas (official ``redis`` client).
 
-Keys (prefix ``editx:`` by default; one Redis database may hold several prefixes):
-
-    <p><ns>:v:<key>   the value: JSON text, no TTL
-    <p><ns>:sizes     hash key -> bytes of its value (every namespace: count, keys, bytes)
-    <p><ns>:bytes     total bytes of the namespace's values
-    <p><ns>:lru       sorted set key -> last use (bounded namespaces only; kept ones are never in it)
-    <p>tick           the use counter that orders the sorted sets (one server-side clock for all)
-    <p>counters       hash of the shared counters (HINCRBY / HINCRBYFLOAT)
-
-Writes and evictions run as Lua scripts, so each is atomic: concurrent replicas neither evict too
-much nor leave values without their size or recency records. ``update`` is a compare-and-set on the
-SHA-1 of the value it read (retried when another writer got there first).
+Key layout and the Lua scripts (each write and eviction atomic) are in storage/redis_scripts.py.
 
 Redis down (at start or mid-run): the store serves from a local ``MemoryStore`` with the same bounds,
 logs one warning, reports ``connected`` False and ``fallback`` "memory" in ``status()``, and a
@@ -35,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from errors import BackendUnavailable
+from storage import redis_scripts
 from storage.base import Number, Store, decode_value, encode_value, merged, parse_counter
 from storage.memory import MemoryStore
 
@@ -50,95 +40,6 @@ CAS_ATTEMPTS = 16  # update: compare-and-set tries before giving up on a very ho
 CLEAR_BATCH = 500
 _UNAVAILABLE_REPLIES = ("OOM", "READONLY", "MISCONF", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY")
 T = TypeVar("T")
-
-_DROP = """
-local function drop(p, n, member)
-  local s = tonumber(redis.call('HGET', p .. n .. ':sizes', member) or '0')
-  redis.call('DEL', p .. n .. ':v:' .. member)
-  redis.call('HDEL', p .. n .. ':sizes', member)
-  redis.call('DECRBY', p .. n .. ':bytes', s)
-  redis.call('ZREM', p .. n .. ':lru', member)
-  return s
-end
-"""
-
-# ARGV: prefix, ns, key, value, mode (set | add | cas), expected sha1, max_entries (0: kept), max_bytes,
-# then the bounded namespaces (the byte budget is theirs together).
-_PUT = _DROP + """
-local p, ns, key, data, mode, expected = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local max_entries, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8])
-local vkey = p .. ns .. ':v:' .. key
-if mode ~= 'set' then
-  local current = redis.call('GET', vkey)
-  if mode == 'add' and current then return 0 end
-  if mode == 'cas' and ((not current) or redis.sha1hex(current) ~= expected) then return -1 end
-end
-local old = tonumber(redis.call('HGET', p .. ns .. ':sizes', key) or '0')
-redis.call('SET', vkey, data)
-redis.call('HSET', p .. ns .. ':sizes', key, #data)
-redis.call('INCRBY', p .. ns .. ':bytes', #data - old)
-if max_entries == 0 then return 1 end
-local lru = p .. ns .. ':lru'
-redis.call('ZADD', lru, redis.call('INCR', p .. 'tick'), key)
-local extra = redis.call('ZCARD', lru) - max_entries
-if extra > 0 then
-  for _, member in ipairs(redis.call('ZRANGE', lru, 0, extra - 1)) do drop(p, ns, member) end
-end
-local total = 0
-for i = 9, #ARGV do total = total + tonumber(redis.call('GET', p .. ARGV[i] .. ':bytes') or '0') end
-while total > max_bytes do
-  local best_n, best_m, best_s = nil, nil, nil
-  for i = 9, #ARGV do
-    local head = redis.call('ZRANGE', p .. ARGV[i] .. ':lru', 0, 0, 'WITHSCORES')
-    if head[1] and not (ARGV[i] == ns and head[1] == key) then
-      local score = tonumber(head[2])
-      if best_s == nil or score < best_s then best_n, best_m, best_s = ARGV[i], head[1], score end
-    end
-  end
-  if best_n == nil then break end
-  total = total - drop(p, best_n, best_m)
-end
-return 1
-"""
-
-# KEYS: value, lru, tick; ARGV: key. A read that refreshes recency.
-_GET_TOUCH = """
-local v = redis.call('GET', KEYS[1])
-if v then redis.call('ZADD', KEYS[2], 'XX', redis.call('INCR', KEYS[3]), ARGV[1]) end
-return v
-"""
-
-# ARGV: prefix, ns, key, expected sha1 ('' = whatever the value). 1 if something was removed.
-_DELETE = _DROP + """
-local p, ns, key, expected = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local vkey = p .. ns .. ':v:' .. key
-if expected ~= '' then
-  local current = redis.call('GET', vkey)
-  if (not current) or redis.sha1hex(current) ~= expected then return 0 end
-end
-local existed = redis.call('EXISTS', vkey) + redis.call('HEXISTS', p .. ns .. ':sizes', key)
-drop(p, ns, key)
-if existed > 0 then return 1 end
-return 0
-"""
-
-# ARGV: prefix, ns, batch. Returns {removed, bytes, left}.
-_CLEAR = _DROP + """
-local p, ns, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local sizes = p .. ns .. ':sizes'
-local cursor, removed, bytes = '0', 0, 0
-repeat
-  local r = redis.call('HSCAN', sizes, cursor, 'COUNT', 100)
-  cursor = r[1]
-  for i = 1, #r[2], 2 do
-    bytes = bytes + drop(p, ns, r[2][i])
-    removed = removed + 1
-  end
-until cursor == '0' or removed >= n
-local left = redis.call('HLEN', sizes)
-if left == 0 then redis.call('DEL', p .. ns .. ':lru', p .. ns .. ':bytes') end
-return {removed, bytes, left}
-"""
 
 
 def redact_url(url: str) -> str:
@@ -158,8 +59,15 @@ class RedisStore(Store):
 
     backend = "redis"
 
-    def __init__(self, url: str, max_bytes: int, prefix: str = DEFAULT_PREFIX, retry_s: float = RETRY_S,
-                 connect_timeout_s: float = CONNECT_TIMEOUT_S, socket_timeout_s: float = SOCKET_TIMEOUT_S):
+    def __init__(
+        self,
+        url: str,
+        max_bytes: int,
+        prefix: str = DEFAULT_PREFIX,
+        retry_s: float = RETRY_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        socket_timeout_s: float = SOCKET_TIMEOUT_S,
+    ):
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -171,14 +79,18 @@ class RedisStore(Store):
         self.retry_s = float(retry_s)
         # one immediate retry on a broken connection (a pooled socket of a restarted server), no loop
         self._pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, socket_timeout=socket_timeout_s,
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_WAIT_S,
+            socket_timeout=socket_timeout_s,
             socket_connect_timeout=connect_timeout_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        )
         self._client = redis.Redis(connection_pool=self._pool)
-        self._put = self._client.register_script(_PUT)
-        self._get_touch = self._client.register_script(_GET_TOUCH)
-        self._delete = self._client.register_script(_DELETE)
-        self._clear = self._client.register_script(_CLEAR)
+        self._put = self._client.register_script(redis_scripts.PUT)
+        self._get_touch = self._client.register_script(redis_scripts.GET_TOUCH)
+        self._delete = self._client.register_script(redis_scripts.DELETE)
+        self._clear = self._client.register_script(redis_scripts.CLEAR)
         self._fallback = MemoryStore(max_bytes, location="memory (Redis fallback)")
         self._lock = threading.Lock()
         self._up = True
@@ -236,14 +148,16 @@ class RedisStore(Store):
     def put(self, ns: str, key: str, value: Mapping) -> None:
         self._check_key(key)
         data = encode_value(value)
-        self._call(lambda c: self._run_put(c, ns, key, data, "set"),
-                   lambda: self._fallback.put(ns, key, value))
+        self._call(
+            lambda c: self._run_put(c, ns, key, data, "set"), lambda: self._fallback.put(ns, key, value)
+        )
 
     def add(self, ns: str, key: str, value: Mapping) -> bool:
         self._check_key(key)
         data = encode_value(value)
-        return self._call(lambda c: self._run_put(c, ns, key, data, "add") == 1,
-                          lambda: self._fallback.add(ns, key, value))
+        return self._call(
+            lambda c: self._run_put(c, ns, key, data, "add") == 1, lambda: self._fallback.add(ns, key, value)
+        )
 
     def update(self, ns: str, key: str, fields: Mapping) -> dict | None:
         self._ns(ns)
@@ -264,13 +178,16 @@ class RedisStore(Store):
 
     def delete(self, ns: str, key: str) -> bool:
         self._ns(ns)
-        return self._call(lambda c: self._delete(args=[self.prefix, ns, key, ""], client=c) == 1,
-                          lambda: self._fallback.delete(ns, key))
+        return self._call(
+            lambda c: self._delete(args=[self.prefix, ns, key, ""], client=c) == 1,
+            lambda: self._fallback.delete(ns, key),
+        )
 
     def keys(self, ns: str) -> list[str]:
         self._ns(ns)
-        return self._call(lambda c: [k.decode() for k in c.hkeys(self._k(ns, "sizes"))],
-                          lambda: self._fallback.keys(ns))
+        return self._call(
+            lambda c: [k.decode() for k in c.hkeys(self._k(ns, "sizes"))], lambda: self._fallback.keys(ns)
+        )
 
     def clear(self, ns: str) -> dict:
         self._ns(ns)
@@ -299,8 +216,10 @@ class RedisStore(Store):
         names = self._bounded_names()
         if not names:
             return 0
-        return self._call(lambda c: sum(int(v or 0) for v in c.mget([self._k(n, "bytes") for n in names])),
-                          self._fallback.usage)
+        return self._call(
+            lambda c: sum(int(v or 0) for v in c.mget([self._k(n, "bytes") for n in names])),
+            self._fallback.usage,
+        )
 
     # -- counters --------------------------------------------------------------------------------
 
@@ -308,8 +227,9 @@ class RedisStore(Store):
         self._call(lambda c: self._add_counters(c, amounts), lambda: self._fallback.incr_many(amounts))
 
     def _read_counters(self) -> dict[str, Number]:
-        return self._call(lambda c: self._parse_counters(c.hgetall(self.prefix + "counters")),
-                          self._fallback.counters)
+        return self._call(
+            lambda c: self._parse_counters(c.hgetall(self.prefix + "counters")), self._fallback.counters
+        )
 
     def _clear_counters(self) -> dict[str, Number]:
         def reset(client) -> dict[str, Number]:
@@ -332,8 +252,14 @@ class RedisStore(Store):
         if not up:
             since = time.strftime("%H:%M:%S", time.localtime(self._down_since or time.time()))
             degraded = f"Redis not answering since {since} ({self._down_reason}); serving from memory"
-        return {"backend": self.backend, "location": self.location, "persistent": up, "connected": up,
-                "fallback": None if up else "memory", "degraded": degraded}
+        return {
+            "backend": self.backend,
+            "location": self.location,
+            "persistent": up,
+            "connected": up,
+            "fallback": None if up else "memory",
+            "degraded": degraded,
+        }
 
     def _close(self) -> None:
         self._closed.set()
@@ -346,8 +272,17 @@ class RedisStore(Store):
 
     def _run_put(self, client, ns: str, key: str, data: bytes, mode: str, expected: str = "") -> int:
         spec = self._ns(ns)
-        args = [self.prefix, ns, key, data, mode, expected, spec.max_entries or 0, self.max_bytes,
-                *self._bounded_names()]
+        args = [
+            self.prefix,
+            ns,
+            key,
+            data,
+            mode,
+            expected,
+            spec.max_entries or 0,
+            self.max_bytes,
+            *self._bounded_names(),
+        ]
         return int(self._put(args=args, client=client))
 
     def _decoded(self, client, ns: str, key: str, data: bytes | None) -> dict | None:
@@ -356,8 +291,12 @@ class RedisStore(Store):
             return None
         value = decode_value(data)
         if value is None:
-            log.warning("cache store: entry %s/%s is corrupt (not a JSON object); removed (it is made again "
-                        "when needed)", ns, key)
+            log.warning(
+                "cache store: entry %s/%s is corrupt (not a JSON object); removed (it is made again "
+                "when needed)",
+                ns,
+                key,
+            )
             self._delete(args=[self.prefix, ns, key, hashlib.sha1(data).hexdigest()], client=client)
         return value
 
@@ -402,11 +341,15 @@ class RedisStore(Store):
             self._up = False
             self._down_since = time.time()
             self._down_reason = type(exc).__name__
-            log.warning("cache store: Redis at %s is not answering (%s); serving from a local in-memory "
-                        "store with the same bounds and reconnecting every %.0f s. Entries written meanwhile "
-                        "are not shared and are dropped when Redis is back (voices and counters are added "
-                        "to it).",
-                        self.location, exc, self.retry_s)
+            log.warning(
+                "cache store: Redis at %s is not answering (%s); serving from a local in-memory "
+                "store with the same bounds and reconnecting every %.0f s. Entries written meanwhile "
+                "are not shared and are dropped when Redis is back (voices and counters are added "
+                "to it).",
+                self.location,
+                exc,
+                self.retry_s,
+            )
             self._pool.disconnect()
             if not self._closed.is_set() and (self._prober is None or not self._prober.is_alive()):
                 self._prober = threading.Thread(target=self._reconnect, name="redis-reconnect", daemon=True)
@@ -433,8 +376,12 @@ class RedisStore(Store):
             if not spec.bounded:
                 for key, value in self._fallback.items(name):
                     if self._run_put(self._client, name, key, encode_value(value), "add") != 1:
-                        log.warning("cache store: %s/%s made while Redis was down was taken meanwhile; "
-                                    "the copy in memory is dropped", name, key)
+                        log.warning(
+                            "cache store: %s/%s made while Redis was down was taken meanwhile; "
+                            "the copy in memory is dropped",
+                            name,
+                            key,
+                        )
             self._fallback.clear(name)
         counts = self._fallback.reset_counters()
         if counts:
