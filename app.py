@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def load(settings: Settings):
     """Locate (or build demo) models, load the engine, write the example voices, warm up."""
-    from audio_prep import load_audio
+    from audio_read import load_audio
     from demo import write_demo_models
     from demo.examples import ensure_examples
     from engine import CloneEngine

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from audio_prep import TOKENIZER_SAMPLE_RATE, resample, speech_seconds
+from audio_prep import TOKENIZER_SAMPLE_RATE, speech_seconds
+from audio_resample import resample
 from scoring import NOT_SCORED, detect_language, error_rate
 
 log = logging.getLogger(__name__)

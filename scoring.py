@@ -28,7 +28,8 @@ from typing import Protocol
 
 import numpy as np
 
-from audio_prep import SPEAKER_SAMPLE_RATE, prepare_for_tokenizer, prompt_prelude, resample
+from audio_prep import SPEAKER_SAMPLE_RATE, prepare_for_tokenizer, prompt_prelude
+from audio_resample import resample
 
 log = logging.getLogger(__name__)
 

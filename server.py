@@ -18,7 +18,9 @@ from pathlib import Path
 import gradio as gr
 from fastapi.routing import APIRoute
 
-from api.routes import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_QUEUE_SIZE, ApiContext, Slots, build_router
+from api.routes import ApiContext, build_router
+from api.streaming import DEFAULT_QUEUE_SIZE, Slots
+from api.uploads import DEFAULT_MAX_UPLOAD_BYTES
 from engine import CloneEngine
 from outputs import OutputStore
 from ui.page import CSS, PAGE_JS, THEME

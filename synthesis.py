@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio_prep import read_audio
+from audio_read import read_audio
 from errors import OptionsError
 from model_layout import ALL_VARIANTS, LLM_BACKENDS
 from models.llm_vllm import VLLMEngineOptions

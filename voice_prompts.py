@@ -21,7 +21,8 @@ import time
 import numpy as np
 
 from audio_formats import reference_flac
-from audio_prep import check_samples, prompt_prelude, read_audio, to_float, validate_reference
+from audio_prep import check_samples, prompt_prelude, validate_reference
+from audio_read import read_audio, to_float
 from errors import AudioInputError, NotFoundError, OptionsError, TextInputError
 from models.audio_tokens import interleave, token_str
 from models.prompt_features import PromptFeatures, audio_digest, decode_features, encode_features

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audio_prep import PROMPT_PEAK, SPEAKER_SAMPLE_RATE, VOCODER_SAMPLE_RATE, resample
+from audio_prep import PROMPT_PEAK, SPEAKER_SAMPLE_RATE, VOCODER_SAMPLE_RATE
+from audio_resample import resample
 from errors import ModelFilesError
 from lru import LRU
 from model_layout import COSYVOICE_CONFIG_FILE, FLOW_FILE, HIFT_FILE, SPEAKER_FILE

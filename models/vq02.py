@@ -61,7 +61,7 @@ def import_funasr() -> None:
     ``logging.basicConfig(level=INFO)`` on the root logger, which would override the app's logging
     setup, and the package prints an ffmpeg notice on stdout. Both are undone here (the printed text
     goes to the debug log). ``funasr.utils.load_utils`` also imports pydub, which warns at import that
-    ffmpeg is missing; we never decode through pydub (audio_prep reads files), so that warning is
+    ffmpeg is missing; we never decode through pydub (audio_read reads files), so that warning is
     silenced for this import only.
     """
     if "funasr.models.paraformer_streaming.model" in sys.modules:

@@ -229,7 +229,8 @@ def _join(args: argparse.Namespace, lines: list[tuple[str, str]], done: dict, sa
     import numpy as np
 
     from audio_formats import encode_audio
-    from audio_prep import load_audio, resample
+    from audio_read import load_audio
+    from audio_resample import resample
 
     pause = np.zeros(int(PAUSE_S * sample_rate), np.float32)
     parts: list[np.ndarray] = []

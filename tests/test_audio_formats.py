@@ -1,4 +1,4 @@
-"""audio_prep.load_audio / read_audio: the formats people have, header-first limits, bounded decoding,
+"""audio_read.load_audio / read_audio: the formats people have, header-first limits, bounded decoding,
 and messages that name the file but never the server's folders.
 
 Every file is made here: PyAV's encoders write the compressed formats, and ``_silent_flac`` writes a
@@ -24,7 +24,7 @@ import pytest
 import soundfile
 
 import audio_prep
-from audio_prep import DEFAULT_MAX_CHANNELS, DEFAULT_MAX_SECONDS, load_audio, read_audio
+from audio_read import DEFAULT_MAX_CHANNELS, DEFAULT_MAX_SECONDS, load_audio, read_audio
 from errors import AudioInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,7 +301,7 @@ def _without_duration(flac: bytes) -> bytes:
 
 _LOAD_PROBE = r"""
 import json, resource, sys
-import audio_prep
+import audio_read
 from errors import AudioInputError
 # a refusal must come without decoding the file: fail fast rather than swap if it does decode
 vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
@@ -309,7 +309,7 @@ resource.setrlimit(resource.RLIMIT_AS, (vm + (3 << 30), resource.RLIM_INFINITY))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for path, limits in json.loads(sys.argv[1]):
     try:
-        audio, sr = audio_prep.load_audio(path, **limits)
+        audio, sr = audio_read.load_audio(path, **limits)
         message = f"loaded {audio.shape} at {sr} Hz"
     except AudioInputError as exc:
         message = "refused: " + str(exc)

@@ -17,9 +17,9 @@ SKIP_DIRS = {".venv", "tests", "demo_models", "checkpoints", "cache", "artifacts
 
 # layer -> module-name prefixes ("pkg." covers the package); lower number = lower layer
 LAYERS: dict[int, tuple[str, ...]] = {
-    0: ("errors", "lru", "audio_prep", "audio_join", "audio_formats", "text_split", "kaldi_fbank",
-        "model_files", "model_layout", "prompt_cache", "patches", "storage", "voices", "models.device",
-        "models.audio_tokens", "wav_info"),
+    0: ("errors", "lru", "audio_prep", "audio_read", "audio_resample", "audio_join", "audio_formats",
+        "text_split", "kaldi_fbank", "model_files", "model_layout", "prompt_cache", "patches", "storage",
+        "voices", "models.device", "models.audio_tokens", "wav_info"),
     1: ("tokenizer", "models", "scoring", "preflight"),
     2: ("engine", "synthesis", "render", "voice_prompts", "outputs", "demo", "provenance"),
     3: ("app", "server", "settings", "ui", "api", "scripts"),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_prep import VOCODER_SAMPLE_RATE, read_audio
+from audio_prep import VOCODER_SAMPLE_RATE
+from audio_read import read_audio
 from demo import write_demo_models
 from demo.examples import synthetic_voice
 from engine import CloneEngine

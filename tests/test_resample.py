@@ -1,4 +1,4 @@
-"""audio_prep.resample: torchaudio's polyphase path for common rates, the phase-wise path for odd ones.
+"""audio_resample.resample: torchaudio's polyphase path for common rates, the phase-wise path for odd ones.
 
 The polyphase path is checked bit-exactly against upstream by tests/test_tokenizer_conformance.py;
 these tests pin which rates take it, check the phase-wise path against it, and bound the memory of
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import audio_prep
-from audio_prep import resample
+import audio_resample
+from audio_resample import resample
 from lru import LRU
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,14 +29,14 @@ COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88
 @pytest.fixture(autouse=True)
 def no_giant_kernels(monkeypatch):
     """Fail, rather than exhaust a shared machine, if a change sends an odd rate to the dense kernel."""
-    dense = audio_prep._sinc_kernel
+    dense = audio_resample._sinc_kernel
 
     def guarded(orig: int, new: int):
-        _, width = audio_prep._kernel_geometry(orig, new)
+        _, width = audio_resample._kernel_geometry(orig, new)
         assert new * (2 * width + orig) <= 1 << 24, f"a {new} x {2 * width + orig} kernel would be built"
         return dense(orig, new)
 
-    monkeypatch.setattr(audio_prep, "_sinc_kernel", guarded)
+    monkeypatch.setattr(audio_resample, "_sinc_kernel", guarded)
 
 
 def _signal(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -51,8 +51,8 @@ def _signal(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.nda
 def _force(monkeypatch, path: str) -> None:
     """Send every rate pair down one path: "polyphase" (torchaudio's conv1d) or "phasewise"."""
     big = path == "polyphase"
-    monkeypatch.setattr(audio_prep, "POLYPHASE_MAX_TAPS", 1 << 40 if big else 0)
-    monkeypatch.setattr(audio_prep, "POLYPHASE_MAX_KERNEL_BYTES", 1 << 40 if big else 0)
+    monkeypatch.setattr(audio_resample, "POLYPHASE_MAX_TAPS", 1 << 40 if big else 0)
+    monkeypatch.setattr(audio_resample, "POLYPHASE_MAX_KERNEL_BYTES", 1 << 40 if big else 0)
 
 
 @pytest.mark.parametrize("new_sr", [16000, 24000])
@@ -69,9 +69,9 @@ def test_common_rates_keep_torchaudios_polyphase_path(monkeypatch, new_sr):
                                            (3, 2)])
 def test_phase_kernel_holds_every_nonzero_weight_of_torchaudios_kernel(orig, new):
     """Row k of the phase kernel is the non-zero band of row k of torchaudio's kernel, bit for bit."""
-    full, width = audio_prep._sinc_kernel(orig, new)
+    full, width = audio_resample._sinc_kernel(orig, new)
     full = full[:, 0].numpy()
-    band = audio_prep._phase_kernel(orig, new).numpy()
+    band = audio_resample._phase_kernel(orig, new).numpy()
     assert band.shape == (new, 2 * width + 1)
     for k in range(new):
         cols = (k * orig) // new + np.arange(2 * width + 1)  # torchaudio's column of each band tap
@@ -130,7 +130,7 @@ def test_odd_rate_keeps_the_signal():
 
 def test_kernels_are_cached_within_a_byte_bound(monkeypatch):
     cache = LRU(64, max_bytes=2 << 20, size_of=lambda kernel: kernel.nbytes)
-    monkeypatch.setattr(audio_prep, "_KERNELS", cache)
+    monkeypatch.setattr(audio_resample, "_KERNELS", cache)
     x = _signal(1.0, 50000)  # more than one period (16000 outputs) at every rate: the kernel is kept
     for sr in (16001, 16003, 16007, 16009, 22051, 44101):  # phase kernels of 0.9-2.2 MB each
         resample(x, sr, 16000)
@@ -142,20 +142,20 @@ _MEMORY_PROBE = r"""
 import json, math, resource, sys
 import numpy as np, torch
 torch.set_num_threads(2)
-import audio_prep
+import audio_resample
 # fail fast instead of swapping the machine when a kernel would be gigabytes (as before the fix)
 vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (vm + (3 << 30), resource.RLIM_INFINITY))
 rates = json.loads(sys.argv[1])
 clips = {sr: np.random.default_rng(sr).standard_normal(30 * sr).astype(np.float32) * 0.1 for sr, _ in rates}
-audio_prep.resample(clips[rates[0][0]][:4800], 48000, 16000)  # load torch's conv kernels first
+audio_resample.resample(clips[rates[0][0]][:4800], 48000, 16000)  # load torch's conv kernels first
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 lengths = {}
 for sr, new in rates:
-    y = audio_prep.resample(clips[sr], sr, new)
+    y = audio_resample.resample(clips[sr], sr, new)
     lengths[f"{sr}->{new}"] = [len(y), math.ceil(len(clips[sr]) * new / sr)]
 growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-print(json.dumps({"growth_mb": growth_mb, "lengths": lengths, "cache_bytes": audio_prep._KERNELS.bytes}))
+print(json.dumps({"growth_mb": growth_mb, "lengths": lengths, "cache_bytes": audio_resample._KERNELS.bytes}))
 """
 
 
@@ -169,4 +169,4 @@ def test_odd_rates_resample_30_s_in_bounded_memory():
     for pair, (got, expected) in report["lengths"].items():
         assert got == expected, pair
     assert report["growth_mb"] < 200, report
-    assert report["cache_bytes"] <= audio_prep.KERNEL_CACHE_BYTES
+    assert report["cache_bytes"] <= audio_resample.KERNEL_CACHE_BYTES

@@ -11,7 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from audio_prep import energy_norm, prepare_for_tokenizer, prompt_prelude, resample
+from audio_prep import energy_norm, prepare_for_tokenizer, prompt_prelude
+from audio_resample import resample
 from models.audio_tokens import interleave, to_llm_ids, token_str
 from tokenizer import StepAudioTokenizer
 

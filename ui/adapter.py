@@ -24,7 +24,7 @@ import gradio as gr
 import numpy as np
 import soundfile as sf
 
-from audio_prep import read_audio
+from audio_read import read_audio
 from engine import CloneEngine
 from errors import (
     AccessError,

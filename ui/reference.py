@@ -24,7 +24,8 @@ import gradio as gr
 import numpy as np
 import soundfile as sf
 
-from audio_prep import read_audio, speech_seconds
+from audio_prep import speech_seconds
+from audio_read import read_audio
 from engine import CloneEngine
 from errors import InputError, public_message
 from synthesis import StageReport

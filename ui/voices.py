@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from audio_prep import read_audio
+from audio_read import read_audio
 from engine import CloneEngine
 from errors import OptionsError
 from ui.access import AdminGate

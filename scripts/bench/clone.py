@@ -42,7 +42,7 @@ def _reference(args: argparse.Namespace, scratch: Path):
     """(audio (channels, samples), rate, text) of the reference clip to clone."""
     import numpy as np
 
-    from audio_prep import load_audio
+    from audio_read import load_audio
     from demo.examples import VOICES, espeak_available, synthetic_voice
 
     if args.reference is not None:
