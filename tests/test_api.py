@@ -352,3 +352,12 @@ def test_the_readme_rest_examples_work_in_bash_and_with_the_openai_package(serve
     plain, sr = sf.read(tmp_path / "hello.wav")
     streamed = np.frombuffer((tmp_path / "stream.pcm").read_bytes(), "<i2")
     assert sr == 24000 and len(plain) > 0 and len(streamed) > 0
+
+
+def test_a_null_seed_is_random_and_a_negative_one_is_refused(http, voice_id):
+    body = {"model": "step-audio-editx", "voice": voice_id, "input": "Hi.", "response_format": "pcm",
+            "seed": None}
+    seeds = {http.post("/v1/audio/speech", json=body).headers["x-seed"] for _ in range(2)}
+    assert len(seeds) == 2  # two fresh draws from 2**32 seeds
+    refused = http.post("/v1/audio/speech", json={**body, "seed": -2})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "seed"
