@@ -47,7 +47,7 @@ from audio_prep import load_audio
 from engine import CloneEngine
 from errors import AccessError, BusyError, OptionsError, TooLargeError
 from model_layout import ALL_VARIANTS, LLM_BACKENDS
-from models.prompts import EDIT_TASKS, LANGUAGE_TAGS, PARALINGUISTIC_TAGS
+from models.edit_tasks import EDIT_TASKS, LANGUAGE_TAGS, PARALINGUISTIC_TAGS
 from outputs import OutputStore
 from provenance import manifest_json
 from synthesis import MAX_BEST_OF, AudioPiece, CloneRequest, EditRequest, SynthesisOptions, SynthesisResult
