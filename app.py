@@ -89,7 +89,7 @@ def load(settings: Settings):
 
 def vllm_options(settings: Settings):
     """The in-process vLLM engine's settings from the --vllm-* flags."""
-    from models.llm_vllm import VLLMEngineOptions
+    from models.vllm_options import VLLMEngineOptions
 
     return VLLMEngineOptions(
         gpu_memory_utilization=settings.vllm_gpu_memory_utilization,

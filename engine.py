@@ -49,9 +49,10 @@ from model_layout import (
     is_demo_models,
     llm_dir_for,
 )
+from models.edit_tasks import EDIT_TASKS, TASKS_WITH_OPTION, TEXTLESS_TASKS
 from models.generation import TokenStreamLLM
 from models.llm import Step1LLM, variant_problem
-from models.prompts import EDIT_TASKS, TASKS_WITH_OPTION, TEXTLESS_TASKS, clean_text, split_language_tag
+from models.text_input import clean_text, split_language_tag
 from models.vocoder import Vocoder
 from prompt_cache import PromptCache, open_prompt_cache
 from provenance import build_manifest, check_manifest, folder_fingerprint, replay_request
@@ -548,7 +549,8 @@ def _collect(events: Iterator[StreamEvent], progress: ProgressFn | None) -> Synt
 def load_vllm(model_root: Path, config: EngineConfig) -> TokenStreamLLM:
     """The vLLM backend for ``config.variant``: a running ``vllm serve`` at ``config.llm_url``, or
     vLLM's engine in this process (which needs the vllm package: see docs/VLLM.md)."""
-    from models.llm_vllm import VLLMEngineOptions, VLLMStep1LLM
+    from models.llm_vllm import VLLMStep1LLM
+    from models.vllm_options import VLLMEngineOptions
 
     if config.variant not in VLLM_VARIANTS:
         raise OptionsError(f"the vllm backend serves {' or '.join(VLLM_VARIANTS)}, not {config.variant!r} "

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from model_layout import LLM_BACKENDS, VARIANTS, VLLM_VARIANTS
-from models.prompts import DEFAULT_MAX_TEXT_CHARS
+from models.text_input import DEFAULT_MAX_TEXT_CHARS
 from prompt_cache import MIB
 from text_split import DEFAULT_CHUNK_CHARS, MAX_CHUNK_CHARS, MIN_CHUNK_CHARS
 

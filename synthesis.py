@@ -17,9 +17,9 @@ import numpy as np
 from audio_read import read_audio
 from errors import OptionsError
 from model_layout import ALL_VARIANTS, LLM_BACKENDS
-from models.llm_vllm import VLLMEngineOptions
 from models.prompt_features import PromptFeatures
-from models.prompts import DEFAULT_MAX_TEXT_CHARS
+from models.text_input import DEFAULT_MAX_TEXT_CHARS
+from models.vllm_options import VLLMEngineOptions
 from text_split import DEFAULT_CHUNK_CHARS, MAX_CHUNK_CHARS, MIN_CHUNK_CHARS
 
 MAX_SEED = 2**32 - 1

@@ -26,7 +26,7 @@ from audio_read import read_audio, to_float
 from errors import AudioInputError, NotFoundError, OptionsError, TextInputError
 from models.audio_tokens import interleave, token_str
 from models.prompt_features import PromptFeatures, audio_digest, decode_features, encode_features
-from models.prompts import clean_text
+from models.text_input import clean_text
 from models.vocoder import Vocoder
 from preflight import Preflight, preflight
 from prompt_cache import PromptCache

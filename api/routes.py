@@ -45,7 +45,7 @@ from audio_formats import FORMATS
 from engine import CloneEngine
 from errors import AccessError, OptionsError
 from model_layout import ALL_VARIANTS, LLM_BACKENDS
-from models.prompts import EDIT_TASKS, LANGUAGE_TAGS, PARALINGUISTIC_TAGS
+from models.edit_tasks import EDIT_TASKS, LANGUAGE_TAGS, PARALINGUISTIC_TAGS
 from outputs import OutputStore
 from provenance import manifest_json
 from synthesis import MAX_BEST_OF, CloneRequest, EditRequest, SynthesisOptions

@@ -22,10 +22,10 @@ from safetensors.torch import save_file
 
 from model_layout import LLM_FOLDER, SAFETENSORS_INDEX
 from models.audio_tokens import AUDIO_CODES, AUDIO_ID_OFFSET, VQ02_CODES
+from models.edit_tasks import EDIT_TASKS
 from models.prompts import (
     CLONE_SYSTEM_PROMPT_TEMPLATE,
     EDIT_SYSTEM_PROMPT,
-    EDIT_TASKS,
     EOT_ID,
 )
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from scripts.check_dockerfile import Instruction, parse_dockerfile, values_of
+from scripts.dockerfile_parse import Instruction, parse_dockerfile, values_of
 
 ROOT = Path(__file__).resolve().parents[1]
 

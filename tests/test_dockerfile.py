@@ -1,4 +1,4 @@
-"""scripts/check_dockerfile.py: the app's Dockerfile contract, hadolint, and the --resolve helpers.
+"""scripts/check_dockerfile.py: the Dockerfile contract, hadolint, the parser and the --resolve helpers.
 
 Each broken Dockerfile is the good one with one rule violated, in a temporary repo with the files the
 rules read; the checker (or, for the general rules it leaves to it, hadolint) must name that
@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from scripts import check_dockerfile as cd
+from scripts import dockerfile_parse as dp
+from scripts import dockerfile_wheels as dw
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,12 +125,12 @@ def test_unpinned_torch_in_requirements_and_a_missing_from_are_reported(repo):
 
 def test_parser_joins_continuations_drops_comments_and_substitutes_global_args():
     text = "ARG TAG=1.2\nFROM a:${TAG} AS b\nRUN echo 1 \\\n    # a comment inside\n    && echo 2\n\nCMD x\n"
-    stages, global_args = cd.parse_dockerfile(text)
+    stages, global_args = dp.parse_dockerfile(text)
     assert global_args == {"TAG": "1.2"} and [s.image for s in stages] == ["a:1.2"]
     assert [(i.line, i.keyword, i.args) for i in stages[0].instructions] == [
         (3, "RUN", "echo 1 && echo 2"), (7, "CMD", "x")]
-    stages, _ = cd.parse_dockerfile('FROM a\nENV A=1 B="x y"\nENV C 3 4\nARG D=5\nARG E\n')
-    env = cd.values_of(stages[0].instructions)
+    stages, _ = dp.parse_dockerfile('FROM a\nENV A=1 B="x y"\nENV C 3 4\nARG D=5\nARG E\n')
+    env = dp.values_of(stages[0].instructions)
     assert env == {"A": "1", "B": "x y", "C": "3 4", "D": "5"}
 
 
@@ -175,15 +177,15 @@ def test_main_requires_hadolint_when_asked(repo, monkeypatch):
 
 # --- --resolve helpers, on stored data ---------------------------------------------------------------
 
-def _target() -> cd.ImageTarget:
-    return cd.image_target(*cd.parse_dockerfile((ROOT / "Dockerfile").read_text()))
+def _target() -> dw.ImageTarget:
+    return dw.image_target(*dp.parse_dockerfile((ROOT / "Dockerfile").read_text()))
 
 
 def test_image_target_and_installs_of_the_project_dockerfile():
-    stages, global_args = cd.parse_dockerfile((ROOT / "Dockerfile").read_text())
-    target = cd.image_target(stages, global_args)
+    stages, global_args = dp.parse_dockerfile((ROOT / "Dockerfile").read_text())
+    target = dw.image_target(stages, global_args)
     assert (target.python, target.glibc_minor, target.cuda_major) == ("3.11", 39, 13)
-    files, specs = cd.image_installs(stages, global_args, ROOT)
+    files, specs = dp.image_installs(stages, global_args, ROOT)
     assert files == [ROOT / "requirements.txt"]
     assert [spec for _, spec in specs] == [f"torch=={cd.requirement_pin(ROOT / 'requirements.txt', 'torch')}"]
 
@@ -191,13 +193,13 @@ def test_image_target_and_installs_of_the_project_dockerfile():
 def test_resolve_refuses_another_platform_and_a_missing_requirement_file(repo, monkeypatch):
     (repo / "Dockerfile").write_text(GOOD)
     (repo / "requirements.txt").unlink()
-    monkeypatch.setattr(cd.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(cd.platform, "system", lambda: "Linux")
-    monkeypatch.setattr(cd.sys, "version_info", type("V", (), {"major": 3, "minor": 11}))
-    assert cd.resolve(repo / "Dockerfile", repo) == [
+    monkeypatch.setattr(dw.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(dw.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(dw.sys, "version_info", type("V", (), {"major": 3, "minor": 11}))
+    assert dw.resolve(repo / "Dockerfile", repo) == [
         f"requirement file not found (a pip -r source): {repo / 'requirements.txt'}"]
-    monkeypatch.setattr(cd.platform, "machine", lambda: "aarch64")
-    assert "must run under Python 3.11 on Linux x86_64" in cd.resolve(repo / "Dockerfile", repo)[0]
+    monkeypatch.setattr(dw.platform, "machine", lambda: "aarch64")
+    assert "must run under Python 3.11 on Linux x86_64" in dw.resolve(repo / "Dockerfile", repo)[0]
 
 
 @pytest.mark.parametrize(("filename", "fits"), [
@@ -214,7 +216,7 @@ def test_resolve_refuses_another_platform_and_a_missing_requirement_file(repo, m
     ("not-a-wheel.whl", False),
 ])
 def test_wheel_fits_image(filename, fits):
-    assert cd.wheel_fits_image(filename, _target()) is fits
+    assert dw.wheel_fits_image(filename, _target()) is fits
 
 
 def _item(name, version, url, requires=()):
@@ -236,7 +238,7 @@ def test_report_with_matching_cuda_builds_passes():
         _item("onnxruntime_gpu", "1.31.1", ORT_URL, ORT_CU13),
         _item("jieba", "0.42.1", "https://x/jieba-0.42.1.tar.gz"),
         *(_item(n, v, f"https://x/{n}-{v}-py3-none-manylinux_2_27_x86_64.whl") for n, v in CUDA_LIBS)]}
-    problems, wheels = cd.check_report(report, _target())
+    problems, wheels = dw.check_report(report, _target())
     assert problems == []
     assert [pin for pin, _ in wheels] == ["torch==2.13.0", "onnxruntime-gpu==1.31.1",
                                           "nvidia-cuda-runtime==13.0.96", "nvidia-cudnn-cu13==9.20.0.48"]
@@ -247,7 +249,7 @@ def test_report_flags_missing_onnxruntime_cuda_libraries():
         _item("torch", "2.13.0", TORCH_URL, TORCH_CU13),
         _item("onnxruntime-gpu", "1.31.1", ORT_URL, ORT_CU13),
         _item("nvidia-cuda-runtime", "12.8.90", "https://x/nvidia_cuda_runtime-12.8.90-py3-none-any.whl")]}
-    text = "\n".join(cd.check_report(report, _target())[0])
+    text = "\n".join(dw.check_report(report, _target())[0])
     assert "needs nvidia-cuda-runtime~=13.0; the image has 12.8.90" in text
     assert "needs nvidia-cudnn-cu13~=9.0; the image has none" in text
 
@@ -258,18 +260,18 @@ def test_report_flags_cpu_torch_cuda_mismatch_and_unknown_sdists():
               ["filelock"]),
         _item("onnxruntime-gpu", "1.31.1", ORT_URL, ['nvidia-cuda-runtime-cu12~=12.0; extra == "cuda"']),
         _item("netifaces", "0.11.0", "https://x/netifaces-0.11.0.tar.gz")]}
-    text = "\n".join(cd.check_report(report, _target())[0])
+    text = "\n".join(dw.check_report(report, _target())[0])
     assert "a CPU build" in text
     assert "CUDA majors disagree: base image 13, onnxruntime-gpu 12" in text
     assert "netifaces==0.11.0 has no wheel" in text
-    assert "torch is not among" in cd.check_report({"install": []}, _target())[0][0]
+    assert "torch is not among" in dw.check_report({"install": []}, _target())[0][0]
 
 
 def test_cuda_major_of_requirements():
-    assert cd.cuda_major_of_requirements(TORCH_CU13) == 13
-    assert cd.cuda_major_of_requirements(["nvidia-cublas-cu12==12.6.4.1"]) == 12
-    assert cd.cuda_major_of_requirements(["numpy"]) is None
-    assert cd.cuda_major_of_requirements(["nvidia-cublas-cu12", "nvidia-cudnn-cu13"]) == -1
+    assert dw.cuda_major_of_requirements(TORCH_CU13) == 13
+    assert dw.cuda_major_of_requirements(["nvidia-cublas-cu12==12.6.4.1"]) == 12
+    assert dw.cuda_major_of_requirements(["numpy"]) is None
+    assert dw.cuda_major_of_requirements(["nvidia-cublas-cu12", "nvidia-cudnn-cu13"]) == -1
 
 
 def test_requirement_pin(tmp_path):

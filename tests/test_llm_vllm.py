@@ -26,16 +26,11 @@ from errors import GenerationCancelled
 from models.audio_tokens import GroupAligner, token_str
 from models.generation import GenerationOptions, GenerationResult, audio_code, parse_generated_ids
 from models.llm import Step1LLM
-from models.llm_vllm import (
-    HF_OVERRIDES,
-    REPETITION_PROCESSOR,
-    VLLMBackendError,
-    VLLMEngineOptions,
-    VLLMServerUnavailable,
-    VLLMStep1LLM,
-)
+from models.llm_vllm import VLLMStep1LLM
 from models.prompts import build_clone_prompt
 from models.step1 import alibi_bias, alibi_slopes
+from models.vllm_options import HF_OVERRIDES, REPETITION_PROCESSOR, VLLMBackendError, VLLMEngineOptions
+from models.vllm_remote import VLLMServerUnavailable
 from scripts.vllm_server import PYTHON_ENV, VLLMServer, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]

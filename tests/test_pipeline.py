@@ -24,7 +24,7 @@ from errors import (
 )
 from model_layout import locate_models
 from models.prompt_features import PromptFeatures, audio_digest, decode_features, encode_features
-from models.prompts import DEFAULT_MAX_TEXT_CHARS
+from models.text_input import DEFAULT_MAX_TEXT_CHARS
 from prompt_cache import open_prompt_cache
 from synthesis import CloneRequest, EditRequest, EngineConfig, SynthesisOptions
 from voice_prompts import VOCODER_FIELD_PREFIX

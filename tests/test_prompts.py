@@ -6,24 +6,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from errors import TextInputError
 from models.audio_tokens import AUDIO_ID_OFFSET, token_str
+from models.edit_tasks import EDIT_TASKS, LANGUAGE_TAGS, PARALINGUISTIC_TAGS_2025
 from models.prompts import (
     BOS_ID,
     BOT_ID,
     CLONE_SYSTEM_PROMPT_TEMPLATE,
-    DEFAULT_MAX_TEXT_CHARS,
     EDIT_SYSTEM_PROMPT,
-    EDIT_TASKS,
     EOT_ID,
-    LANGUAGE_TAGS,
-    PARALINGUISTIC_TAGS_2025,
     TURN_IDS,
     StepTextTokenizer,
-    TextInputError,
     build_clone_prompt,
     build_edit_prompt,
-    clean_text,
     edit_instruction,
+)
+from models.text_input import (
+    DEFAULT_MAX_TEXT_CHARS,
+    clean_text,
     sanitize_text,
     split_language_tag,
     validate_audio_token_str,

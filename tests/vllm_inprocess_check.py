@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from models.generation import GenerationOptions
-from models.llm_vllm import VLLMEngineOptions, VLLMStep1LLM
+from models.llm_vllm import VLLMStep1LLM
+from models.vllm_options import VLLMEngineOptions
 
 
 def run_job(llm: VLLMStep1LLM, job: dict) -> dict:

@@ -16,7 +16,7 @@ import gradio as gr
 
 from demo.examples import Example
 from engine import CloneEngine
-from models.prompts import EDIT_TASKS, TASKS_WITH_OPTION
+from models.edit_tasks import EDIT_TASKS, TASKS_WITH_OPTION
 from outputs import OutputStore
 from ui.access import AdminGate
 from ui.adapter import CANCELLED, EDIT_SOURCE_UPLOAD, EDIT_SOURCE_VERSION, EngineAdapter, status_html

@@ -36,8 +36,9 @@ from model_layout import LLM_FOLDER, is_demo_models
 from models.audio_tokens import token_str
 from models.generation import GenerationOptions
 from models.llm import Step1LLM
-from models.llm_vllm import VLLMEngineOptions, VLLMStep1LLM
+from models.llm_vllm import VLLMStep1LLM
 from models.prompts import build_clone_prompt
+from models.vllm_options import VLLMEngineOptions
 from models.vocoder_stream import CHUNK_FRAMES, LOOKAHEAD_TOKENS, mixed_token_count
 from scripts.vllm_server import PYTHON_ENV, start_server
 
