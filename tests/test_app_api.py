@@ -24,7 +24,8 @@ import soundfile as sf
 from audio_join import ChunkJoiner
 from demo.examples import synthetic_voice
 from errors import AccessError, AudioInputError, OptionsError
-from synthesis import ChunkReport, Segment, StageReport, SynthesisResult
+from reports import ChunkReport, StageReport
+from synthesis import Segment, SynthesisResult
 from tests.app_server import ROOT, free_port, get_json, running_app
 from ui.access import AdminGate
 from ui.adapter import EngineAdapter, cache_table, public_error, synthesis_options

@@ -27,7 +27,7 @@ import soundfile as sf
 from audio_prep import read_audio, speech_seconds
 from engine import CloneEngine
 from errors import InputError, public_message
-from synthesis import StageReport
+from reports import StageReport
 
 log = logging.getLogger(__name__)
 
