@@ -3,6 +3,7 @@
     result.manifest                          # built by the engine for every clone and edit
     json.dumps(result.manifest)              # JSON-safe: str, int, float, bool, None, lists, dicts
     request = replay_request(manifest, audio, sample_rate, source)   # CloneRequest or EditRequest
+    note_replay(manifest, result)            # after the replay: other model files are a warning
 
 The record (``MANIFEST_VERSION`` 1) names what went in (text, voice id or the reference's prompt-cache
 key, the edit and the version it edited), the models (variant, backend, fingerprints of the tokenizer,
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from errors import OptionsError
-from synthesis import CloneRequest, EditRequest, SynthesisOptions, SynthesisResult
+from synthesis import CloneRequest, EditRequest, SynthesisOptions, SynthesisResult, VoicePrompt
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,24 @@ def chunk_records(result: SynthesisResult) -> list[dict]:
                       for t in chunk.takes],
         })
     return out
+
+
+def clone_record(text: str, voice_id: str | None, voice: VoicePrompt, transcribed: bool) -> dict:
+    """What went into a clone (``build_manifest``'s kind, text, voice and edit)."""
+    return {"kind": "clone", "text": text, "edit": None,
+            "voice": {"voice_id": voice_id, "reference_hash": voice.cache_key or None,
+                      "reference_text": voice.text, "transcribed": transcribed}}
+
+
+def edit_record(text: str, task: str, subtask: str | None, audio_text: str, new_text: str | None,
+                transcribed: bool, voices: list[VoicePrompt], source: SynthesisResult | None) -> dict:
+    """What went into an edit (``build_manifest``'s kind, text, voice and edit): the version it
+    continued from (``source``, its record nested) or the clip's prompt-cache key."""
+    source_record = ({"kind": "output", "manifest": source.manifest or None} if source is not None else
+                     {"kind": "clip", "reference_hash": voices[0].cache_key or None})
+    return {"kind": "edit", "text": text, "voice": None,
+            "edit": {"task": task, "subtask": subtask, "audio_text": audio_text, "new_text": new_text,
+                     "transcribed": transcribed, "source": source_record}}
 
 
 def build_manifest(result: SynthesisResult, *, kind: str, text: str, voice: dict, edit: dict | None,
@@ -191,3 +210,39 @@ def replay_request(manifest: dict, audio: np.ndarray | None, sample_rate: int | 
         raise OptionsError("this edit was made on an uploaded clip: send the same clip to replay it")
     return EditRequest(audio, int(sample_rate or 0), edit.get("audio_text", ""), edit.get("task", ""),
                        edit.get("subtask"), edit.get("new_text") or "", options)
+
+
+def edited_version_record(manifest: dict) -> dict | None:
+    """The nested record of the output an edit was made on (replayed first), None for a clone or an
+    edit of a clip; an OptionsError when the edit of an output lacks it."""
+    source_record = (manifest.get("edit") or {}).get("source") or {}
+    if manifest["kind"] != "edit" or source_record.get("kind") != "output":
+        return None
+    if not isinstance(source_record.get("manifest"), dict):
+        raise OptionsError("this edit's record has no record of the version it edited; it cannot "
+                           "be replayed")
+    return source_record["manifest"]
+
+
+def recorded_reference_hash(manifest: dict) -> str | None:
+    """The prompt-cache key of the clip a record was made from (the clone's reference or the edited
+    clip), which a replay's clip must match; None when none was recorded."""
+    recorded = (((manifest.get("edit") or {}).get("source") or {}) if manifest["kind"] == "edit"
+                else manifest.get("voice") or {})
+    return recorded.get("reference_hash")
+
+
+def note_replay(manifest: dict, result: SynthesisResult) -> None:
+    """After a replay: a warning in ``result.warnings`` when other model files made it (the audio
+    differs then), and a log line comparing its audio hash with the recorded one."""
+    recorded = (manifest.get("model") or {}).get("fingerprints") or {}
+    current = result.manifest["model"]["fingerprints"]
+    changed = sorted(name for name, value in recorded.items() if value and current.get(name) != value)
+    if changed:
+        note = (f"replayed with other model files ({', '.join(changed)}) than the record's; the audio "
+                "differs from the original")
+        log.warning("%s", note)
+        result.warnings.append(note)
+    log.info("replayed a %s record: %d samples, sha256 %s (recorded %s)", manifest["kind"],
+             len(result.audio), result.manifest["audio"]["sha256"][:12],
+             str((manifest.get("audio") or {}).get("sha256", "-"))[:12])

@@ -6,6 +6,7 @@
     voice = prompts.from_library("calm-narrator", report)             # stored tokens + features
     info = prompts.create_voice("Calm narrator", audio, sr)           # keep a clip as a named voice
     check = prompts.preflight(audio, sr, "what the clip says")        # measurements + warnings
+    stats = prompts.cache_stats()                                     # prompt-cache counters
 
 A voice prompt is everything the LLM and the vocoder need about a clip: its ``<audio_N>`` tokens,
 its mixed-stream codes, its text and the vocoder's features (reference mel + speaker embedding).
@@ -30,7 +31,8 @@ from models.text_input import clean_text
 from models.vocoder import Vocoder
 from preflight import Preflight, preflight
 from prompt_cache import PromptCache
-from synthesis import EngineConfig, Segment, StageReport, SynthesisResult, VoicePrompt
+from reports import StageReport
+from synthesis import EngineConfig, Segment, SynthesisResult, VoicePrompt
 from tokenizer import StepAudioTokenizer, TokenizedAudio
 from voices import Voice, VoiceInfo, VoiceLibrary
 
@@ -140,6 +142,24 @@ class VoicePrompts:
         log.info("preflight: %.2f s clip in %.3f s; %s", check.duration_s, check.seconds,
                  "; ".join(w.code for w in check.warnings) or "no warnings")
         return check
+
+    # ---- the prompt cache ----------------------------------------------------------------------
+
+    def cache_stats(self) -> dict:
+        """Prompt-cache statistics plus the vocoder-feature hits kept in the same entries."""
+        stats = dict(self.cache.stats()) if self.cache is not None else {
+            "hits": 0, "misses": 0, "hit_rate": 0.0, "entries": 0, "bytes": 0, "time_saved_s": 0.0,
+            "directory": None, "persistent": False}
+        for name in (VOCODER_HITS, VOCODER_MISSES, VOCODER_SAVED):  # shared counters, 0 until counted
+            stats.setdefault(name, 0)
+        return stats
+
+    def clear_cache(self) -> dict:
+        """Empty the prompt cache and reset its counters (library voices stay); returns what was removed
+        ({"entries", "bytes", "aliases", "counters"}, see ``PromptCache.clear``)."""
+        if self.cache is None:
+            return {"entries": 0, "bytes": 0, "aliases": 0, "counters": {}}
+        return self.cache.clear()
 
     # ---- the voice library ---------------------------------------------------------------------
 

@@ -24,7 +24,8 @@ import soundfile as sf
 from audio_join import ChunkJoiner
 from demo.examples import synthetic_voice
 from errors import AccessError, AudioInputError, OptionsError
-from synthesis import ChunkReport, Segment, StageReport, SynthesisResult
+from reports import ChunkReport, StageReport
+from synthesis import Segment, SynthesisResult
 from tests.app_server import ROOT, free_port, get_json, running_app
 from ui.access import AdminGate
 from ui.adapter import EngineAdapter, cache_table, public_error, synthesis_options
@@ -414,7 +415,7 @@ def joined_result(chunk_samples: list[int], pause_s: float = 0.25, stopped: bool
     audio = np.concatenate(out)
     report = StageReport(seed=4, total_s=2.0, audio_s=len(audio) / 24000, stopped=stopped,
                          chunks=[ChunkReport(text=f"chunk {i}", seed=4) for i in range(len(chunk_samples))])
-    return SynthesisResult(audio, 24000, "words", "ref", False, "clone", "base", report, [], [],
+    return SynthesisResult(audio, 24000, "words", "ref", False, "clone", "base", "native", report, [], [],
                            segments, stopped)
 
 

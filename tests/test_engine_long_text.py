@@ -12,7 +12,6 @@ from demo.examples import synthetic_voice
 from engine import CloneEngine
 from errors import EmptyGenerationError
 from models.llm import Step1LLM
-from render import chunk_seed
 from synthesis import (
     AudioPiece,
     CloneRequest,
@@ -22,6 +21,7 @@ from synthesis import (
     SynthesisOptions,
     SynthesisResult,
 )
+from takes import chunk_seed
 
 SR = 16000
 LONG_TEXT = ("The first sentence is here. The second one follows it closely. A third sentence ends the "

@@ -19,9 +19,10 @@ SKIP_DIRS = {".venv", "tests", "demo_models", "checkpoints", "cache", "artifacts
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("errors", "lru", "audio_prep", "audio_read", "audio_resample", "audio_join", "audio_formats",
         "text_split", "kaldi_fbank", "model_files", "model_layout", "prompt_cache", "patches", "storage",
-        "voices", "models.device", "models.audio_tokens", "wav_info"),
+        "voices", "models.device", "models.audio_tokens", "wav_info", "prefetch"),
     1: ("tokenizer", "models", "scoring", "preflight"),
-    2: ("engine", "synthesis", "render", "voice_prompts", "outputs", "demo", "provenance"),
+    2: ("engine", "synthesis", "reports", "render", "takes", "jobs", "llm_registry", "voice_prompts",
+        "outputs", "demo", "provenance"),
     3: ("app", "server", "settings", "ui", "api", "scripts"),
 }
 NAMES = {0: "helpers", 1: "stages", 2: "engine", 3: "entry/UI/API"}

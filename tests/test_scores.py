@@ -14,9 +14,9 @@ from engine import CloneEngine
 from errors import OptionsError
 from models.llm import Step1LLM
 from provenance import MANIFEST_VERSION, audio_sha256, manifest_json
-from render import RETRY_SEED_STEP, chunk_seed
 from scoring import Score, detect_language, error_rate, normalize_text, speaker_similarity
 from synthesis import AudioPiece, CloneRequest, EditRequest, EngineConfig, Progress, SynthesisOptions
+from takes import RETRY_SEED_STEP, chunk_seed
 from wav_info import read_wav_comment, write_wav
 
 SR = 16000

@@ -37,7 +37,8 @@ from errors import (
     public_message,
 )
 from outputs import OutputStore
-from synthesis import AudioPiece, CloneRequest, EditRequest, Progress, StageReport, SynthesisOptions
+from reports import StageReport
+from synthesis import AudioPiece, CloneRequest, EditRequest, Progress, SynthesisOptions
 from ui.access import AdminGate
 from ui.reference import NEW_VOICE, reference_warning
 from ui.timing import UploadEncode, timing_html

@@ -28,7 +28,7 @@ from audio_prep import speech_seconds
 from audio_read import read_audio
 from engine import CloneEngine
 from errors import InputError, public_message
-from synthesis import StageReport
+from reports import StageReport
 
 log = logging.getLogger(__name__)
 

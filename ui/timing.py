@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, fields
 
-from synthesis import StageReport
+from reports import StageReport
 
 # StageReport fields shown by the explicit rows below; any other "<name>_s" field gets a row of its own
 KNOWN_FIELDS = frozenset({

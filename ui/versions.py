@@ -18,7 +18,8 @@ from dataclasses import fields
 
 from audio_join import DEFAULT_CROSSFADE_S
 from errors import public_message
-from synthesis import StageReport, SynthesisResult
+from reports import StageReport
+from synthesis import SynthesisResult
 
 MAX_HISTORY = 20  # versions listed per browser session (the store keeps the audio, bounded on its own)
 TIMING_KEYS = ("prep_s", "tokenizer_s", "vocoder_prompt_s", "llm_s", "vocoder_s", "total_s", "ttfa_s")
