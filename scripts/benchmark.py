@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True)
     for stage in STAGES:
         module = importlib.import_module(f"scripts.bench.{stage}")
-        sp = sub.add_parser(stage, help=(module.__doc__ or stage).strip().splitlines()[0])
+        sp = sub.add_parser(stage, help=(module.__doc__ or stage).strip().splitlines()[0].replace("%", "%%"))
         add_common_arguments(sp)
         module.add_arguments(sp)
         sp.set_defaults(_module=module)

@@ -1,4 +1,4 @@
-"""Scores: what checking an output costs next to making it (target: under 10% of the clone).
+"""Scores: what checking an output costs next to making it (target: under 10 percent of the clone).
 
     python scripts/benchmark.py scores --model-dir DIR --json OUT [--seconds 8] [--quick]
 
