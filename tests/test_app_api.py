@@ -414,7 +414,7 @@ def joined_result(chunk_samples: list[int], pause_s: float = 0.25, stopped: bool
     audio = np.concatenate(out)
     report = StageReport(seed=4, total_s=2.0, audio_s=len(audio) / 24000, stopped=stopped,
                          chunks=[ChunkReport(text=f"chunk {i}", seed=4) for i in range(len(chunk_samples))])
-    return SynthesisResult(audio, 24000, "words", "ref", False, "clone", "base", report, [], [],
+    return SynthesisResult(audio, 24000, "words", "ref", False, "clone", "base", "native", report, [], [],
                            segments, stopped)
 
 
@@ -450,8 +450,8 @@ def test_the_page_builds_with_named_api_endpoints(demo_models_root):
     """Layout only (no server): every API input has a label and the API has no stray outputs."""
     fake = SimpleNamespace(
         demo=True, config=SimpleNamespace(variant="base", max_reference_seconds=30.0, max_text_chars=1000,
-                                          auto_transcribe=True),
-        available_variants=lambda: ["base"], vocoder=SimpleNamespace(sample_rate=24000),
+                                          auto_transcribe=True, llm_backend="native"),
+        available_variants=lambda: ["base"], vocoder=SimpleNamespace(sample_rate=24000), scorer=object(),
         voices=SimpleNamespace(list_voices=lambda: []), cache_stats=lambda: {})
     from ui.page import build_app
 
