@@ -24,12 +24,23 @@ import soundfile as sf
 from audio_join import ChunkJoiner
 from demo.examples import synthetic_voice
 from errors import AccessError, AudioInputError, OptionsError
-from synthesis import ChunkReport, Segment, StageReport, SynthesisResult
+from preflight import preflight
+from scoring import NOT_SCORED
+from synthesis import ChunkReport, Segment, StageReport, SynthesisResult, TakeScore
 from tests.app_server import ROOT, free_port, get_json, running_app
 from ui.access import AdminGate
 from ui.adapter import EngineAdapter, cache_table, public_error, synthesis_options
-from ui.timing import UploadEncode, timing_html, timing_rows
-from ui.versions import add_version, chunk_details, result_details, version_choices, version_label
+from ui.reference_check import check_markdown
+from ui.tags import insert_tag
+from ui.timing import UploadEncode, score_row, timing_html, timing_rows
+from ui.versions import (
+    add_version,
+    chunk_details,
+    report_fields,
+    result_details,
+    version_choices,
+    version_label,
+)
 
 KEY = "page-admin-key-0123"
 SEEDS = 6  # the random demo LLM sometimes emits no whole audio group for a seed
@@ -63,7 +74,7 @@ def voice_file(tmp_path: Path, name: str = "voice.wav", seconds: float = 3.0, sr
 
 
 def clone(client, wav: Path | None, text: str = "Hello.", reference_text: str = "some words here",
-          voice: str = "(new)"):
+          voice: str = "(new)", **options):
     """/clone with keyword arguments, trying a few seeds (no-audio seeds of the demo LLM are skipped)."""
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -74,7 +85,7 @@ def clone(client, wav: Path | None, text: str = "Hello.", reference_text: str = 
             return client.predict(text=text, voice=voice,
                                   reference_audio=handle_file(str(wav)) if wav else None,
                                   reference_text=reference_text, seed=seed, max_new_tokens=60,
-                                  api_name="/clone")
+                                  api_name="/clone", **options)
         except AppError as exc:
             if "no audio" not in str(exc).lower():
                 raise
@@ -125,7 +136,7 @@ def test_api_view_names_every_input_and_the_two_outputs(client):
     clone_info, edit_info = info["/clone"], info["/edit"]
     assert [p["parameter_name"] for p in clone_info["parameters"]] == [
         "text", "voice", "reference_audio", "reference_text", "variant", "seed", "temperature", "top_p",
-        "flow_steps", "max_new_tokens"]
+        "flow_steps", "max_new_tokens", "best_of"]
     assert [r["label"] for r in clone_info["returns"]] == ["Speech", "Details"]
     assert [p["parameter_name"] for p in edit_info["parameters"]][:6] == [
         "version", "clip", "clip_text", "task", "subtask", "new_text"]
@@ -166,6 +177,17 @@ def test_clone_returns_speech_and_details_and_the_version_is_edited_over_rest_an
     assert edit_details["source_version_id"] == rest_id and edit_details["mode"] == "edit speed/faster"
     again = rest.post("/v1/audio/edits", json={"output_id": edit_details["version_id"], "task": "vad"})
     assert again.status_code in (200, 422, 500) and "no output with id" not in again.text
+
+
+@pytest.mark.slow
+def test_best_of_two_makes_at_most_two_takes_per_chunk_and_keeps_one(client, tmp_path):
+    _, details = clone(client, voice_file(tmp_path, seed=41), text="One sentence. And a second one.",
+                       best_of=2)
+    chunks = details["report"]["chunks"]
+    assert chunks and all(1 <= len(c["takes"]) <= 2 for c in chunks)
+    for chunk in chunks:  # the kept take is one of those tried, with its scores
+        kept = [t for t in chunk["takes"] if t["seed"] == chunk["seed"]]
+        assert len(kept) == 1 and kept[0]["similarity"] == chunk["similarity"]
 
 
 @pytest.mark.slow
@@ -398,6 +420,26 @@ def test_timing_rows_show_report_fields_added_later():
     rows = {r[0]: r for r in timing_rows(ScoredReport(total_s=1.0, audio_s=1.0))}
     assert rows["scores"][1] == pytest.approx(0.3) and "similarity 0.910" in rows["scores"][2]
     assert "4.2%" in rows["scores"][2] and rows["rerank"][1] == pytest.approx(0.05)
+
+
+def test_scores_row_says_why_a_chunk_is_not_scored_and_which_take_was_kept():
+    takes = [TakeScore(7, 0.5, 0.9), TakeScore(8, 0.6, None)]
+    report = StageReport(scored=True, score_s=0.2, total_s=1.0, audio_s=1.0, chunks=[
+        ChunkReport(text="こんにちは", seed=8, similarity=0.6, score_note=NOT_SCORED["ja"], takes=takes)])
+    stage, seconds, detail = score_row(report)
+    assert (stage, seconds) == ("scores", 0.2)
+    assert detail == f"speaker similarity 0.600, {NOT_SCORED['ja']}, take 2 of 2 kept"
+    kept = report_fields(report)["chunks"][0]["takes"][1]
+    assert kept == {"seed": 8, "similarity": 0.6, "error_rate": None}
+
+
+def test_insert_tag_and_the_clip_check_text():
+    assert insert_tag("[Laughter]", "So funny ") == "So funny [Laughter]"
+    assert insert_tag("[Cantonese]", "[korean]  hello") == "[Cantonese] hello"
+    assert insert_tag(None, "hello") == "hello"
+    check = preflight(np.clip(4 * synthetic_voice(3.5, 16000, seed=5), -1, 1), 16000, "hello there", "hello")
+    text = check_markdown(check)
+    assert text.startswith("**Clip check:** 3.5 s") and "⚠️ clipped" in text and "WER 50%" in text
 
 
 def joined_result(chunk_samples: list[int], pause_s: float = 0.25, stopped: bool = False) -> SynthesisResult:
