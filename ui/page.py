@@ -275,7 +275,6 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
                         outputs=[ref_audio, ref_text, ref_note, text_owner, upload, voice],
                         concurrency_id=GPU_QUEUE, show_progress="minimal", show_progress_on=[ref_note],
                         **private).success(**check)
-        ref_text.blur(**check)  # the transcript is cached: a text check is cheap
         for fix, button in fix_buttons.items():
             button.click(partial(clip_check.fix, fix), inputs=[ref_audio, ref_text, *options],
                          outputs=[ref_audio, text_owner], concurrency_id=GPU_QUEUE, show_progress="minimal",

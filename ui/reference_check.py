@@ -4,7 +4,7 @@
     check.check(path, text, voice)                  # -> (Markdown next to the clip, fix buttons)
     check.fix("denoise", path, text, *options)      # -> the cleaned clip, used as the reference
 
-After an upload or a recording (and when the reference text is edited) the clip is measured by
+After an upload, a recording or a one-click fix the clip is measured by
 ``engine.voices.preflight``: duration, loudness (LUFS), clipped share, SNR and, when a text was
 typed, its CER/WER against the transcript (cached by the tokenizer, so a second check is cheap).
 Each problem is a plain warning. The denoise and vad edits of the model can clean a noisy clip or
