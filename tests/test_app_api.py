@@ -24,13 +24,24 @@ import soundfile as sf
 from audio_join import ChunkJoiner
 from demo.examples import synthetic_voice
 from errors import AccessError, AudioInputError, OptionsError
-from reports import ChunkReport, StageReport
+from preflight import preflight
+from reports import ChunkReport, StageReport, TakeScore
+from scoring import NOT_SCORED
 from synthesis import Segment, SynthesisResult
 from tests.app_server import ROOT, free_port, get_json, running_app
 from ui.access import AdminGate
 from ui.adapter import EngineAdapter, cache_table, public_error, synthesis_options
-from ui.timing import UploadEncode, timing_html, timing_rows
-from ui.versions import add_version, chunk_details, result_details, version_choices, version_label
+from ui.reference_check import check_markdown
+from ui.tags import insert_tag
+from ui.timing import UploadEncode, score_row, timing_html, timing_rows
+from ui.versions import (
+    add_version,
+    chunk_details,
+    report_fields,
+    result_details,
+    version_choices,
+    version_label,
+)
 
 KEY = "page-admin-key-0123"
 SEEDS = 6  # the random demo LLM sometimes emits no whole audio group for a seed
@@ -64,7 +75,7 @@ def voice_file(tmp_path: Path, name: str = "voice.wav", seconds: float = 3.0, sr
 
 
 def clone(client, wav: Path | None, text: str = "Hello.", reference_text: str = "some words here",
-          voice: str = "(new)"):
+          voice: str = "(new)", **options):
     """/clone with keyword arguments, trying a few seeds (no-audio seeds of the demo LLM are skipped)."""
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -75,7 +86,7 @@ def clone(client, wav: Path | None, text: str = "Hello.", reference_text: str = 
             return client.predict(text=text, voice=voice,
                                   reference_audio=handle_file(str(wav)) if wav else None,
                                   reference_text=reference_text, seed=seed, max_new_tokens=60,
-                                  api_name="/clone")
+                                  api_name="/clone", **options)
         except AppError as exc:
             if "no audio" not in str(exc).lower():
                 raise
@@ -126,7 +137,7 @@ def test_api_view_names_every_input_and_the_two_outputs(client):
     clone_info, edit_info = info["/clone"], info["/edit"]
     assert [p["parameter_name"] for p in clone_info["parameters"]] == [
         "text", "voice", "reference_audio", "reference_text", "variant", "seed", "temperature", "top_p",
-        "flow_steps", "max_new_tokens"]
+        "flow_steps", "max_new_tokens", "best_of"]
     assert [r["label"] for r in clone_info["returns"]] == ["Speech", "Details"]
     assert [p["parameter_name"] for p in edit_info["parameters"]][:6] == [
         "version", "clip", "clip_text", "task", "subtask", "new_text"]
@@ -167,6 +178,17 @@ def test_clone_returns_speech_and_details_and_the_version_is_edited_over_rest_an
     assert edit_details["source_version_id"] == rest_id and edit_details["mode"] == "edit speed/faster"
     again = rest.post("/v1/audio/edits", json={"output_id": edit_details["version_id"], "task": "vad"})
     assert again.status_code in (200, 422, 500) and "no output with id" not in again.text
+
+
+@pytest.mark.slow
+def test_best_of_two_makes_at_most_two_takes_per_chunk_and_keeps_one(client, tmp_path):
+    _, details = clone(client, voice_file(tmp_path, seed=41), text="One sentence. And a second one.",
+                       best_of=2)
+    chunks = details["report"]["chunks"]
+    assert chunks and all(1 <= len(c["takes"]) <= 2 for c in chunks)
+    for chunk in chunks:  # the kept take is one of those tried, with its scores
+        kept = [t for t in chunk["takes"] if t["seed"] == chunk["seed"]]
+        assert len(kept) == 1 and kept[0]["similarity"] == chunk["similarity"]
 
 
 @pytest.mark.slow
@@ -401,6 +423,26 @@ def test_timing_rows_show_report_fields_added_later():
     assert "4.2%" in rows["scores"][2] and rows["rerank"][1] == pytest.approx(0.05)
 
 
+def test_scores_row_says_why_a_chunk_is_not_scored_and_which_take_was_kept():
+    takes = [TakeScore(7, 0.5, 0.9), TakeScore(8, 0.6, None)]
+    report = StageReport(scored=True, score_s=0.2, total_s=1.0, audio_s=1.0, chunks=[
+        ChunkReport(text="こんにちは", seed=8, similarity=0.6, score_note=NOT_SCORED["ja"], takes=takes)])
+    stage, seconds, detail = score_row(report)
+    assert (stage, seconds) == ("scores", 0.2)
+    assert detail == f"speaker similarity 0.600, {NOT_SCORED['ja']}, take 2 of 2 kept"
+    kept = report_fields(report)["chunks"][0]["takes"][1]
+    assert kept == {"seed": 8, "similarity": 0.6, "error_rate": None}
+
+
+def test_insert_tag_and_the_clip_check_text():
+    assert insert_tag("[Laughter]", "So funny ") == "So funny [Laughter]"
+    assert insert_tag("[Cantonese]", "[korean]  hello") == "[Cantonese] hello"
+    assert insert_tag(None, "hello") == "hello"
+    check = preflight(np.clip(4 * synthetic_voice(3.5, 16000, seed=5), -1, 1), 16000, "hello there", "hello")
+    text = check_markdown(check)
+    assert text.startswith("**Clip check:** 3.5 s") and "⚠️ clipped" in text and "WER 50%" in text
+
+
 def joined_result(chunk_samples: list[int], pause_s: float = 0.25, stopped: bool = False) -> SynthesisResult:
     """A result joined like the engine's (audio_join.ChunkJoiner), with its segments."""
     joiner = ChunkJoiner(24000)
@@ -451,8 +493,8 @@ def test_the_page_builds_with_named_api_endpoints(demo_models_root):
     """Layout only (no server): every API input has a label and the API has no stray outputs."""
     fake = SimpleNamespace(
         demo=True, config=SimpleNamespace(variant="base", max_reference_seconds=30.0, max_text_chars=1000,
-                                          auto_transcribe=True),
-        available_variants=lambda: ["base"], vocoder=SimpleNamespace(sample_rate=24000),
+                                          auto_transcribe=True, llm_backend="native"),
+        available_variants=lambda: ["base"], vocoder=SimpleNamespace(sample_rate=24000), scorer=object(),
         voices=SimpleNamespace(list_voices=lambda: []), cache_stats=lambda: {})
     from ui.page import build_app
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fractions
 import io
+import json
 import os
 import re
 from pathlib import Path
@@ -427,3 +428,114 @@ def test_small_things_footer_and_edit_without_history(page):
     page.locator("#edit-source").get_by_text("my own clip").click()
     page.wait_for_function("() => !document.querySelector('#edit-button').disabled")
     assert page.locator("#edit-clip").is_visible()
+
+
+# ---- output scores, best-of-N, reference check, provenance, backend, tags -----------------------
+
+def clipped_wav(tmp_path: Path, name: str) -> Path:
+    """The synthetic voice four times too loud, clipped at full scale (a distorted recording)."""
+    path = tmp_path / name
+    sf.write(path, np.clip(4.0 * synthetic_voice(3.5, 16000, f0=120.0, seed=31), -1.0, 1.0), 16000)
+    return path
+
+
+def check_text(page) -> str:
+    return page.locator("#reference-check").inner_text()
+
+
+def wait_for_check(page) -> str:
+    page.wait_for_function("() => /Clip check/.test(document.querySelector('#reference-check').innerText)")
+    return check_text(page)
+
+
+def file_bytes(page, selector: str) -> tuple[bytes, str]:
+    """The bytes and name of the file behind the first download link in ``selector``."""
+    link = page.locator(f"{selector} a[download]").first
+    link.wait_for()
+    return page.request.get(link.get_attribute("href")).body(), link.get_attribute("download") or ""
+
+
+def test_shows_the_scores_after_a_clone(page):
+    page.get_by_text("en us calm").click()
+    page.wait_for_function("() => document.querySelector('#target-text textarea').value.length > 0")
+    set_option(page, "#max-new-tokens", "40")
+    page.locator("#best-of input[type=number]").fill("2")
+    page.locator("#best-of input[type=number]").press("Enter")
+    assert run(page, "clone", 1)[0] == "done"
+    rows = dict(zip(page.locator("#clone-timing td.stage").all_inner_texts(),
+                    page.locator("#clone-timing td.detail").all_inner_texts(), strict=True))
+    assert "scores" in rows, rows
+    scores = rows["scores"]
+    assert re.search(r"speaker similarity -?\d\.\d{3}", scores), scores
+    assert re.search(r"\b(CER|WER) \d+\.\d%", scores) or "not scored" in scores, scores
+    # best of 2: every text chunk made one or two takes, and the table says which one was kept
+    chunks = live(page)["details"]["report"]["chunks"]
+    assert chunks and all(1 <= len(c["takes"]) <= 2 for c in chunks)
+    if any(len(c["takes"]) == 2 for c in chunks):
+        assert re.search(r"take [12] of 2 kept", scores), scores
+
+
+def test_the_manifest_file_is_the_comment_of_the_wav_offered(page):
+    from wav_info import read_wav_comment
+
+    page.get_by_text("en gb bright").click()
+    page.wait_for_function("() => document.querySelector('#target-text textarea').value.length > 0")
+    set_option(page, "#max-new-tokens", "40")
+    assert run(page, "clone", 1)[0] == "done"
+    details = live(page)["details"]
+    manifest, name = file_bytes(page, "#clone-manifest")
+    wav, wav_name = file_bytes(page, "#clone-output")
+    assert name == f"{details['version_id']}.manifest.json" and wav_name == f"{details['version_id']}.wav"
+    assert read_wav_comment(wav) == manifest.decode("utf-8")
+    record = json.loads(manifest)
+    assert record["kind"] == "clone" and record["model"]["backend"] == "native"
+    assert record["audio"]["samples"] == details["samples"]
+
+
+def test_a_clipped_clip_is_warned_about_and_denoise_replaces_it(page, tmp_path):
+    clean = upload_reference(page, voice_wav(tmp_path, "clean.wav", seed=32))
+    assert "Clip ready" in clean
+    checked = wait_for_check(page)
+    assert "LUFS" in checked and "SNR" in checked and "⚠️ clipped" not in checked
+    upload_reference(page, clipped_wav(tmp_path, "loud.wav"))
+    page.wait_for_function("() => /⚠️ clipped/.test(document.querySelector('#reference-check').innerText)")
+    assert re.search(r"⚠️ clipped \d+\.\d% of samples", check_text(page))
+
+    # one click: the denoise edit of the clip becomes the reference (prepared and checked again)
+    set_option(page, "#max-new-tokens", "200")
+    page.locator("#reference-denoise").click()
+    made = page.get_by_text("Denoise the clip: done")
+    made.wait_for()
+    seconds = re.search(r"the result \(([\d.]+) s\)", made.inner_text()).group(1)
+    page.wait_for_function("(s) => document.querySelector('#reference-note').innerText.includes(s)",
+                           arg=f"Clip ready: {seconds} s")  # the new clip's length, not the 3.5 s upload
+    page.wait_for_function("() => !/⚠️ clipped/.test(document.querySelector('#reference-check').innerText)")
+
+
+def test_the_page_names_the_llm_backend_and_variant(page, server):
+    line = page.locator("#model-info").inner_text()
+    health = server.health()
+    assert f"LLM backend {health['llm_backend']}" in line and f"variant {health['variant']}" in line
+    assert health["llm_backend"] in ("native", "vllm")
+
+
+def test_insert_tag_puts_sounds_at_the_end_and_the_language_first(page):
+    box = page.locator("#target-text textarea")
+    box.fill("That is so funny")
+
+    def pick(name: str) -> None:
+        page.locator("#clone-tag input").click()
+        page.get_by_role("option", name=name, exact=True).click()
+
+    def shows(text: str) -> None:
+        page.wait_for_function("(t) => document.querySelector('#target-text textarea').value === t", arg=text)
+
+    pick("[Laughter] (sound)")
+    shows("That is so funny [Laughter]")
+    pick("[chuckle] (sound)")  # the 2026 generation of tags is offered too
+    shows("That is so funny [Laughter] [chuckle]")
+    pick("[Cantonese] (language, goes first)")
+    shows("[Cantonese] That is so funny [Laughter] [chuckle]")
+    pick("[Korean] (language, goes first)")  # one language tag: the new one replaces the old
+    shows("[Korean] That is so funny [Laughter] [chuckle]")
+    assert box.input_value() == "[Korean] That is so funny [Laughter] [chuckle]"

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-import soundfile as sf
 
 from audio_read import read_audio
 from engine import CloneEngine
@@ -37,6 +36,7 @@ from errors import (
     public_message,
 )
 from outputs import OutputStore
+from provenance import manifest_json
 from reports import StageReport
 from synthesis import AudioPiece, CloneRequest, EditRequest, Progress, SynthesisOptions
 from ui.access import AdminGate
@@ -50,6 +50,7 @@ from ui.versions import (
     version_choices,
     version_summary,
 )
+from wav_info import write_wav
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ PCM16_MAX = 32767
 
 def synthesis_options(variant: str | None, seed: float | None, temperature: float, top_p: float,
                       flow_steps: float, max_new_tokens: float | None = None,
-                      stream: bool = False) -> SynthesisOptions:
+                      stream: bool = False, best_of: float | None = 1) -> SynthesisOptions:
     """UI numbers (floats, maybe blank) -> validated ``SynthesisOptions``; a blank seed or -1 = random,
-    a blank or 0 max-new-tokens = no cap."""
+    a blank or 0 max-new-tokens = no cap, a blank best-of = 1 take."""
     if seed is not None and (isinstance(seed, str) or not math.isfinite(float(seed))):
         raise OptionsError(f"the seed must be a whole number, got {seed!r}")
     if seed is not None and float(seed) != int(float(seed)):
@@ -81,7 +82,7 @@ def synthesis_options(variant: str | None, seed: float | None, temperature: floa
     return SynthesisOptions(variant=variant or None, seed=None if random_seed else int(seed),
                             temperature=float(temperature), top_p=float(top_p),
                             flow_steps=int(round(float(flow_steps))), max_new_tokens=cap,
-                            stream=stream).validated()
+                            stream=stream, best_of=int(round(float(best_of or 1)))).validated()
 
 
 def to_pcm16(audio: np.ndarray, sample_rate: int) -> tuple[int, np.ndarray]:
@@ -154,7 +155,7 @@ class EngineAdapter:
 
     def check_clone(self, text, voice, reference_audio, reference_text, *options):
         """Validator of /clone: one ``gr.validate`` per input (the message appears at that field)."""
-        del reference_text, options
+        del reference_text
         max_chars = self.engine.config.max_text_chars
         words = (text or "").strip()
         text_ok = gr.validate(bool(words) and len(text or "") <= max_chars,
@@ -164,28 +165,30 @@ class EngineAdapter:
         audio_ok = gr.validate(library or reference_audio is not None,
                                "Upload or record a reference clip (3 to 30 s of speech), or pick a library "
                                "voice.")
-        return [text_ok, gr.validate(True, ""), audio_ok] + [gr.validate(True, "")] * 7
+        return [text_ok, gr.validate(True, ""), audio_ok] + [gr.validate(True, "")] * (1 + len(options))
 
     def check_edit(self, version, clip, clip_text, task, subtask, new_text, *options):
         """Validator of /edit."""
-        del clip_text, subtask, options
+        del clip_text, subtask
         source_ok = gr.validate(bool(version) or clip is not None,
                                 "Pick a version to edit (clone something first), or choose "
                                 f"'{EDIT_SOURCE_UPLOAD}' and upload a clip.")
         text_ok = gr.validate(task != "paralinguistic" or bool((new_text or "").strip()),
                               "Type the new text with tags such as [Laughter].")
         return [source_ok, gr.validate(True, ""), gr.validate(True, ""), gr.validate(True, ""),
-                gr.validate(True, ""), text_ok] + [gr.validate(True, "")] * 6
+                gr.validate(True, ""), text_ok] + [gr.validate(True, "")] * len(options)
 
     # ---- clone and edit (the API endpoints /clone and /edit) ------------------------------------
 
     def clone(self, text, voice=None, reference_audio=None, reference_text=None, variant=None, seed=None,
-              temperature=0.7, top_p=1.0, flow_steps=10, max_new_tokens=None, request: gr.Request = None):
-        """Clone button -> yields (audio piece, progress) while running, then (whole file, details)."""
+              temperature=0.7, top_p=1.0, flow_steps=10, max_new_tokens=None, best_of=1,
+              request: gr.Request = None):
+        """Clone button -> yields (audio piece, progress) while running, then (whole file, details);
+        ``best_of`` N > 1 makes up to N takes of each text chunk and keeps the best-scored one."""
         warnings: list[str] = []
         try:
             options = synthesis_options(variant, seed, temperature, top_p, flow_steps, max_new_tokens,
-                                        self.streams)
+                                        self.streams, best_of)
             if voice and voice != NEW_VOICE:
                 voice_name = self.engine.voices.voice_info(voice).name
                 clone_request = CloneRequest.from_voice(voice, text or "", options)
@@ -202,11 +205,11 @@ class EngineAdapter:
 
     def edit(self, version=None, clip=None, clip_text=None, task="emotion", subtask=None, new_text=None,
              variant=None, seed=None, temperature=0.7, top_p=1.0, flow_steps=10, max_new_tokens=None,
-             request: gr.Request = None):
+             best_of=1, request: gr.Request = None):
         """Edit button -> like ``clone``; ``version`` is an output id (from the page or the REST API)."""
         try:
             options = synthesis_options(variant, seed, temperature, top_p, flow_steps, max_new_tokens,
-                                        self.streams)
+                                        self.streams, best_of)
             if version:
                 source = self.outputs.get(version)
                 edit_request = EditRequest.from_result(source, task, subtask, new_text or "", options)
@@ -256,7 +259,8 @@ class EngineAdapter:
         version_id = self.outputs.add(result)
         details = result_details(result, version_id, voice, source_id, warnings)
         path = self.files / f"{version_id}.wav"
-        sf.write(path, result.audio, result.sample_rate, subtype="PCM_16")
+        # the WAV the page offers carries its provenance record, as the REST API's does
+        path.write_bytes(write_wav(result.audio, result.sample_rate, manifest_json(result.manifest)))
         log.info("%s: version %s (%.2f s of audio%s)", what, version_id, result.seconds,
                  ", stopped" if result.stopped else "")
         try:

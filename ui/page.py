@@ -10,6 +10,7 @@ before and after side by side). The API endpoints are ``/clone`` and ``/edit`` (
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -18,9 +19,13 @@ from demo.examples import Example
 from engine import CloneEngine
 from models.edit_tasks import EDIT_TASKS, TASKS_WITH_OPTION
 from outputs import OutputStore
+from synthesis import MAX_BEST_OF
 from ui.access import AdminGate
 from ui.adapter import CANCELLED, EDIT_SOURCE_UPLOAD, EDIT_SOURCE_VERSION, EngineAdapter, status_html
+from ui.manifest_file import ManifestFiles
 from ui.reference import FILE_TYPES, NEW_VOICE, TYPED_FOR_NEXT_CLIP, ReferencePanel
+from ui.reference_check import FIXES, ReferenceCheck
+from ui.tags import TAG_CHOICES, insert_tag
 from ui.voices import NEW_VOICE_LABEL, VoicePanel
 
 GPU_QUEUE = "models"  # one concurrency group: clone, edit, reference prep and saving voices share the models
@@ -58,6 +63,7 @@ CSS = """
 footer .divider { display: none; }
 footer { opacity: 0.6; }
 """
+MANIFEST_LABEL = "Provenance: JSON manifest (the WAV carries it in its comment)"
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate")
 COUNTER_JS = "(text) => `${(text || '').length} / %d characters`"
 # Destructive buttons ask in the browser first; "No" sends CANCELLED instead of the key, and the handler
@@ -84,6 +90,8 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
     admin check of destructive actions; ``examples`` are the clickable example voices."""
     adapter = EngineAdapter(engine, outputs, gate)
     reference = ReferencePanel(engine, adapter.files)
+    clip_check = ReferenceCheck(engine, adapter.files)
+    manifests = ManifestFiles(adapter.outputs, adapter.files)
     voices = VoicePanel(engine, adapter.gate, adapter.files)
     variants = engine.available_variants()
     asks_key = adapter.gate.asks_for_key
@@ -92,6 +100,7 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
         text_owner = gr.State(TYPED_FOR_NEXT_CLIP)  # which clip the reference text was typed for
         upload = gr.State(None)  # the encode the current clip got at upload (for the timing table)
         gr.Markdown(INTRO)
+        gr.Markdown(model_line(engine), elem_id="model-info", elem_classes=["hint"])
         if engine.demo:
             gr.Markdown(DEMO_BANNER, elem_classes=["demo-banner"], elem_id="demo-banner")
 
@@ -113,6 +122,11 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
                                                    file_types=FILE_TYPES, size="sm", variant="secondary",
                                                    elem_id="reference-file")
                         ref_note = gr.Markdown(elem_id="reference-note")
+                        ref_check = gr.Markdown(elem_id="reference-check", elem_classes=["hint"])
+                        with gr.Row():
+                            fix_buttons = {fix: gr.Button(label, size="sm", visible=False,
+                                                          elem_id=f"reference-{fix}")
+                                           for fix, label in FIXES.items()}
                         ref_text = gr.Textbox(
                             "", label="Reference text", lines=2, elem_id="reference-text",
                             placeholder="What the reference clip says. Leave empty to transcribe it "
@@ -158,12 +172,21 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
                     with gr.Column(scale=1):
                         target.render()
                         counter = gr.Markdown(f"0 / {max_text_chars} characters", elem_id="char-counter")
+                        clone_tag = gr.Dropdown(choices=TAG_CHOICES, value=None, label="Insert a tag",
+                                                elem_id="clone-tag",
+                                                info="A sound such as [Laughter] at the end, or the "
+                                                     "language or dialect of the whole text first.")
                         with gr.Row(equal_height=True):
                             variant = gr.Dropdown(choices=variants, value=engine.config.variant,
                                                   label="Model variant", interactive=len(variants) > 1,
                                                   scale=1)
                             seed = gr.Number(0, precision=0, label="Seed (-1: random)", scale=1,
                                              elem_id="seed")
+                        best_of = gr.Slider(1, MAX_BEST_OF, 1, step=1, elem_id="best-of",
+                                            label="Try up to N takes, keep the best",
+                                            interactive=engine.scorer is not None,
+                                            info="Each text chunk is made up to N times and the take "
+                                                 "with the best scores is kept (slower).")
                         with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                             temperature = gr.Slider(0.1, 1.5, 0.7, step=0.05, label="Temperature")
                             top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Top-p")
@@ -173,6 +196,8 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
                         clone_btn, clone_stop, clone_status = _run_buttons("clone")
                         clone_out = gr.Audio(label="Speech", type="filepath", interactive=False,
                                              buttons=["download"], elem_id="clone-output")
+                        clone_manifest = gr.File(label=MANIFEST_LABEL, interactive=False,
+                                                 elem_id="clone-manifest")
                         clone_timing = gr.HTML(label="Time per stage", elem_id="clone-timing")
                         with gr.Accordion("Details (as the API returns them)", open=False):
                             clone_details = gr.JSON(label="Details", elem_id="clone-details")
@@ -221,6 +246,8 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
                                               buttons=["download"], elem_id="edit-before")
                             edit_out = gr.Audio(label="Edited speech", type="filepath", interactive=False,
                                                 buttons=["download"], elem_id="edit-output")
+                        edit_manifest = gr.File(label=MANIFEST_LABEL, interactive=False,
+                                                elem_id="edit-manifest")
                         edit_timing = gr.HTML(label="Time per stage", elem_id="edit-timing")
                         with gr.Accordion("Details (as the API returns them)", open=False):
                             edit_details = gr.JSON(label="Details", elem_id="edit-details")
@@ -228,34 +255,44 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
         # ---- wiring ------------------------------------------------------------------------------
         private = {"api_visibility": "private"}
         quick = {"api_visibility": "private", "concurrency_limit": None, "concurrency_id": PAGE_QUEUE}
-        options = [variant, seed, temperature, top_p, flow_steps, max_new]
+        options = [variant, seed, temperature, top_p, flow_steps, max_new, best_of]
         demo.load(adapter.cache_rows, outputs=cache_rows, queue=False, **private)
         demo.load(voices.choices, outputs=voice, queue=False, **private)
         demo.load(voices.library_rows, outputs=library, queue=False, **private)
         target.change(None, inputs=target, outputs=counter, js=COUNTER_JS % max_text_chars, queue=False)
 
         # the reference: a new clip never keeps a text typed for another one
+        # then the clip check (ui/reference_check.py) next to it, with its one-click fixes
+        prepare = {"fn": reference.prepare_reference, "inputs": [ref_audio, ref_text, text_owner],
+                   "outputs": [ref_text, ref_note, text_owner, upload, voice], "concurrency_id": GPU_QUEUE,
+                   "show_progress": "minimal", "show_progress_on": [ref_note], **private}
+        check = {"fn": clip_check.check, "inputs": [ref_audio, ref_text, voice],
+                 "outputs": [ref_check, *fix_buttons.values()], "concurrency_id": GPU_QUEUE,
+                 "show_progress": "minimal", "show_progress_on": [ref_check], **private}
         for event in (ref_audio.upload, ref_audio.stop_recording):
-            event(reference.prepare_reference, inputs=[ref_audio, ref_text, text_owner],
-                  outputs=[ref_text, ref_note, text_owner, upload, voice], concurrency_id=GPU_QUEUE,
-                  show_progress="minimal", show_progress_on=[ref_note], **private)
+            event(**prepare).success(**check)
         ref_file.upload(reference.take_file, inputs=[ref_file, ref_text, text_owner],
                         outputs=[ref_audio, ref_text, ref_note, text_owner, upload, voice],
                         concurrency_id=GPU_QUEUE, show_progress="minimal", show_progress_on=[ref_note],
-                        **private)
-        ref_audio.clear(lambda: ("", None), outputs=[ref_note, upload], queue=False, **private)
+                        **private).success(**check)
+        for fix, button in fix_buttons.items():
+            button.click(partial(clip_check.fix, fix), inputs=[ref_audio, ref_text, *options],
+                         outputs=[ref_audio, text_owner], concurrency_id=GPU_QUEUE, show_progress="minimal",
+                         show_progress_on=[ref_check], **private).success(**prepare).success(**check)
+        ref_audio.clear(lambda: ("", None, "", gr.update(visible=False), gr.update(visible=False)),
+                        outputs=[ref_note, upload, ref_check, *fix_buttons.values()], queue=False, **private)
         ref_text.input(reference.text_typed, inputs=[ref_text, ref_audio], outputs=text_owner, queue=False,
                        show_progress="hidden", trigger_mode="always_last", **private)
         if examples:
             example_set.load_input_event.then(reference.example_picked, inputs=ref_audio,
                                               outputs=[text_owner, voice, ref_note, ref_text, upload],
                                               queue=False,
-                                              show_progress="hidden", **private)
+                                              show_progress="hidden", **private).success(**check)
 
         # the voice library
         voice.input(voices.picked, inputs=voice,
                     outputs=[ref_audio, ref_text, text_owner, new_name, ref_note], show_progress="hidden",
-                    **quick)
+                    **quick).success(**check)
         save_voice.click(voices.save, inputs=[voice_name, ref_audio, ref_text, voice],
                          outputs=[voice, library, ref_text, text_owner, ref_note], concurrency_id=GPU_QUEUE,
                          show_progress_on=[ref_note], **private)
@@ -277,6 +314,8 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
                         outputs=[clone_status, clone_timing, history, version, cache_rows, edit_btn,
                                  edit_hint],
                         show_progress="hidden", **quick)
+        cloning.success(manifests.for_details, inputs=clone_details, outputs=clone_manifest,
+                        show_progress="hidden", **quick)
         cloning.failure(None, js="() => { editxLive.failed('clone'); }", queue=False)
         clone_details.change(None, inputs=[clone_out, clone_details], queue=False,
                              js="(audio, details) => { editxLive.update('clone', audio, details); }")
@@ -290,6 +329,8 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
             show_progress_on=[edit_status])
         editing.success(adapter.edit_finished, inputs=[edit_details, history, own_audio],
                         outputs=[edit_status, edit_timing, history, version, before, cache_rows],
+                        show_progress="hidden", **quick)
+        editing.success(manifests.for_details, inputs=edit_details, outputs=edit_manifest,
                         show_progress="hidden", **quick)
         editing.failure(None, js="() => { editxLive.failed('edit'); }", queue=False)
         edit_details.change(None, inputs=[edit_out, edit_details], queue=False,
@@ -305,6 +346,8 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
         own_file.upload(reference.clip_file, inputs=own_file, outputs=own_audio, show_progress="hidden",
                         **quick)
         task.change(_task_controls, inputs=task, outputs=[subtask, para_group], queue=False, **private)
+        clone_tag.select(lambda t, text: (insert_tag(t, text), None), inputs=[clone_tag, target],
+                         outputs=[target, clone_tag], queue=False, **private)
         tag.select(lambda t, text: (f"{(text or '').rstrip()} {t}".strip(), None), inputs=[tag, new_text],
                    outputs=[new_text, tag], queue=False, **private)
 
@@ -314,6 +357,13 @@ def build_app(engine: CloneEngine, examples: list[Example], max_text_chars: int 
                         api_name="clear_cache", api_visibility="undocumented", concurrency_limit=None,
                         concurrency_id=PAGE_QUEUE)
     return demo
+
+
+def model_line(engine: CloneEngine) -> str:
+    """The model info line: the default variant and the LLM backend ("native" or "vllm")."""
+    demo = " · demo models (random weights)" if engine.demo else ""
+    return (f"Model: Step-Audio-EditX · variant **{engine.config.variant}** · LLM backend "
+            f"**{engine.config.llm_backend}**{demo}")
 
 
 def _run_buttons(action: str, interactive: bool = True) -> tuple[gr.Button, gr.Button, gr.HTML]:

@@ -70,7 +70,8 @@ def timing_rows(report: StageReport, upload: UploadEncode | None = None) -> list
 
 
 def score_row(report: StageReport) -> tuple[str, float, str] | None:
-    """The output-checks row (speaker similarity, error rate) when the report carries scores."""
+    """The output-checks row when the report carries scores: speaker similarity, the error rate with
+    its metric (CER/WER) or "not scored" with the reason, and which take was kept under best-of-N."""
     values = {name: getattr(report, name, None) for name in SCORE_FIELDS}
     if all(v is None for v in values.values()) and not getattr(report, "scored", False):
         return None
@@ -80,7 +81,25 @@ def score_row(report: StageReport) -> tuple[str, float, str] | None:
     if values["error_rate"] is not None:
         metric = (getattr(report, "metric", None) or "error rate").upper()
         parts.append(f"{metric} {float(values['error_rate']):.1%}")
-    return "scores", float(getattr(report, "score_s", 0.0) or 0.0), ", ".join(parts) or "not scored"
+    else:
+        reason = next((c.score_note for c in report.chunks if getattr(c, "score_note", "")), "")
+        parts.append(reason if "not scored" in reason else
+                     f"not scored ({reason})" if reason else "not scored")
+    parts += take_notes(report)
+    return "scores", float(getattr(report, "score_s", 0.0) or 0.0), ", ".join(parts)
+
+
+def take_notes(report: StageReport) -> list[str]:
+    """"take 2 of 3 kept" for each text chunk that had more than one take (best-of-N)."""
+    notes = []
+    for number, chunk in enumerate(report.chunks, 1):
+        takes = list(getattr(chunk, "takes", None) or [])
+        if len(takes) < 2:
+            continue
+        kept = next((i for i, t in enumerate(takes, 1) if t.seed == chunk.seed), len(takes))
+        where = f"chunk {number}: " if len(report.chunks) > 1 else ""
+        notes.append(f"{where}take {kept} of {len(takes)} kept")
+    return notes
 
 
 def timing_html(report: StageReport | None, upload: UploadEncode | None = None) -> str:

@@ -14,7 +14,7 @@ which edit of which version), voice, seed, time of day and length.
 from __future__ import annotations
 
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 from audio_join import DEFAULT_CROSSFADE_S
 from errors import public_message
@@ -58,6 +58,7 @@ def report_fields(report: StageReport) -> dict:
             out[name] = value
     out["chunks"] = [{f.name: getattr(c, f.name) for f in fields(c)
                       if isinstance(getattr(c, f.name), bool | int | float | str | type(None))}
+                     | {"takes": [asdict(t) for t in getattr(c, "takes", None) or []]}  # best-of-N takes
                      for c in report.chunks]
     return out
 
