@@ -156,8 +156,9 @@ class TempoFilter:
 
         self._av = av
         self._graph = Graph()
-        node = self._graph.add_abuffer(format="flt", sample_rate=self.sample_rate, layout="mono",
-                                       time_base=f"1/{self.sample_rate}")
+        node = self._graph.add_abuffer(
+            format="flt", sample_rate=self.sample_rate, layout="mono", time_base=f"1/{self.sample_rate}"
+        )
         for factor in _atempo_factors(self.speed):
             stage = self._graph.add("atempo", f"{factor:.6f}")
             node.link_to(stage)

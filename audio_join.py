@@ -41,7 +41,7 @@ class ChunkJoiner:
         if self._fading_in and self._seen < self.crossfade and audio.size:
             n = min(self.crossfade - self._seen, audio.size)
             audio = audio.copy()
-            audio[:n] *= self._fade_in[self._seen:self._seen + n]
+            audio[:n] *= self._fade_in[self._seen : self._seen + n]
         self._seen += audio.size
         joined = np.concatenate([self._held, audio])
         cut = max(0, joined.size - self.crossfade)
@@ -54,9 +54,11 @@ class ChunkJoiner:
         samples. Call it only once the next chunk has audio (a chunk that makes none adds no pause)."""
         pause = int(round(pause_s * self.sample_rate))
         if pause < self.crossfade:
-            raise ValueError(f"a pause between chunks must be at least the crossfade "
-                             f"({self.crossfade / self.sample_rate:.3f} s), got {pause_s} s")
-        tail = self._held * self._fade_out[self.crossfade - self._held.size:]
+            raise ValueError(
+                f"a pause between chunks must be at least the crossfade "
+                f"({self.crossfade / self.sample_rate:.3f} s), got {pause_s} s"
+            )
+        tail = self._held * self._fade_out[self.crossfade - self._held.size :]
         self._held = np.zeros(0, np.float32)
         self._seen = 0
         self._fading_in = True

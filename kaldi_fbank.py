@@ -36,8 +36,9 @@ def mel_scale(freq_hz: torch.Tensor | float) -> torch.Tensor | float:
     return MEL_HIGH_Q * math.log(1.0 + freq_hz / MEL_BREAK_HZ)
 
 
-def frame_sizes(sample_frequency: float, frame_length: float, frame_shift: float,
-                round_to_power_of_two: bool = True) -> tuple[int, int, int]:
+def frame_sizes(
+    sample_frequency: float, frame_length: float, frame_shift: float, round_to_power_of_two: bool = True
+) -> tuple[int, int, int]:
     """(window_size, window_shift, fft_size) in samples for frame length/shift in milliseconds."""
     window_size = int(sample_frequency * frame_length * MS)
     window_shift = int(sample_frequency * frame_shift * MS)
@@ -54,12 +55,18 @@ def num_frames(num_samples: int, window_size: int, window_shift: int, snip_edges
     return (num_samples + window_shift // 2) // window_shift
 
 
-def feature_window(window_type: str, window_size: int, dtype: torch.dtype = torch.float32,
-                   device: torch.device | str | None = None, blackman_coeff: float = 0.42) -> torch.Tensor:
+def feature_window(
+    window_type: str,
+    window_size: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    blackman_coeff: float = 0.42,
+) -> torch.Tensor:
     """(window_size,) analysis window; symmetric (periodic=False) like Kaldi's."""
     if window_type == "hamming":
-        return torch.hamming_window(window_size, periodic=False, alpha=0.54, beta=0.46, dtype=dtype,
-                                    device=device)
+        return torch.hamming_window(
+            window_size, periodic=False, alpha=0.54, beta=0.46, dtype=dtype, device=device
+        )
     if window_type == "hanning":
         return torch.hann_window(window_size, periodic=False, dtype=dtype, device=device)
     if window_type == "povey":  # Hann raised to 0.85: reaches zero at both edges
@@ -73,8 +80,9 @@ def feature_window(window_type: str, window_size: int, dtype: torch.dtype = torc
     raise ValueError(f"unknown window_type {window_type!r}; use one of {', '.join(WINDOW_TYPES)}")
 
 
-def mel_banks(num_mel_bins: int, fft_size: int, sample_frequency: float, low_freq: float = 20.0,
-              high_freq: float = 0.0) -> torch.Tensor:
+def mel_banks(
+    num_mel_bins: int, fft_size: int, sample_frequency: float, low_freq: float = 20.0, high_freq: float = 0.0
+) -> torch.Tensor:
     """(num_mel_bins, fft_size // 2 + 1) float32 triangular filters over the power-spectrum bins.
 
     Band edges are equally spaced in mel between ``low_freq`` and ``high_freq`` (Hz; ``<= 0`` means an
@@ -89,8 +97,10 @@ def mel_banks(num_mel_bins: int, fft_size: int, sample_frequency: float, low_fre
     if high_freq <= 0.0:
         high_freq += nyquist
     if not (0.0 <= low_freq < nyquist and 0.0 < high_freq <= nyquist and low_freq < high_freq):
-        raise ValueError(f"bad mel band: low_freq {low_freq} Hz, high_freq {high_freq} Hz, "
-                         f"Nyquist {nyquist} Hz; need 0 <= low < high <= Nyquist")
+        raise ValueError(
+            f"bad mel band: low_freq {low_freq} Hz, high_freq {high_freq} Hz, "
+            f"Nyquist {nyquist} Hz; need 0 <= low < high <= Nyquist"
+        )
     mel_low, mel_high = mel_scale(low_freq), mel_scale(high_freq)
     mel_step = (mel_high - mel_low) / (num_mel_bins + 1)  # +1: the outer bands spill past the edges
     band = torch.arange(num_mel_bins, dtype=torch.float32).unsqueeze(1)  # (bins, 1)
@@ -121,15 +131,18 @@ def _mono(waveform: torch.Tensor | np.ndarray, channel: int) -> torch.Tensor:
     if isinstance(waveform, np.ndarray):
         waveform = torch.from_numpy(waveform)
     if not waveform.is_floating_point():
-        raise TypeError(f"waveform must be floating point, got {waveform.dtype}; convert it (Kaldi "
-                        "features expect int16-range values: multiply [-1, 1] audio by 32768)")
+        raise TypeError(
+            f"waveform must be floating point, got {waveform.dtype}; convert it (Kaldi "
+            "features expect int16-range values: multiply [-1, 1] audio by 32768)"
+        )
     if waveform.dim() == 1:
         if channel > 0:
             raise ValueError(f"channel {channel} requested from a 1-D (mono) waveform")
         return waveform
     if waveform.dim() != 2:
-        raise ValueError(f"waveform must be (samples,) or (channels, samples), "
-                         f"got shape {tuple(waveform.shape)}")
+        raise ValueError(
+            f"waveform must be (samples,) or (channels, samples), got shape {tuple(waveform.shape)}"
+        )
     if channel < 0:
         if waveform.size(0) != 1:
             raise ValueError(f"waveform has {waveform.size(0)} channels; mix it to mono or pass channel=")
@@ -199,14 +212,18 @@ def fbank(
         raise ValueError(f"sample_frequency must be positive, got {sample_frequency}")
     wave = _mono(waveform, channel)
     dtype, device = wave.dtype, wave.device
-    window_size, window_shift, fft_size = frame_sizes(sample_frequency, frame_length, frame_shift,
-                                                      round_to_power_of_two)
+    window_size, window_shift, fft_size = frame_sizes(
+        sample_frequency, frame_length, frame_shift, round_to_power_of_two
+    )
     if window_size < 2 or window_shift < 1:
-        raise ValueError(f"frame_length {frame_length} ms / frame_shift {frame_shift} ms give {window_size} "
-                         f"/ {window_shift} samples at {sample_frequency} Hz; need >= 2 / >= 1")
+        raise ValueError(
+            f"frame_length {frame_length} ms / frame_shift {frame_shift} ms give {window_size} "
+            f"/ {window_shift} samples at {sample_frequency} Hz; need >= 2 / >= 1"
+        )
     if fft_size % 2:
-        raise ValueError(f"the FFT size {fft_size} must be even: use round_to_power_of_two or another "
-                         "frame_length")
+        raise ValueError(
+            f"the FFT size {fft_size} must be even: use round_to_power_of_two or another frame_length"
+        )
     banks = _shared_mel_banks(num_mel_bins, fft_size, sample_frequency, low_freq, high_freq).to(device, dtype)
     width = num_mel_bins + int(use_energy)
 

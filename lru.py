@@ -21,8 +21,9 @@ V = TypeVar("V")
 class LRU(Generic[K, V]):
     """A dict bounded by ``max_entries`` and, with ``size_of``, by ``max_bytes``; safe across threads."""
 
-    def __init__(self, max_entries: int, max_bytes: int | None = None,
-                 size_of: Callable[[V], int] | None = None):
+    def __init__(
+        self, max_entries: int, max_bytes: int | None = None, size_of: Callable[[V], int] | None = None
+    ):
         if max_entries < 1 or (max_bytes is not None and max_bytes < 1):
             raise ValueError("LRU bounds must be positive")
         if max_bytes is not None and size_of is None:

@@ -30,8 +30,10 @@ def file_problem(path: Path, kind: str, min_bytes: int = 1) -> str | None:
     if not path.is_file():
         return "is not a file"
     if not os.access(path, os.R_OK):
-        return (f"is not readable by this user (uid {os.getuid()}); make it readable, e.g. "
-                "`chmod -R a+rX` on the model folder (in Docker, the image runs as uid 10001)")
+        return (
+            f"is not readable by this user (uid {os.getuid()}); make it readable, e.g. "
+            "`chmod -R a+rX` on the model folder (in Docker, the image runs as uid 10001)"
+        )
     size = path.stat().st_size
     if size == 0:
         return "is empty (0 bytes)"
@@ -40,12 +42,15 @@ def file_problem(path: Path, kind: str, min_bytes: int = 1) -> str | None:
             if f.read(len(GIT_LFS_POINTER_PREFIX)) == GIT_LFS_POINTER_PREFIX:
                 return "is a Git LFS pointer, not the file (run `git lfs pull` or scripts/download_models.py)"
     if size < min_bytes:
-        return (f"is {human_size(size)}, the real checkpoint file is at least {human_size(min_bytes)} "
-                "(incomplete download?)")
+        return (
+            f"is {human_size(size)}, the real checkpoint file is at least {human_size(min_bytes)} "
+            "(incomplete download?)"
+        )
     return format_problem(path, kind)
 
 
 # --- format checks: each returns None when the file is sound, else what is wrong ---
+
 
 def _check_json(path: Path) -> str | None:
     try:
@@ -186,8 +191,13 @@ def format_problem(path: Path, kind: str) -> str | None:
         return None
     if kind.startswith("protobuf:"):
         return _check_protobuf(path, int(kind.split(":", 1)[1]))
-    check = {"json": _check_json, "yaml": _check_yaml, "npy": _check_npy,
-             "safetensors": _check_safetensors, "torch": _check_torch}[kind]
+    check = {
+        "json": _check_json,
+        "yaml": _check_yaml,
+        "npy": _check_npy,
+        "safetensors": _check_safetensors,
+        "torch": _check_torch,
+    }[kind]
     return check(path)
 
 

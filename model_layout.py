@@ -61,7 +61,6 @@ LLM_BACKENDS = ("native", "vllm")
 DOWNLOAD_HINT = "python scripts/download_models.py --out {root}"
 
 
-
 @dataclass(frozen=True)
 class FileSpec:
     """One required file: its path under the root, what it is, and how to sanity-check it.
@@ -131,8 +130,9 @@ PARTS: dict[str, Part] = {
             # 1024 x 512 float32 centroids = 2,097,152 data bytes.
             FileSpec(f"{TOKENIZER_FOLDER}/{CENTROIDS_FILE}", "vq02 centroids", "npy", 2_097_152),
             # Whisper-style encoder, ~118 M parameters.
-            FileSpec(f"{TOKENIZER_FOLDER}/{VQ06_ONNX_FILE}", "vq06 semantic tokenizer", "protobuf:7",
-                     100 * MB),
+            FileSpec(
+                f"{TOKENIZER_FOLDER}/{VQ06_ONNX_FILE}", "vq06 semantic tokenizer", "protobuf:7", 100 * MB
+            ),
         ),
     ),
     "llm": Part(
@@ -140,8 +140,10 @@ PARTS: dict[str, Part] = {
         folder=LLM_FOLDER,
         repo_id="stepfun-ai/Step-Audio-EditX",
         description="Step1 audio LLM (base, bf16)",
-        files=(*_llm_files(LLM_FOLDER, "Step1 LLM"),
-               FileSpec(f"{LLM_FOLDER}/{SAFETENSORS_INDEX}", "weight shard index", "json")),
+        files=(
+            *_llm_files(LLM_FOLDER, "Step1 LLM"),
+            FileSpec(f"{LLM_FOLDER}/{SAFETENSORS_INDEX}", "weight shard index", "json"),
+        ),
         weights=WeightsSpec(LLM_FOLDER, index_required=True, min_real_total_bytes=_LLM_MIN_BYTES),
     ),
     "vocoder": Part(
@@ -150,8 +152,9 @@ PARTS: dict[str, Part] = {
         repo_id="stepfun-ai/Step-Audio-EditX",
         description="CosyVoice flow + HiFT vocoder",
         files=(
-            FileSpec(f"{VOCODER_FOLDER}/{COSYVOICE_CONFIG_FILE}", "vocoder hyperparameters (hyperpyyaml)",
-                     "yaml"),
+            FileSpec(
+                f"{VOCODER_FOLDER}/{COSYVOICE_CONFIG_FILE}", "vocoder hyperparameters (hyperpyyaml)", "yaml"
+            ),
             # 153.8 M flow and 20.8 M HiFT floats (tests/fixtures/reference/vocoder/manifest_real.json).
             FileSpec(f"{VOCODER_FOLDER}/{FLOW_FILE}", "flow-matching decoder weights", "torch", 100 * MB),
             FileSpec(f"{VOCODER_FOLDER}/{HIFT_FILE}", "HiFT vocoder weights", "torch", 20 * MB),
@@ -184,6 +187,7 @@ ROOT_FOLDERS: tuple[str, ...] = (TOKENIZER_FOLDER, LLM_FOLDER, AWQ_FOLDER, BNB_F
 
 # --- public API -------------------------------------------------------------------------------------
 
+
 def is_demo_models(root: Path) -> bool:
     """True when ``root`` holds the tiny random-weight demo models (scripts/make_demo_models.py)."""
     return (Path(root) / DEMO_MARKER).is_file()
@@ -194,8 +198,9 @@ def expected_files(parts: Iterable[str] = DEFAULT_PARTS) -> list[str]:
     return [spec.path for name in parts for spec in _part(name).files]
 
 
-def verify_layout(root: Path | str, parts: Iterable[str] = DEFAULT_PARTS,
-                  real: bool | None = None) -> list[str]:
+def verify_layout(
+    root: Path | str, parts: Iterable[str] = DEFAULT_PARTS, real: bool | None = None
+) -> list[str]:
     """Check the files the app needs under ``root``; return one line per problem (empty when complete).
 
     Each line starts with the path relative to ``root``. ``real`` applies the real-checkpoint size
@@ -252,8 +257,11 @@ class ModelRoot:
     demo: bool
 
 
-def locate_models(model_dir: Path | str, demo_dir: Path | str | None = None,
-                  demo_writer: Callable[[Path], object] | None = None) -> ModelRoot:
+def locate_models(
+    model_dir: Path | str,
+    demo_dir: Path | str | None = None,
+    demo_writer: Callable[[Path], object] | None = None,
+) -> ModelRoot:
     """The root to load: ``model_dir`` (or the root found from it) when it holds every required file.
 
     Otherwise, with a ``demo_writer`` (``demo.write_demo_models``) and a ``demo_dir``, the tiny
@@ -266,17 +274,26 @@ def locate_models(model_dir: Path | str, demo_dir: Path | str | None = None,
         return ModelRoot(model_dir, is_demo_models(model_dir))
     shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
     if demo_writer is None or demo_dir is None:
-        raise ModelFilesError(f"model files missing or unusable under {model_dir}: {shown}. Download them "
-                              f"with `{DOWNLOAD_HINT.format(root=model_dir)}` or pass --model-dir to the "
-                              "folder holding them.")
-    log.warning("no complete models under %s (%s); using the untrained demo models in %s (the output "
-                "is noise; get the real ones with `%s`)", model_dir, shown, demo_dir,
-                DOWNLOAD_HINT.format(root=model_dir))
+        raise ModelFilesError(
+            f"model files missing or unusable under {model_dir}: {shown}. Download them "
+            f"with `{DOWNLOAD_HINT.format(root=model_dir)}` or pass --model-dir to the "
+            "folder holding them."
+        )
+    log.warning(
+        "no complete models under %s (%s); using the untrained demo models in %s (the output "
+        "is noise; get the real ones with `%s`)",
+        model_dir,
+        shown,
+        demo_dir,
+        DOWNLOAD_HINT.format(root=model_dir),
+    )
     demo_writer(Path(demo_dir))
     still = verify_layout(Path(demo_dir))
     if still:
-        raise ModelFilesError(f"the demo models under {demo_dir} are incomplete ({'; '.join(still[:3])}); "
-                              "delete the folder so they are written again")
+        raise ModelFilesError(
+            f"the demo models under {demo_dir} are incomplete ({'; '.join(still[:3])}); "
+            "delete the folder so they are written again"
+        )
     return ModelRoot(Path(demo_dir), True)
 
 
@@ -298,6 +315,7 @@ def has_real_models(root: Path | str | None, parts: Iterable[str] = DEFAULT_PART
 
 
 # --- internals -------------------------------------------------------------------------------------
+
 
 def _part(name: str) -> Part:
     if name not in PARTS:
@@ -337,6 +355,8 @@ def _weights_problems(root: Path, spec: WeightsSpec, real: bool) -> list[str]:
         else:
             total += path.stat().st_size
     if real and not problems and total < spec.min_real_total_bytes:
-        problems.append(f"{spec.folder}/: LLM weights total {human_size(total)}, the real checkpoint has at "
-                        f"least {human_size(spec.min_real_total_bytes)} (incomplete download?)")
+        problems.append(
+            f"{spec.folder}/: LLM weights total {human_size(total)}, the real checkpoint has at "
+            f"least {human_size(spec.min_real_total_bytes)} (incomplete download?)"
+        )
     return problems

@@ -40,8 +40,10 @@ class OutputStore:
     def get(self, output_id: str) -> SynthesisResult:
         result = self._items.get(str(output_id))
         if result is None:
-            raise NotFoundError(f"no output with id {output_id!r}: it was never made here or is too old "
-                                "(only the most recent outputs are kept); send the audio file instead")
+            raise NotFoundError(
+                f"no output with id {output_id!r}: it was never made here or is too old "
+                "(only the most recent outputs are kept); send the audio file instead"
+            )
         return result
 
     def __len__(self) -> int:

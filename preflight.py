@@ -106,10 +106,16 @@ def snr_estimate_db(mono_16k: np.ndarray) -> float | None:
     frames = mono_16k.size // SNR_FRAME_SAMPLES
     if frames < 10:
         return None
-    power = np.sort(np.mean(np.square(mono_16k[:frames * SNR_FRAME_SAMPLES].astype(np.float64))
-                            .reshape(frames, SNR_FRAME_SAMPLES), axis=1))
-    noise = float(np.mean(power[:max(1, int(frames * SNR_NOISE_QUANTILE))]))
-    speech = float(np.mean(power[int(frames * (1 - SNR_SPEECH_QUANTILE)):])) - noise
+    power = np.sort(
+        np.mean(
+            np.square(mono_16k[: frames * SNR_FRAME_SAMPLES].astype(np.float64)).reshape(
+                frames, SNR_FRAME_SAMPLES
+            ),
+            axis=1,
+        )
+    )
+    noise = float(np.mean(power[: max(1, int(frames * SNR_NOISE_QUANTILE))]))
+    speech = float(np.mean(power[int(frames * (1 - SNR_SPEECH_QUANTILE)) :])) - noise
     if speech <= 0:
         return 0.0
     if noise <= 0:
@@ -117,8 +123,13 @@ def snr_estimate_db(mono_16k: np.ndarray) -> float | None:
     return float(min(MAX_SNR_DB, 10 * math.log10(speech / noise)))
 
 
-def preflight(audio: np.ndarray, sample_rate: int, text: str = "", transcript: str | None = None,
-              unusable: str | None = None) -> Preflight:
+def preflight(
+    audio: np.ndarray,
+    sample_rate: int,
+    text: str = "",
+    transcript: str | None = None,
+    unusable: str | None = None,
+) -> Preflight:
     """Measure a reference ((samples,) or (channels, samples) float32 at ``sample_rate`` Hz) and
     turn its problems into warnings. ``transcript`` is the Paraformer's (compared with ``text`` when
     both are given); ``unusable`` is why the clone would refuse the clip (a blocking warning)."""
@@ -128,39 +139,77 @@ def preflight(audio: np.ndarray, sample_rate: int, text: str = "", transcript: s
     duration = mono.size / float(sample_rate)
     peak = float(np.abs(a).max()) if a.size else 0.0
     check = Preflight(
-        duration_s=duration, speech_s=speech_seconds(a, sample_rate) if unusable is None else None,
-        sample_rate=int(sample_rate), channels=channels, loudness_lufs=loudness_lufs(mono, sample_rate),
-        peak_dbfs=20 * math.log10(peak) if peak > 0 else None, clipped_share=clipped_share(a),
+        duration_s=duration,
+        speech_s=speech_seconds(a, sample_rate) if unusable is None else None,
+        sample_rate=int(sample_rate),
+        channels=channels,
+        loudness_lufs=loudness_lufs(mono, sample_rate),
+        peak_dbfs=20 * math.log10(peak) if peak > 0 else None,
+        clipped_share=clipped_share(a),
         snr_db=snr_estimate_db(resample(mono, int(sample_rate), TOKENIZER_SAMPLE_RATE)),
-        text=text or "", transcript=transcript, usable=unusable is None)
+        text=text or "",
+        transcript=transcript,
+        usable=unusable is None,
+    )
     warn = check.warnings.append
     if unusable is not None:
         warn(PreflightWarning("unusable", unusable))
     if duration < MIN_REFERENCE_SECONDS:
-        warn(PreflightWarning("short", f"{duration:.1f} s: use at least {MIN_REFERENCE_SECONDS:.0f} s "
-                                       "(3-10 s of clear speech works best)"))
+        warn(
+            PreflightWarning(
+                "short",
+                f"{duration:.1f} s: use at least {MIN_REFERENCE_SECONDS:.0f} s "
+                "(3-10 s of clear speech works best)",
+            )
+        )
     if check.clipped_share > MAX_CLIPPED_SHARE:
-        warn(PreflightWarning("clipped", f"clipped {check.clipped_share:.1%} of samples: the recording "
-                                         "was too loud and is distorted; record again a little quieter"))
+        warn(
+            PreflightWarning(
+                "clipped",
+                f"clipped {check.clipped_share:.1%} of samples: the recording "
+                "was too loud and is distorted; record again a little quieter",
+            )
+        )
     if check.snr_db is not None and check.snr_db < MIN_SNR_DB:
-        warn(PreflightWarning("noisy", f"noisy recording (SNR about {check.snr_db:.0f} dB): the noise is "
-                                       "cloned with the voice; denoise it or record somewhere quieter",
-                              "denoise"))
+        warn(
+            PreflightWarning(
+                "noisy",
+                f"noisy recording (SNR about {check.snr_db:.0f} dB): the noise is "
+                "cloned with the voice; denoise it or record somewhere quieter",
+                "denoise",
+            )
+        )
     if check.loudness_lufs is not None and check.loudness_lufs < MIN_LOUDNESS_LUFS:
-        warn(PreflightWarning("quiet", f"very quiet ({check.loudness_lufs:.0f} LUFS): move closer to the "
-                                       "microphone or raise its level"))
+        warn(
+            PreflightWarning(
+                "quiet",
+                f"very quiet ({check.loudness_lufs:.0f} LUFS): move closer to the "
+                "microphone or raise its level",
+            )
+        )
     silence = duration - check.speech_s if check.speech_s is not None else 0.0
     if silence >= MIN_SILENCE_SECONDS and silence > MAX_SILENCE_SHARE * duration:
-        warn(PreflightWarning("silence", f"{silence:.1f} s of the {duration:.1f} s clip is silence; trim "
-                                         "it (vad) so the voice prompt is all speech", "vad"))
+        warn(
+            PreflightWarning(
+                "silence",
+                f"{silence:.1f} s of the {duration:.1f} s clip is silence; trim "
+                "it (vad) so the voice prompt is all speech",
+                "vad",
+            )
+        )
     if check.text and transcript is not None:
         language = detect_language(check.text)
         rate = error_rate(check.text, transcript, language)
         check.text_error_rate, check.text_metric = rate.rate, rate.metric
         check.text_note = rate.reason if language not in NOT_SCORED else NOT_SCORED[language]
         if rate.rate is not None and rate.rate > MAX_TEXT_ERROR_RATE:
-            warn(PreflightWarning("text_mismatch", f"the text you typed does not match what is said "
-                                                   f"({rate.metric.upper()} {min(rate.rate, 9.99):.0%}); "
-                                                   "the clone will follow the audio, fix the text or "
-                                                   "leave it empty"))
+            warn(
+                PreflightWarning(
+                    "text_mismatch",
+                    f"the text you typed does not match what is said "
+                    f"({rate.metric.upper()} {min(rate.rate, 9.99):.0%}); "
+                    "the clone will follow the audio, fix the text or "
+                    "leave it empty",
+                )
+            )
     return check

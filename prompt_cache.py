@@ -70,8 +70,14 @@ class PromptCache:
     shared with the voice library), whose byte budget then applies.
     """
 
-    def __init__(self, directory: Path | None = None, max_entries: int = 2000, max_bytes: int = 1 << 30,
-                 *, store: Store | None = None):
+    def __init__(
+        self,
+        directory: Path | None = None,
+        max_entries: int = 2000,
+        max_bytes: int = 1 << 30,
+        *,
+        store: Store | None = None,
+    ):
         if max_entries < 1 or max_bytes < 1:
             raise ValueError("max_entries and max_bytes must be positive")
         self.max_entries, self.max_bytes = int(max_entries), int(max_bytes)
@@ -93,8 +99,9 @@ class PromptCache:
         """The stored value, or None; counts a hit (adding its recorded encode time) or a miss."""
         value = self.store.get(PROMPTS, key)
         if value is not None and any(not isinstance(value.get(f), list) for f in REQUIRED_FIELDS):
-            log.warning("prompt cache: entry %s has no vq02/vq06 codes; removed, it will be encoded again",
-                        key)
+            log.warning(
+                "prompt cache: entry %s has no vq02/vq06 codes; removed, it will be encoded again", key
+            )
             self.store.delete(PROMPTS, key)
             value = None
         if value is None:
@@ -169,11 +176,19 @@ class PromptCache:
         entries = self.store.clear(PROMPTS)
         aliases = self.store.clear(ALIASES)
         counters = self.store.reset_counters()
-        removed = {"entries": entries["entries"], "bytes": entries["bytes"], "aliases": aliases["entries"],
-                   "counters": counters}
-        log.info("prompt cache cleared: %d entries (%.2f MiB), %d aliases; counters reset (%s)",
-                 removed["entries"], removed["bytes"] / MIB, removed["aliases"],
-                 ", ".join(f"{k}={v}" for k, v in sorted(counters.items())) or "none")
+        removed = {
+            "entries": entries["entries"],
+            "bytes": entries["bytes"],
+            "aliases": aliases["entries"],
+            "counters": counters,
+        }
+        log.info(
+            "prompt cache cleared: %d entries (%.2f MiB), %d aliases; counters reset (%s)",
+            removed["entries"],
+            removed["bytes"] / MIB,
+            removed["aliases"],
+            ", ".join(f"{k}={v}" for k, v in sorted(counters.items())) or "none",
+        )
         return removed
 
     def close(self) -> None:
@@ -181,8 +196,9 @@ class PromptCache:
         self.store.close()
 
 
-def open_prompt_cache(directory: Path | None, max_entries: int, max_bytes: int,
-                      url: str | None = None) -> PromptCache:
+def open_prompt_cache(
+    directory: Path | None, max_entries: int, max_bytes: int, url: str | None = None
+) -> PromptCache:
     """The prompt cache on the store the settings name (``url``: Redis; else ``directory``; else memory).
 
     An unusable folder or an unreachable Redis degrades to memory (logged by the store).
@@ -190,6 +206,11 @@ def open_prompt_cache(directory: Path | None, max_entries: int, max_bytes: int,
     store = open_store(Path(directory) if directory else None, max_bytes, url=url)
     cache = PromptCache(max_entries=max_entries, max_bytes=max_bytes, store=store)
     status = store.status()
-    log.info("prompt cache: %s (%s; limits %d entries / %.1f MiB)", status["location"],
-             "persistent" if status["persistent"] else "in memory only", max_entries, max_bytes / MIB)
+    log.info(
+        "prompt cache: %s (%s; limits %d entries / %.1f MiB)",
+        status["location"],
+        "persistent" if status["persistent"] else "in memory only",
+        max_entries,
+        max_bytes / MIB,
+    )
     return cache

@@ -38,8 +38,18 @@ PYPROJECT = Path(__file__).resolve().parent / "pyproject.toml"
 FINGERPRINT_BLOCK = 1 << 20  # large model files: size + SHA-256 of their first and last MiB
 FINGERPRINT_FULL_MAX = 16 << 20  # files up to this size are hashed whole
 # The options a replay takes from the record (the rest of SynthesisOptions is not recorded).
-REPLAYED_OPTIONS = ("variant", "seed", "temperature", "top_p", "flow_steps", "max_length", "max_new_tokens",
-                    "stream", "chunk_chars", "best_of")
+REPLAYED_OPTIONS = (
+    "variant",
+    "seed",
+    "temperature",
+    "top_p",
+    "flow_steps",
+    "max_length",
+    "max_new_tokens",
+    "stream",
+    "chunk_chars",
+    "best_of",
+)
 
 
 @lru_cache(maxsize=1)
@@ -95,38 +105,86 @@ def chunk_records(result: SynthesisResult) -> list[dict]:
     out = []
     for chunk in result.report.chunks:
         segment = next(segments) if chunk.audio_tokens else None
-        out.append({
-            "text": chunk.text, "seed": chunk.seed, "attempts": chunk.attempts,
-            "start": segment.start if segment else None, "end": segment.end if segment else None,
-            "audio_tokens": chunk.audio_tokens, "similarity": _round(chunk.similarity),
-            "error_rate": _round(chunk.error_rate), "metric": chunk.metric, "transcript": chunk.transcript,
-            "score_note": chunk.score_note,
-            "takes": [{"seed": t.seed, "similarity": _round(t.similarity), "error_rate": _round(t.error_rate)}
-                      for t in chunk.takes],
-        })
+        out.append(
+            {
+                "text": chunk.text,
+                "seed": chunk.seed,
+                "attempts": chunk.attempts,
+                "start": segment.start if segment else None,
+                "end": segment.end if segment else None,
+                "audio_tokens": chunk.audio_tokens,
+                "similarity": _round(chunk.similarity),
+                "error_rate": _round(chunk.error_rate),
+                "metric": chunk.metric,
+                "transcript": chunk.transcript,
+                "score_note": chunk.score_note,
+                "takes": [
+                    {"seed": t.seed, "similarity": _round(t.similarity), "error_rate": _round(t.error_rate)}
+                    for t in chunk.takes
+                ],
+            }
+        )
     return out
 
 
 def clone_record(text: str, voice_id: str | None, voice: VoicePrompt, transcribed: bool) -> dict:
     """What went into a clone (``build_manifest``'s kind, text, voice and edit)."""
-    return {"kind": "clone", "text": text, "edit": None,
-            "voice": {"voice_id": voice_id, "reference_hash": voice.cache_key or None,
-                      "reference_text": voice.text, "transcribed": transcribed}}
+    return {
+        "kind": "clone",
+        "text": text,
+        "edit": None,
+        "voice": {
+            "voice_id": voice_id,
+            "reference_hash": voice.cache_key or None,
+            "reference_text": voice.text,
+            "transcribed": transcribed,
+        },
+    }
 
 
-def edit_record(text: str, task: str, subtask: str | None, audio_text: str, new_text: str | None,
-                transcribed: bool, voices: list[VoicePrompt], source: SynthesisResult | None) -> dict:
+def edit_record(
+    text: str,
+    task: str,
+    subtask: str | None,
+    audio_text: str,
+    new_text: str | None,
+    transcribed: bool,
+    voices: list[VoicePrompt],
+    source: SynthesisResult | None,
+) -> dict:
     """What went into an edit (``build_manifest``'s kind, text, voice and edit): the version it
     continued from (``source``, its record nested) or the clip's prompt-cache key."""
-    source_record = ({"kind": "output", "manifest": source.manifest or None} if source is not None else
-                     {"kind": "clip", "reference_hash": voices[0].cache_key or None})
-    return {"kind": "edit", "text": text, "voice": None,
-            "edit": {"task": task, "subtask": subtask, "audio_text": audio_text, "new_text": new_text,
-                     "transcribed": transcribed, "source": source_record}}
+    source_record = (
+        {"kind": "output", "manifest": source.manifest or None}
+        if source is not None
+        else {"kind": "clip", "reference_hash": voices[0].cache_key or None}
+    )
+    return {
+        "kind": "edit",
+        "text": text,
+        "voice": None,
+        "edit": {
+            "task": task,
+            "subtask": subtask,
+            "audio_text": audio_text,
+            "new_text": new_text,
+            "transcribed": transcribed,
+            "source": source_record,
+        },
+    }
 
 
-def build_manifest(result: SynthesisResult, *, kind: str, text: str, voice: dict, edit: dict | None,
-                   model: dict, options: SynthesisOptions, accept_error_rate: float) -> dict:
+def build_manifest(
+    result: SynthesisResult,
+    *,
+    kind: str,
+    text: str,
+    voice: dict,
+    edit: dict | None,
+    model: dict,
+    options: SynthesisOptions,
+    accept_error_rate: float,
+) -> dict:
     """The provenance record of ``result`` (see the module docstring); ``options`` are the resolved
     ones (the request's seed, the variant and chunk size actually used)."""
     report = result.report
@@ -144,11 +202,18 @@ def build_manifest(result: SynthesisResult, *, kind: str, text: str, voice: dict
         "model": model,
         "options": recorded,
         "chunks": chunk_records(result),
-        "scores": {"scored": report.scored, "similarity": _round(report.similarity),
-                   "error_rate": _round(report.error_rate), "metric": report.metric,
-                   "seconds": _round(report.score_s, 4)},
-        "audio": {"sample_rate": result.sample_rate, "samples": int(len(result.audio)),
-                  "sha256": audio_sha256(result.audio)},
+        "scores": {
+            "scored": report.scored,
+            "similarity": _round(report.similarity),
+            "error_rate": _round(report.error_rate),
+            "metric": report.metric,
+            "seconds": _round(report.score_s, 4),
+        },
+        "audio": {
+            "sample_rate": result.sample_rate,
+            "samples": int(len(result.audio)),
+            "sha256": audio_sha256(result.audio),
+        },
         "stopped": result.stopped,
         "warnings": list(result.warnings),
     }
@@ -175,15 +240,17 @@ def check_manifest(manifest: object) -> dict:
         raise OptionsError("a manifest is a JSON object; got " + type(manifest).__name__)
     version = manifest.get("manifest_version")
     if version != MANIFEST_VERSION:
-        raise OptionsError(f"manifest version {version!r} is not supported (this app reads version "
-                           f"{MANIFEST_VERSION})")
+        raise OptionsError(
+            f"manifest version {version!r} is not supported (this app reads version {MANIFEST_VERSION})"
+        )
     if manifest.get("kind") not in ("clone", "edit"):
         raise OptionsError(f"the manifest's kind must be 'clone' or 'edit', got {manifest.get('kind')!r}")
     return manifest
 
 
-def replay_request(manifest: dict, audio: np.ndarray | None, sample_rate: int | None,
-                   source: SynthesisResult | None = None) -> CloneRequest | EditRequest:
+def replay_request(
+    manifest: dict, audio: np.ndarray | None, sample_rate: int | None, source: SynthesisResult | None = None
+) -> CloneRequest | EditRequest:
     """The request that makes the recorded output again.
 
     A clone from a library voice needs nothing else; a clone from a clip needs that clip (``audio``
@@ -198,18 +265,27 @@ def replay_request(manifest: dict, audio: np.ndarray | None, sample_rate: int | 
             return CloneRequest.from_voice(voice["voice_id"], manifest.get("text", ""), options)
         if audio is None:
             raise OptionsError("this clone was made from a reference clip: send the same clip to replay it")
-        return CloneRequest(audio, int(sample_rate or 0), voice.get("reference_text", ""),
-                            manifest.get("text", ""), options)
+        return CloneRequest(
+            audio, int(sample_rate or 0), voice.get("reference_text", ""), manifest.get("text", ""), options
+        )
     edit = manifest.get("edit") or {}
     if (edit.get("source") or {}).get("kind") == "output":
         if source is None:
             raise OptionsError("this edit was made on a previous output: replay that output first")
-        return EditRequest.from_result(source, edit.get("task", ""), edit.get("subtask"),
-                                       edit.get("new_text") or "", options)
+        return EditRequest.from_result(
+            source, edit.get("task", ""), edit.get("subtask"), edit.get("new_text") or "", options
+        )
     if audio is None:
         raise OptionsError("this edit was made on an uploaded clip: send the same clip to replay it")
-    return EditRequest(audio, int(sample_rate or 0), edit.get("audio_text", ""), edit.get("task", ""),
-                       edit.get("subtask"), edit.get("new_text") or "", options)
+    return EditRequest(
+        audio,
+        int(sample_rate or 0),
+        edit.get("audio_text", ""),
+        edit.get("task", ""),
+        edit.get("subtask"),
+        edit.get("new_text") or "",
+        options,
+    )
 
 
 def edited_version_record(manifest: dict) -> dict | None:
@@ -219,16 +295,18 @@ def edited_version_record(manifest: dict) -> dict | None:
     if manifest["kind"] != "edit" or source_record.get("kind") != "output":
         return None
     if not isinstance(source_record.get("manifest"), dict):
-        raise OptionsError("this edit's record has no record of the version it edited; it cannot "
-                           "be replayed")
+        raise OptionsError("this edit's record has no record of the version it edited; it cannot be replayed")
     return source_record["manifest"]
 
 
 def recorded_reference_hash(manifest: dict) -> str | None:
     """The prompt-cache key of the clip a record was made from (the clone's reference or the edited
     clip), which a replay's clip must match; None when none was recorded."""
-    recorded = (((manifest.get("edit") or {}).get("source") or {}) if manifest["kind"] == "edit"
-                else manifest.get("voice") or {})
+    recorded = (
+        ((manifest.get("edit") or {}).get("source") or {})
+        if manifest["kind"] == "edit"
+        else manifest.get("voice") or {}
+    )
     return recorded.get("reference_hash")
 
 
@@ -239,10 +317,16 @@ def note_replay(manifest: dict, result: SynthesisResult) -> None:
     current = result.manifest["model"]["fingerprints"]
     changed = sorted(name for name, value in recorded.items() if value and current.get(name) != value)
     if changed:
-        note = (f"replayed with other model files ({', '.join(changed)}) than the record's; the audio "
-                "differs from the original")
+        note = (
+            f"replayed with other model files ({', '.join(changed)}) than the record's; the audio "
+            "differs from the original"
+        )
         log.warning("%s", note)
         result.warnings.append(note)
-    log.info("replayed a %s record: %d samples, sha256 %s (recorded %s)", manifest["kind"],
-             len(result.audio), result.manifest["audio"]["sha256"][:12],
-             str((manifest.get("audio") or {}).get("sha256", "-"))[:12])
+    log.info(
+        "replayed a %s record: %d samples, sha256 %s (recorded %s)",
+        manifest["kind"],
+        len(result.audio),
+        result.manifest["audio"]["sha256"][:12],
+        str((manifest.get("audio") or {}).get("sha256", "-"))[:12],
+    )

@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 
 LANGUAGES = ("zh", "en", "ja", "ko")
 METRICS = {"zh": "cer", "en": "wer"}  # the error rate of each language the Paraformer transcribes
-NOT_SCORED = {"ja": "the Paraformer does not transcribe Japanese: not scored",
-              "ko": "the Paraformer does not transcribe Korean: not scored"}
+NOT_SCORED = {
+    "ja": "the Paraformer does not transcribe Japanese: not scored",
+    "ko": "the Paraformer does not transcribe Korean: not scored",
+}
 # A leading tag that names the language of the whole text (the model's dialect/language tags).
 LANGUAGE_TAGS = {"[sichuanese]": "zh", "[cantonese]": "zh", "[japanese]": "ja", "[korean]": "ko"}
 MIN_SCORED_SAMPLES_16K = 400  # one 25 ms fbank frame: shorter output has no speaker embedding
@@ -57,8 +59,9 @@ _DIGIT_TO_HAN = str.maketrans("0123456789", "零一二三四五六七八九")
 
 # ---- text --------------------------------------------------------------------------------------
 
+
 def detect_language(text: str) -> str:
-    """"zh", "en", "ja" or "ko" from the text's script: kana -> ja, Hangul -> ko, Han -> zh, else en.
+    """ "zh", "en", "ja" or "ko" from the text's script: kana -> ja, Hangul -> ko, Han -> zh, else en.
 
     A leading language tag ([Cantonese], [Sichuanese], [Japanese], [Korean]) decides first.
     """
@@ -164,6 +167,7 @@ def speaker_similarity(embedding_a: np.ndarray, embedding_b: np.ndarray) -> floa
 
 # ---- audio -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Score:
     """The checks of one output (or one take of one chunk).
@@ -186,8 +190,9 @@ class Score:
 class Scorer(Protocol):
     """What the chunk loop calls to check a take (``OutputScorer``, or a test's forced scores)."""
 
-    def score(self, audio: np.ndarray, sample_rate: int, text: str,
-              reference_embedding: np.ndarray | None) -> Score: ...
+    def score(
+        self, audio: np.ndarray, sample_rate: int, text: str, reference_embedding: np.ndarray | None
+    ) -> Score: ...
 
 
 class _Transcriber(Protocol):
@@ -216,8 +221,9 @@ class OutputScorer:
         clip = prepare_for_tokenizer(prompt_prelude(audio, sample_rate), int(sample_rate))
         return (self.transcriber.encode(clip, transcribe=True).transcript or "").strip()
 
-    def score(self, audio: np.ndarray, sample_rate: int, text: str,
-              reference_embedding: np.ndarray | None) -> Score:
+    def score(
+        self, audio: np.ndarray, sample_rate: int, text: str, reference_embedding: np.ndarray | None
+    ) -> Score:
         """Similarity to ``reference_embedding`` and error rate against ``text`` of (samples,) audio
         at ``sample_rate`` Hz. A check that cannot run is None with its reason, never an error."""
         start = time.perf_counter()
@@ -225,8 +231,9 @@ class OutputScorer:
         language = detect_language(text)
         reasons: list[str] = []
         similarity = None
-        audible = (audio.size * SPEAKER_SAMPLE_RATE >= MIN_SCORED_SAMPLES_16K * sample_rate
-                   and bool(np.any(audio)))
+        audible = audio.size * SPEAKER_SAMPLE_RATE >= MIN_SCORED_SAMPLES_16K * sample_rate and bool(
+            np.any(audio)
+        )
         if not audible:
             reasons.append("the output is too short or silent to score")
         elif reference_embedding is None:
@@ -238,5 +245,13 @@ class OutputScorer:
         if rate.reason:
             reasons.append(rate.reason)
         seconds = time.perf_counter() - start
-        return Score(similarity, rate.rate, rate.metric, transcript, language, rate.reference_tokens,
-                     "; ".join(reasons), seconds)
+        return Score(
+            similarity,
+            rate.rate,
+            rate.metric,
+            transcript,
+            language,
+            rate.reference_tokens,
+            "; ".join(reasons),
+            seconds,
+        )

@@ -56,20 +56,30 @@ def health_route(engine: CloneEngine, slots: Slots) -> APIRoute:
     def health() -> dict:
         status = engine.status()
         status["replica"] = socket.gethostname()
-        status["api_queue"] = {"admitted": slots.in_use, "concurrency": slots.concurrency,
-                               "queue_size": slots.queue_size}
+        status["api_queue"] = {
+            "admitted": slots.in_use,
+            "concurrency": slots.concurrency,
+            "queue_size": slots.queue_size,
+        }
         return status
 
     return APIRoute("/health", health, methods=["GET"], name="health", tags=["health"])
 
 
 def api_context(engine: CloneEngine, options: ServeOptions, outputs: OutputStore) -> ApiContext:
-    return ApiContext(engine, outputs, Slots(options.concurrency, options.queue_size), options.api_key,
-                      options.loopback_only, options.max_upload_bytes)
+    return ApiContext(
+        engine,
+        outputs,
+        Slots(options.concurrency, options.queue_size),
+        options.api_key,
+        options.loopback_only,
+        options.max_upload_bytes,
+    )
 
 
-def serve(page: gr.Blocks, engine: CloneEngine, options: ServeOptions,
-          outputs: OutputStore | None = None) -> None:
+def serve(
+    page: gr.Blocks, engine: CloneEngine, options: ServeOptions, outputs: OutputStore | None = None
+) -> None:
     """Queue the page's requests, add the API and health routes, and serve until interrupted."""
     # "is None", not "or": an empty store is falsy (it has a length), and the page must share this one
     ctx = api_context(engine, options, outputs if outputs is not None else OutputStore())
@@ -77,7 +87,17 @@ def serve(page: gr.Blocks, engine: CloneEngine, options: ServeOptions,
     page.queue(default_concurrency_limit=options.concurrency, max_size=options.queue_size)
     # quiet: Gradio's own start-up lines tell to "set share=True in launch()"; app.py logs the address and
     # the --share flag instead (with --share, Gradio prints the public link itself)
-    page.launch(server_name=options.host, server_port=options.port, share=options.share, theme=THEME,
-                css=CSS, js=PAGE_JS, show_error=False, footer_links=["api"], quiet=not options.share,
-                app_kwargs={"routes": routes, "docs_url": "/docs", "title": "EditX Studio API"},
-                allowed_paths=[str(p) for p in options.allowed_paths], max_file_size=MAX_UPLOAD)
+    page.launch(
+        server_name=options.host,
+        server_port=options.port,
+        share=options.share,
+        theme=THEME,
+        css=CSS,
+        js=PAGE_JS,
+        show_error=False,
+        footer_links=["api"],
+        quiet=not options.share,
+        app_kwargs={"routes": routes, "docs_url": "/docs", "title": "EditX Studio API"},
+        allowed_paths=[str(p) for p in options.allowed_paths],
+        max_file_size=MAX_UPLOAD,
+    )

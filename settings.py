@@ -73,41 +73,70 @@ class Settings:
 _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--model-dir", "model_dir", Path, "root folder holding Step-Audio-Tokenizer/ and Step-Audio-EditX/"),
     ("--demo-dir", "demo_dir", Path, "where tiny demo models are built when --model-dir has no real models"),
-    ("--variant", "variant", str, "LLM variant: base or bnb-4bit (native; the other loads on first use), "
-     "base or awq (vllm)"),
+    (
+        "--variant",
+        "variant",
+        str,
+        "LLM variant: base or bnb-4bit (native; the other loads on first use), base or awq (vllm)",
+    ),
     ("--llm-backend", "llm_backend", str, "native (our Step1 model, CPU or GPU) or vllm (batching)"),
     ("--llm-url", "llm_url", str, "vllm: a running `vllm serve` (http://host:8000); empty: in-process"),
-    ("--vllm-gpu-memory-utilization", "vllm_gpu_memory_utilization", float,
-     "vllm in-process: share of the GPU's memory vLLM may take"),
+    (
+        "--vllm-gpu-memory-utilization",
+        "vllm_gpu_memory_utilization",
+        float,
+        "vllm in-process: share of the GPU's memory vLLM may take",
+    ),
     ("--vllm-max-model-len", "vllm_max_model_len", int, "vllm in-process: longest prompt + generation"),
     ("--vllm-max-num-seqs", "vllm_max_num_seqs", int, "vllm in-process: requests decoded together"),
-    ("--vllm-quantization", "vllm_quantization", str, "vllm in-process: awq, gptq, fp8, ... (empty: "
-     "from the checkpoint)"),
+    (
+        "--vllm-quantization",
+        "vllm_quantization",
+        str,
+        "vllm in-process: awq, gptq, fp8, ... (empty: from the checkpoint)",
+    ),
     ("--vllm-tensor-parallel-size", "vllm_tensor_parallel_size", int, "vllm in-process: GPUs per model"),
     ("--vllm-enforce-eager", "vllm_enforce_eager", bool, "vllm in-process: no CUDA graphs (faster start)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N"),
     ("--dtype", "dtype", str, "auto (bf16 on CUDA, fp32 on CPU), fp32, fp16 or bf16"),
     ("--cache-dir", "cache_dir", Path, "persistent prompt-cache folder ('none' keeps it in memory only)"),
-    ("--cache-url", "cache_url", str,
-     "Redis shared by replicas for the prompt cache and voices (redis://host:6379/0); wins over --cache-dir"),
+    (
+        "--cache-url",
+        "cache_url",
+        str,
+        "Redis shared by replicas for the prompt cache and voices (redis://host:6379/0); "
+        "wins over --cache-dir",
+    ),
     ("--cache-max-entries", "cache_max_entries", int, "prompt-cache size bound: number of voices"),
     ("--cache-max-mb", "cache_max_mb", float, "prompt-cache size bound: MiB on disk (fractions allowed)"),
     ("--ort-threads", "ort_threads", int, "ONNX Runtime intra-op threads (none: one per physical core)"),
     ("--host", "host", str, "address to listen on (0.0.0.0 to serve the network)"),
     ("--port", "port", int, "port to listen on"),
     ("--share", "share", bool, "also open a public Gradio share link"),
-    ("--no-auto-transcribe", "auto_transcribe", bool,
-     "do not transcribe references with an empty text (an empty reference text is then refused)"),
+    (
+        "--no-auto-transcribe",
+        "auto_transcribe",
+        bool,
+        "do not transcribe references with an empty text (an empty reference text is then refused)",
+    ),
     ("--max-text-chars", "max_text_chars", int, "longest target text accepted, in characters"),
     ("--max-reference-seconds", "max_reference_seconds", float, "longest reference clip, in seconds"),
     ("--concurrency", "concurrency", int, "requests run at once (1 per GPU is right; queue holds the rest)"),
     ("--queue-size", "queue_size", int, "requests that may wait for a slot; more are refused (HTTP 429)"),
     ("--chunk-chars", "chunk_chars", int, "longest text spoken in one LLM pass (longer text is split)"),
-    ("--api-key", "api_key", str, "require 'Authorization: Bearer <key>' on /v1 (and for destructive "
-     "actions when serving the network)"),
+    (
+        "--api-key",
+        "api_key",
+        str,
+        "require 'Authorization: Bearer <key>' on /v1 (and for destructive actions when serving the network)",
+    ),
     ("--no-warmup", "warmup", bool, "skip the warm-up clone at start-up"),
-    ("--no-scores", "scores", bool, "do not score outputs (speaker similarity, transcript error rate); "
-     "best-of-N takes need the scores"),
+    (
+        "--no-scores",
+        "scores",
+        bool,
+        "do not score outputs (speaker similarity, transcript error rate); best-of-N takes need the scores",
+    ),
     ("--no-demo", "allow_demo", bool, "fail instead of building demo models when real ones are missing"),
     ("--examples-dir", "examples_dir", Path, "folder of the example voices (generated when missing)"),
     ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
@@ -146,8 +175,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
             env_value = environ.get(env)
             given = _parse_bool(env, env_value) if env_value is not None else False
             negated = field in _NEGATED  # "--no-X" switches a default-on feature off
-            parser.add_argument(flag, dest=field, action="store_false" if negated else "store_true",
-                                default=(not given) if negated else given, help=f"{text} [env {env}]")
+            parser.add_argument(
+                flag,
+                dest=field,
+                action="store_false" if negated else "store_true",
+                default=(not given) if negated else given,
+                help=f"{text} [env {env}]",
+            )
             continue
         raw = environ.get(env)
         if raw is not None:
@@ -156,8 +190,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
             except argparse.ArgumentTypeError as exc:
                 raise SystemExit(f"environment variable {exc}") from None
         shown = "none" if default is None else default
-        parser.add_argument(flag, dest=field, type=lambda s, k=kind, f=flag: _convert(k, s, f),
-                            default=default, help=f"{text} (default: {shown}) [env {env}]")
+        parser.add_argument(
+            flag,
+            dest=field,
+            type=lambda s, k=kind, f=flag: _convert(k, s, f),
+            default=default,
+            help=f"{text} (default: {shown}) [env {env}]",
+        )
     return parser
 
 
@@ -187,12 +226,15 @@ def validate(values: dict) -> list[str]:
     """Human-readable problems with the values (empty when they are usable)."""
     problems = []
     if values["llm_backend"] not in LLM_BACKENDS:
-        problems.append(f"--llm-backend must be one of {', '.join(LLM_BACKENDS)}, "
-                        f"got {values['llm_backend']!r}")
+        problems.append(
+            f"--llm-backend must be one of {', '.join(LLM_BACKENDS)}, got {values['llm_backend']!r}"
+        )
     variants = VLLM_VARIANTS if values["llm_backend"] == "vllm" else VARIANTS
     if values["variant"] not in variants:
-        problems.append(f"--variant must be one of {', '.join(variants)} with the {values['llm_backend']} "
-                        f"backend, got {values['variant']!r}")
+        problems.append(
+            f"--variant must be one of {', '.join(variants)} with the {values['llm_backend']} "
+            f"backend, got {values['variant']!r}"
+        )
     if values["llm_url"] and values["llm_backend"] != "vllm":
         problems.append("--llm-url needs --llm-backend vllm")
     if not (0.05 <= values["vllm_gpu_memory_utilization"] <= 1.0):
@@ -210,8 +252,9 @@ def validate(values: dict) -> list[str]:
     if not values["cache_max_mb"] > 0:
         problems.append(f"--cache-max-mb must be positive, got {values['cache_max_mb']}")
     if not (MIN_CHUNK_CHARS <= values["chunk_chars"] <= MAX_CHUNK_CHARS):
-        problems.append(f"--chunk-chars must be in {MIN_CHUNK_CHARS}..{MAX_CHUNK_CHARS}, "
-                        f"got {values['chunk_chars']}")
+        problems.append(
+            f"--chunk-chars must be in {MIN_CHUNK_CHARS}..{MAX_CHUNK_CHARS}, got {values['chunk_chars']}"
+        )
     if values["api_key"] is not None and len(values["api_key"]) < 8:
         problems.append("--api-key must be at least 8 characters")
     if values["max_reference_seconds"] <= 0:

@@ -33,7 +33,8 @@ CLOSERS = "\"'”’」』）)】]》〉"
 # Lower-case forms of abbreviations that do not end a sentence when followed by a period.
 ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st mt vs etc e.g i.e no nos fig figs vol vols inc ltd co corp dept est "
-    "approx jan feb mar apr jun jul aug sep sept oct nov dec u.s u.k a.m p.m ph.d".split())
+    "approx jan feb mar apr jun jul aug sep sept oct nov dec u.s u.k a.m p.m ph.d".split()
+)
 
 # Pieces that are never cut: a bracketed tag, a number (3.14, 1,000, 12:30), a Latin word (with
 # inner apostrophes, hyphens or periods as in "e.g" / "U.S"), a run of spaces, or one other char.
@@ -158,8 +159,7 @@ def _fit(piece: _Piece, max_chars: int) -> list[_Piece]:
         if len(clause.text) <= max_chars:
             out.append(clause)
             continue
-        words = _cut(_ATOM.findall(clause.text), lambda a: a.isspace() or bool(_CJK.match(a)),
-                     PAUSE_WORD_S)
+        words = _cut(_ATOM.findall(clause.text), lambda a: a.isspace() or bool(_CJK.match(a)), PAUSE_WORD_S)
         out += _pack_words(words, max_chars, clause.pause_s)
     if out:
         out[-1] = _Piece(out[-1].text, piece.pause_s)

@@ -104,7 +104,6 @@ def tokenizer_fingerprint(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-
 class StepAudioTokenizer:
     """Reference audio -> vq02/vq06 codes, LLM ids and ``<audio_N>`` string, through the prompt cache.
 
@@ -113,8 +112,14 @@ class StepAudioTokenizer:
     ``vq02`` and ``vq06`` attributes. Thread-safe: the streaming state lives in each call.
     """
 
-    def __init__(self, tokenizer_dir: Path, device: str = "auto", ort_threads: int | None = None,
-                 cache: PromptCache | None = None, ort_options: str = "tuned"):
+    def __init__(
+        self,
+        tokenizer_dir: Path,
+        device: str = "auto",
+        ort_threads: int | None = None,
+        cache: PromptCache | None = None,
+        ort_options: str = "tuned",
+    ):
         t0 = time.perf_counter()
         self.tokenizer_dir = Path(tokenizer_dir)
         self.cache = cache
@@ -122,15 +127,26 @@ class StepAudioTokenizer:
         self.tf32 = enable_tf32() if self.device.type == "cuda" else False
         files = self._check_files()
         self.fingerprint = tokenizer_fingerprint(files)
-        self.vq02 = Vq02Tokenizer(self.tokenizer_dir / PARAFORMER_SUBDIR, self.tokenizer_dir / CENTROIDS_FILE,
-                                  self.device)
-        self.vq06 = Vq06Tokenizer(self.tokenizer_dir / VQ06_ONNX_FILE, self.device,
-                                  int(ort_threads) if ort_threads else physical_cores(), ort_options)
+        self.vq02 = Vq02Tokenizer(
+            self.tokenizer_dir / PARAFORMER_SUBDIR, self.tokenizer_dir / CENTROIDS_FILE, self.device
+        )
+        self.vq06 = Vq06Tokenizer(
+            self.tokenizer_dir / VQ06_ONNX_FILE,
+            self.device,
+            int(ort_threads) if ort_threads else physical_cores(),
+            ort_options,
+        )
         self._memo: LRU[bytes, tuple[str, np.ndarray | None]] = LRU(RAW_MEMO_ENTRIES)
         self._warm_up()
-        log.debug("tokenizer: loaded %s on %s in %.2f s (fingerprint %s, TF32 %s, torch threads %d)",
-                  self.tokenizer_dir.name, self.device, time.perf_counter() - t0, self.fingerprint[:16],
-                  self.tf32, torch.get_num_threads())
+        log.debug(
+            "tokenizer: loaded %s on %s in %.2f s (fingerprint %s, TF32 %s, torch threads %d)",
+            self.tokenizer_dir.name,
+            self.device,
+            time.perf_counter() - t0,
+            self.fingerprint[:16],
+            self.tf32,
+            torch.get_num_threads(),
+        )
 
     def _check_files(self) -> list[Path]:
         """The files the fingerprint covers; a ModelFilesError names the first unusable one."""
@@ -138,15 +154,18 @@ class StepAudioTokenizer:
             raise ModelFilesError(
                 f"tokenizer folder {self.tokenizer_dir.name}/ not found; download "
                 "stepfun-ai/Step-Audio-Tokenizer into <model root>/Step-Audio-Tokenizer "
-                "(scripts/download_models.py) or use the demo models")
+                "(scripts/download_models.py) or use the demo models"
+            )
         paraformer = self.tokenizer_dir / PARAFORMER_SUBDIR
         files = [paraformer / n for n in PARAFORMER_FILES]
         files += [self.tokenizer_dir / CENTROIDS_FILE, self.tokenizer_dir / VQ06_ONNX_FILE]
         for path in files:
             problem = file_problem(path, "bytes")
             if problem:
-                raise ModelFilesError(f"tokenizer file {path.relative_to(self.tokenizer_dir)} {problem}; "
-                                      "download Step-Audio-Tokenizer again")
+                raise ModelFilesError(
+                    f"tokenizer file {path.relative_to(self.tokenizer_dir)} {problem}; "
+                    "download Step-Audio-Tokenizer again"
+                )
         seg_dict = paraformer / PARAFORMER_SEG_DICT
         return files + ([seg_dict] if seg_dict.is_file() else [])
 
@@ -183,32 +202,57 @@ class StepAudioTokenizer:
             t02 = time.perf_counter() - t
             vq06 = self.vq06.encode(audio_16k)
             encode_s = time.perf_counter() - t
-            entry = {"vq02": vq02.codes, "vq06": vq06, "encode_seconds": round(encode_s, 6),
-                     "created": time.time(), "transcript": vq02.transcript}
+            entry = {
+                "vq02": vq02.codes,
+                "vq06": vq06,
+                "encode_seconds": round(encode_s, 6),
+                "created": time.time(),
+                "transcript": vq02.transcript,
+            }
             if self.cache is not None:
                 self.cache.put(key, entry)
-            log.debug("tokenizer: encoded %.2f s clip: prep %.1f ms, vq02 %.3f s (%d), vq06 %.3f s (%d)%s",
-                     len(audio_16k) / TOKENIZER_SAMPLE_RATE, t_prep * 1e3, t02, len(vq02.codes),
-                     encode_s - t02, len(vq06), ", with transcript" if transcribe else "")
+            log.debug(
+                "tokenizer: encoded %.2f s clip: prep %.1f ms, vq02 %.3f s (%d), vq06 %.3f s (%d)%s",
+                len(audio_16k) / TOKENIZER_SAMPLE_RATE,
+                t_prep * 1e3,
+                t02,
+                len(vq02.codes),
+                encode_s - t02,
+                len(vq06),
+                ", with transcript" if transcribe else "",
+            )
         vq02_codes, vq06_codes = [int(c) for c in entry["vq02"]], [int(c) for c in entry["vq06"]]
         mixed = interleave(vq02_codes, vq06_codes)
         elapsed = time.perf_counter() - t0
         if from_cache:
-            log.debug("tokenizer: cache hit in %.2f ms (saved %.3f s)", elapsed * 1e3,
-                     entry.get("encode_seconds", 0))
+            log.debug(
+                "tokenizer: cache hit in %.2f ms (saved %.3f s)",
+                elapsed * 1e3,
+                entry.get("encode_seconds", 0),
+            )
         return TokenizedAudio(
-            vq02=vq02_codes, vq06=vq06_codes, mixed=mixed, llm_ids=to_llm_ids(mixed),
+            vq02=vq02_codes,
+            vq06=vq06_codes,
+            mixed=mixed,
+            llm_ids=to_llm_ids(mixed),
             token_str=token_str(mixed),
-            cache_key=key, from_cache=from_cache, encode_seconds=float(entry.get("encode_seconds", 0.0)),
-            elapsed_seconds=elapsed, transcript=entry.get("transcript"), _audio_16k=audio_16k,
-            cache_entry=entry, _prepare=lambda: self._prepare(audio, sample_rate, use_alias=False)[1])
+            cache_key=key,
+            from_cache=from_cache,
+            encode_seconds=float(entry.get("encode_seconds", 0.0)),
+            elapsed_seconds=elapsed,
+            transcript=entry.get("transcript"),
+            _audio_16k=audio_16k,
+            cache_entry=entry,
+            _prepare=lambda: self._prepare(audio, sample_rate, use_alias=False)[1],
+        )
 
     def prepare(self, audio: np.ndarray, sample_rate: int) -> tuple[str, np.ndarray]:
         """(cache key, prepared 16 kHz clip) of an input, as ``encode`` computes them."""
         return self._prepare(audio, sample_rate, use_alias=False)
 
-    def _prepare(self, audio: np.ndarray, sample_rate: int,
-                 use_alias: bool = True) -> tuple[str, np.ndarray | None]:
+    def _prepare(
+        self, audio: np.ndarray, sample_rate: int, use_alias: bool = True
+    ) -> tuple[str, np.ndarray | None]:
         """Key and prepared clip, through a memo of raw inputs (hash of samples, shape, dtype, rate).
 
         The in-process memo holds recent inputs; the cache's persistent aliases (raw hash + model
@@ -234,8 +278,9 @@ class StepAudioTokenizer:
         check_samples(raw, sample_rate)
         audio_16k = prepare_for_tokenizer(prompt_prelude(raw, int(sample_rate)), int(sample_rate))
         if not np.any(audio_16k):
-            raise AudioInputError("the reference audio is silent after preparation; "
-                                  "upload a clip with speech")
+            raise AudioInputError(
+                "the reference audio is silent after preparation; upload a clip with speech"
+            )
         audio_16k.setflags(write=False)  # shared with the memo and every result
         key = prompt_key(audio_16k, self.fingerprint)
         self._memo.put(raw_id, (key, audio_16k))

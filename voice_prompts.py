@@ -40,15 +40,24 @@ log = logging.getLogger(__name__)
 
 VOCODER_FIELD_PREFIX = "vocoder:"  # prompt-cache field holding the vocoder prompt features
 # shared counters (in the store, so replicas add up and Clear resets them)
-VOCODER_HITS, VOCODER_MISSES, VOCODER_SAVED = "vocoder_prompt_hits", "vocoder_prompt_misses", \
-    "vocoder_prompt_time_saved_s"
+VOCODER_HITS, VOCODER_MISSES, VOCODER_SAVED = (
+    "vocoder_prompt_hits",
+    "vocoder_prompt_misses",
+    "vocoder_prompt_time_saved_s",
+)
 
 
 class VoicePrompts:
     """Voice prompts from clips, versions and the library, and the library's management."""
 
-    def __init__(self, tokenizer: StepAudioTokenizer, vocoder: Vocoder, cache: PromptCache | None,
-                 library: VoiceLibrary | None, config: EngineConfig):
+    def __init__(
+        self,
+        tokenizer: StepAudioTokenizer,
+        vocoder: Vocoder,
+        cache: PromptCache | None,
+        library: VoiceLibrary | None,
+        config: EngineConfig,
+    ):
         self.tokenizer, self.vocoder, self.cache = tokenizer, vocoder, cache
         self.library, self.config = library, config
 
@@ -58,8 +67,10 @@ class VoicePrompts:
         if text:
             return False
         if not self.config.auto_transcribe:
-            raise TextInputError(f"the {what} text is empty and auto-transcription is off "
-                                 "(--no-auto-transcribe); type what the clip says")
+            raise TextInputError(
+                f"the {what} text is empty and auto-transcription is off "
+                "(--no-auto-transcribe); type what the clip says"
+            )
         return True
 
     def validated_audio(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
@@ -69,8 +80,9 @@ class VoicePrompts:
         validate_reference(audio, int(sample_rate), self.config.max_reference_seconds)
         return audio, int(sample_rate)
 
-    def from_clip(self, audio: np.ndarray, sr: int, text: str, transcribe: bool,
-                      report: StageReport) -> VoicePrompt:
+    def from_clip(
+        self, audio: np.ndarray, sr: int, text: str, transcribe: bool, report: StageReport
+    ) -> VoicePrompt:
         """Tokens (prompt cache), transcript when asked, and vocoder features (same cache entry)."""
         t0 = time.perf_counter()
         tokens: TokenizedAudio = self.tokenizer.encode(audio, sr, transcribe=transcribe)
@@ -78,16 +90,22 @@ class VoicePrompts:
         report.cache_hit = bool(tokens.from_cache)
         report.tokens_from = "cache hit" if tokens.from_cache else "encoded"
         report.encode_s_saved = float(tokens.encode_seconds) if tokens.from_cache else 0.0
-        log.info("tokenizer: %s in %.3f s (%d vq02 + %d vq06 codes, key %s)",
-                 "cache hit" if tokens.from_cache else "encoded", report.tokenizer_s, len(tokens.vq02),
-                 len(tokens.vq06), tokens.cache_key[:12])
+        log.info(
+            "tokenizer: %s in %.3f s (%d vq02 + %d vq06 codes, key %s)",
+            "cache hit" if tokens.from_cache else "encoded",
+            report.tokenizer_s,
+            len(tokens.vq02),
+            len(tokens.vq06),
+            tokens.cache_key[:12],
+        )
         if transcribe:
             text = (tokens.transcript or "").strip()
             report.transcribed = True
             log.info("transcription (with the encode): %r", text[:80])
         features = self._prompt_features(audio, sr, tokens, report)
-        return VoicePrompt(tokens.token_str, tokens.mixed, features, text, tokens.cache_key, tokens.vq02,
-                           tokens.vq06)
+        return VoicePrompt(
+            tokens.token_str, tokens.mixed, features, text, tokens.cache_key, tokens.vq02, tokens.vq06
+        )
 
     def from_version(self, version: SynthesisResult, report: StageReport) -> list[VoicePrompt]:
         """A previous output as prompts, one per segment: the tokens each segment was rendered from
@@ -102,20 +120,26 @@ class VoicePrompts:
             log.info("edit tokens: kept from the previous version, features reused (0.000 s)")
             return version.voices
         segments = version.segments or [
-            Segment(version.text, list(version.audio_tokens), 0, len(version.audio))]
+            Segment(version.text, list(version.audio_tokens), 0, len(version.audio))
+        ]
         t0 = time.perf_counter()
         voices = []
         for segment in segments:
-            clip = version.audio[segment.start:segment.end]
-            features = self.vocoder.prompt_features(prompt_prelude(clip, version.sample_rate),
-                                                    version.sample_rate)
+            clip = version.audio[segment.start : segment.end]
+            features = self.vocoder.prompt_features(
+                prompt_prelude(clip, version.sample_rate), version.sample_rate
+            )
             tokens = list(segment.tokens)
             voices.append(VoicePrompt(token_str(tokens), tokens, features, segment.text, cache_key=""))
         report.vocoder_prompt_s = time.perf_counter() - t0
         version.voices = voices
-        log.info("edit tokens: kept %d tokens in %d segment(s) of the previous version; vocoder prompts "
-                 "computed in %.3f s", sum(len(v.mixed_tokens) for v in voices), len(voices),
-                 report.vocoder_prompt_s)
+        log.info(
+            "edit tokens: kept %d tokens in %d segment(s) of the previous version; vocoder prompts "
+            "computed in %.3f s",
+            sum(len(v.mixed_tokens) for v in voices),
+            len(voices),
+            report.vocoder_prompt_s,
+        )
         return voices
 
     def preflight(self, audio: np.ndarray, sample_rate: int, text: str = "") -> Preflight:
@@ -139,17 +163,32 @@ class VoicePrompts:
             transcript = (tokens.transcript or "").strip()
         check = preflight(audio, int(sample_rate), text, transcript, unusable)
         check.seconds = time.perf_counter() - start
-        log.info("preflight: %.2f s clip in %.3f s; %s", check.duration_s, check.seconds,
-                 "; ".join(w.code for w in check.warnings) or "no warnings")
+        log.info(
+            "preflight: %.2f s clip in %.3f s; %s",
+            check.duration_s,
+            check.seconds,
+            "; ".join(w.code for w in check.warnings) or "no warnings",
+        )
         return check
 
     # ---- the prompt cache ----------------------------------------------------------------------
 
     def cache_stats(self) -> dict:
         """Prompt-cache statistics plus the vocoder-feature hits kept in the same entries."""
-        stats = dict(self.cache.stats()) if self.cache is not None else {
-            "hits": 0, "misses": 0, "hit_rate": 0.0, "entries": 0, "bytes": 0, "time_saved_s": 0.0,
-            "directory": None, "persistent": False}
+        stats = (
+            dict(self.cache.stats())
+            if self.cache is not None
+            else {
+                "hits": 0,
+                "misses": 0,
+                "hit_rate": 0.0,
+                "entries": 0,
+                "bytes": 0,
+                "time_saved_s": 0.0,
+                "directory": None,
+                "persistent": False,
+            }
+        )
         for name in (VOCODER_HITS, VOCODER_MISSES, VOCODER_SAVED):  # shared counters, 0 until counted
             stats.setdefault(name, 0)
         return stats
@@ -182,11 +221,18 @@ class VoicePrompts:
         audio, sr = self.validated_audio(audio, sample_rate)
         report = StageReport()
         voice = self.from_clip(audio, sr, text, transcribe, report)
-        info = library.create(name, voice.text, reference_flac(audio, sr), voice.vq02, voice.vq06,
-                              encode_features(voice.features, audio_digest(audio, sr), 0.0),
-                              self.fingerprints()).info
-        log.info("voice %s created in %.3f s (tokens %s)", info.id, time.perf_counter() - start,
-                 report.tokens_from)
+        info = library.create(
+            name,
+            voice.text,
+            reference_flac(audio, sr),
+            voice.vq02,
+            voice.vq06,
+            encode_features(voice.features, audio_digest(audio, sr), 0.0),
+            self.fingerprints(),
+        ).info
+        log.info(
+            "voice %s created in %.3f s (tokens %s)", info.id, time.perf_counter() - start, report.tokens_from
+        )
         return info
 
     def list_voices(self) -> list[VoiceInfo]:
@@ -241,8 +287,12 @@ class VoicePrompts:
         features = decode_features(voice.vocoder_features)
         report.tokens_from, report.cache_hit, report.vocoder_prompt_cached = "voice", True, True
         report.tokenizer_s = time.perf_counter() - t0
-        log.info("tokenizer: voice %s from the library in %.3f s (%d tokens)", voice_id, report.tokenizer_s,
-                 len(mixed))
+        log.info(
+            "tokenizer: voice %s from the library in %.3f s (%d tokens)",
+            voice_id,
+            report.tokenizer_s,
+            len(mixed),
+        )
         return VoicePrompt(token_str(mixed), mixed, features, voice.text, "", voice.vq02, voice.vq06)
 
     def _reencode(self, voice: Voice) -> Voice:
@@ -250,16 +300,22 @@ class VoicePrompts:
         audio, sr = read_audio(voice.audio_flac)
         prompt = self.from_clip(audio, sr, voice.text, False, StageReport())
         updated = self._library().update(
-            voice.id, vq02=prompt.vq02, vq06=prompt.vq06, fingerprints=self.fingerprints(),
-            vocoder_features=encode_features(prompt.features, audio_digest(audio, sr), 0.0))
-        log.info("voice %s re-encoded for the current model files in %.2f s", voice.id,
-                 time.perf_counter() - t0)
+            voice.id,
+            vq02=prompt.vq02,
+            vq06=prompt.vq06,
+            fingerprints=self.fingerprints(),
+            vocoder_features=encode_features(prompt.features, audio_digest(audio, sr), 0.0),
+        )
+        log.info(
+            "voice %s re-encoded for the current model files in %.2f s", voice.id, time.perf_counter() - t0
+        )
         return updated or voice
 
     # ---- internals ------------------------------------------------------------------------------
 
-    def _prompt_features(self, audio: np.ndarray, sr: int, tokens: TokenizedAudio,
-                         report: StageReport) -> PromptFeatures:
+    def _prompt_features(
+        self, audio: np.ndarray, sr: int, tokens: TokenizedAudio, report: StageReport
+    ) -> PromptFeatures:
         t0 = time.perf_counter()
         prelude = prompt_prelude(audio, sr)
         digest = audio_digest(prelude, sr)
@@ -271,8 +327,11 @@ class VoicePrompts:
                 report.vocoder_prompt_s = time.perf_counter() - t0
                 report.vocoder_prompt_cached = True
                 self._count({VOCODER_HITS: 1, VOCODER_SAVED: float(stored.get("seconds", 0.0))})
-                log.info("vocoder prompt: cache hit in %.3f s (mel %s)", report.vocoder_prompt_s,
-                         features.mel.shape)
+                log.info(
+                    "vocoder prompt: cache hit in %.3f s (mel %s)",
+                    report.vocoder_prompt_s,
+                    features.mel.shape,
+                )
                 return features
             except (KeyError, ValueError, TypeError) as exc:  # a damaged field is recomputed, not fatal
                 log.warning("vocoder prompt: cached features unreadable (%s); recomputing", exc)
@@ -286,8 +345,12 @@ class VoicePrompts:
                 log.warning("vocoder prompt: could not store features in the prompt cache (%s)", exc)
         report.vocoder_prompt_s = time.perf_counter() - t0
         self._count({VOCODER_MISSES: 1})
-        log.info("vocoder prompt: computed in %.3f s (mel %s, speaker %s)", report.vocoder_prompt_s,
-                 np.shape(features.mel), np.shape(features.speaker_embedding))
+        log.info(
+            "vocoder prompt: computed in %.3f s (mel %s, speaker %s)",
+            report.vocoder_prompt_s,
+            np.shape(features.mel),
+            np.shape(features.speaker_embedding),
+        )
         return features
 
     def _count(self, amounts: dict[str, float]) -> None:

@@ -70,8 +70,9 @@ class Voice:
 
     @property
     def info(self) -> VoiceInfo:
-        return VoiceInfo(self.id, self.name, self.text, self.created, dict(self.fingerprints),
-                         len(self.audio_flac))
+        return VoiceInfo(
+            self.id, self.name, self.text, self.created, dict(self.fingerprints), len(self.audio_flac)
+        )
 
 
 def slugify(name: str) -> str:
@@ -89,15 +90,29 @@ class VoiceLibrary:
         store.namespace(META)
         store.namespace(DATA)
 
-    def create(self, name: str, text: str, audio_flac: bytes, vq02: list[int], vq06: list[int],
-               vocoder_features: dict | None = None, fingerprints: Mapping[str, str] | None = None,
-               created: float | None = None) -> Voice:
+    def create(
+        self,
+        name: str,
+        text: str,
+        audio_flac: bytes,
+        vq02: list[int],
+        vq06: list[int],
+        vocoder_features: dict | None = None,
+        fingerprints: Mapping[str, str] | None = None,
+        created: float | None = None,
+    ) -> Voice:
         """Store a new voice; its id is made from ``name`` and unique in the store."""
-        voice = Voice(id="", name=_clean_name(name), text=_clean_text(text), audio_flac=_flac(audio_flac),
-                      vq02=_codes(vq02, "vq02"), vq06=_codes(vq06, "vq06"),
-                      vocoder_features=_features(vocoder_features),
-                      created=float(time.time() if created is None else created),
-                      fingerprints=_fingerprints(fingerprints))
+        voice = Voice(
+            id="",
+            name=_clean_name(name),
+            text=_clean_text(text),
+            audio_flac=_flac(audio_flac),
+            vq02=_codes(vq02, "vq02"),
+            vq06=_codes(vq06, "vq06"),
+            vocoder_features=_features(vocoder_features),
+            created=float(time.time() if created is None else created),
+            fingerprints=_fingerprints(fingerprints),
+        )
         data = _data_record(voice)
         stem = slugify(voice.name)
         for n in range(1, SLUG_ATTEMPTS + 2):
@@ -110,8 +125,14 @@ class VoiceLibrary:
         else:
             raise RuntimeError(f"no free voice id for {voice.name!r}")
         self.store.put(META, voice.id, _meta_record(voice))
-        log.info("voice library: created %s (%r, %.0f kB audio, %d+%d codes)", voice.id, voice.name,
-                 len(voice.audio_flac) / 1e3, len(voice.vq02), len(voice.vq06))
+        log.info(
+            "voice library: created %s (%r, %.0f kB audio, %d+%d codes)",
+            voice.id,
+            voice.name,
+            len(voice.audio_flac) / 1e3,
+            len(voice.vq02),
+            len(voice.vq06),
+        )
         return voice
 
     def get(self, voice_id: str) -> Voice | None:
@@ -121,11 +142,17 @@ class VoiceLibrary:
         if meta is None or data is None:
             return None
         try:
-            return Voice(id=voice_id, name=str(meta["name"]), text=str(meta["text"]),
-                         audio_flac=base64.b64decode(data["audio_flac_b64"], validate=True),
-                         vq02=[int(c) for c in data["vq02"]], vq06=[int(c) for c in data["vq06"]],
-                         vocoder_features=data.get("vocoder_features"), created=float(meta["created"]),
-                         fingerprints=dict(meta.get("fingerprints") or {}))
+            return Voice(
+                id=voice_id,
+                name=str(meta["name"]),
+                text=str(meta["text"]),
+                audio_flac=base64.b64decode(data["audio_flac_b64"], validate=True),
+                vq02=[int(c) for c in data["vq02"]],
+                vq06=[int(c) for c in data["vq06"]],
+                vocoder_features=data.get("vocoder_features"),
+                created=float(meta["created"]),
+                fingerprints=dict(meta.get("fingerprints") or {}),
+            )
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             log.warning("voice library: voice %s is damaged (%s); not loaded", voice_id, exc)
             return None
@@ -187,27 +214,47 @@ class VoiceLibrary:
 
     def stale(self, fingerprints: Mapping[str, str]) -> list[VoiceInfo]:
         """Voices made with other models: any of ``fingerprints`` (e.g. tokenizer, vocoder) differs."""
-        return [info for info in self.list()
-                if any(info.fingerprints.get(k) != v for k, v in fingerprints.items())]
+        return [
+            info
+            for info in self.list()
+            if any(info.fingerprints.get(k) != v for k, v in fingerprints.items())
+        ]
 
 
 # -- records and checks --------------------------------------------------------------------------
 
+
 def _meta_record(voice: Voice) -> dict:
-    return {"v": RECORD_VERSION, "name": voice.name, "text": voice.text, "created": voice.created,
-            "fingerprints": voice.fingerprints, "audio_bytes": len(voice.audio_flac)}
+    return {
+        "v": RECORD_VERSION,
+        "name": voice.name,
+        "text": voice.text,
+        "created": voice.created,
+        "fingerprints": voice.fingerprints,
+        "audio_bytes": len(voice.audio_flac),
+    }
 
 
 def _data_record(voice: Voice) -> dict:
-    return {"v": RECORD_VERSION, "audio_flac_b64": base64.b64encode(voice.audio_flac).decode("ascii"),
-            "vq02": voice.vq02, "vq06": voice.vq06, "vocoder_features": voice.vocoder_features}
+    return {
+        "v": RECORD_VERSION,
+        "audio_flac_b64": base64.b64encode(voice.audio_flac).decode("ascii"),
+        "vq02": voice.vq02,
+        "vq06": voice.vq06,
+        "vocoder_features": voice.vocoder_features,
+    }
 
 
 def _info(voice_id: str, meta: dict) -> VoiceInfo | None:
     try:
-        return VoiceInfo(id=voice_id, name=str(meta["name"]), text=str(meta["text"]),
-                         created=float(meta["created"]), fingerprints=dict(meta.get("fingerprints") or {}),
-                         audio_bytes=int(meta.get("audio_bytes") or 0))
+        return VoiceInfo(
+            id=voice_id,
+            name=str(meta["name"]),
+            text=str(meta["text"]),
+            created=float(meta["created"]),
+            fingerprints=dict(meta.get("fingerprints") or {}),
+            audio_bytes=int(meta.get("audio_bytes") or 0),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("voice library: metadata of %s is damaged (%s); skipped", voice_id, exc)
         return None

@@ -45,9 +45,9 @@ def _chunks(data: bytes, start: int, end: int):
     (a streamed file has unknown sizes)."""
     pos = start
     while pos + 8 <= end:
-        tag, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        tag, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         payload_end = min(end, pos + 8 + size)
-        yield tag, data[pos + 8:payload_end]
+        yield tag, data[pos + 8 : payload_end]
         pos = pos + 8 + size + (size % 2)
 
 

@@ -52,16 +52,32 @@ STATUS: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (ModelFilesError, 500, "server_error", "model_files"),
 )
 # which request field an input error is about, by a word of its message (for OpenAI's "param")
-PARAMS = (("voice", "voice"), ("target text", "input"), ("seed", "seed"), ("temperature", "temperature"),
-          ("top-p", "top_p"), ("speed", "speed"), ("edit task", "task"), ("sub-task", "subtask"),
-          ("new text", "new_text"), ("audio", "file"), ("reference", "file"), ("format", "response_format"))
+PARAMS = (
+    ("voice", "voice"),
+    ("target text", "input"),
+    ("seed", "seed"),
+    ("temperature", "temperature"),
+    ("top-p", "top_p"),
+    ("speed", "speed"),
+    ("edit task", "task"),
+    ("sub-task", "subtask"),
+    ("new text", "new_text"),
+    ("audio", "file"),
+    ("reference", "file"),
+    ("format", "response_format"),
+)
 
 
 def error_response(exc: BaseException) -> JSONResponse:
     """The JSON error for ``exc`` (logged here: warnings for client errors, tracebacks for ours)."""
     if isinstance(exc, AccessError):
-        return _json(exc.status, public_message(exc), "invalid_request_error",
-                     "invalid_api_key" if exc.status == 401 else "forbidden", None)
+        return _json(
+            exc.status,
+            public_message(exc),
+            "invalid_request_error",
+            "invalid_api_key" if exc.status == 401 else "forbidden",
+            None,
+        )
     if isinstance(exc, RequestValidationError):
         first = (exc.errors() or [{}])[0]
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
@@ -83,8 +99,13 @@ def error_response(exc: BaseException) -> JSONResponse:
         log.error("api: %s: %s", type(exc).__name__, exc)
         return _json(500, public_message(exc), "server_error", None, None)
     log.exception("api: unexpected error", exc_info=exc)
-    return _json(500, "Something went wrong inside the server; the server log has the details.",
-                 "server_error", "internal_error", None)
+    return _json(
+        500,
+        "Something went wrong inside the server; the server log has the details.",
+        "server_error",
+        "internal_error",
+        None,
+    )
 
 
 class ApiRoute(APIRoute):
@@ -103,8 +124,9 @@ class ApiRoute(APIRoute):
 
 
 def _json(status: int, message: str, error_type: str, code: str | None, param: str | None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": error_type, "param": param, "code": code}},
-                        status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": error_type, "param": param, "code": code}}, status_code=status
+    )
 
 
 def _param(message: str) -> str | None:

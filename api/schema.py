@@ -26,28 +26,55 @@ class VoiceRef(BaseModel):
 class SpeechRequest(BaseModel):
     """``POST /v1/audio/speech``: OpenAI's body, plus our seed, temperature, top_p and best_of."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"model": "step-audio-editx", "input": "Hello from EditX Studio.", "voice": "calm-narrator",
-         "response_format": "mp3"},
-        {"model": "base", "input": "Streaming, as it is made.", "voice": "calm-narrator",
-         "response_format": "wav", "stream_format": "audio", "seed": 7},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "step-audio-editx",
+                    "input": "Hello from EditX Studio.",
+                    "voice": "calm-narrator",
+                    "response_format": "mp3",
+                },
+                {
+                    "model": "base",
+                    "input": "Streaming, as it is made.",
+                    "voice": "calm-narrator",
+                    "response_format": "wav",
+                    "stream_format": "audio",
+                    "seed": 7,
+                },
+            ]
+        },
+    )
 
-    model: str = Field("step-audio-editx", description="accepted for compatibility; 'base' or 'bnb-4bit' "
-                       "picks that LLM variant, any other name uses the loaded one")
+    model: str = Field(
+        "step-audio-editx",
+        description="accepted for compatibility; 'base' or 'bnb-4bit' "
+        "picks that LLM variant, any other name uses the loaded one",
+    )
     input: str = Field(..., description="the text to speak (long text is spoken in chunks)")
     voice: str | VoiceRef = Field(..., description="a voice id from GET /v1/voices")
     response_format: ResponseFormat = "mp3"
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description="playback speed, pitch kept")
-    instructions: str | None = Field(None, description="an emotion or style name from GET /v1/models "
-                                     "(e.g. 'happy', 'whisper') applies that edit; other text is ignored")
+    instructions: str | None = Field(
+        None,
+        description="an emotion or style name from GET /v1/models "
+        "(e.g. 'happy', 'whisper') applies that edit; other text is ignored",
+    )
     stream_format: Literal["audio", "sse"] | None = Field(
-        None, description="'audio': chunked bytes as the audio is made; 'sse': OpenAI's server-sent events")
+        None, description="'audio': chunked bytes as the audio is made; 'sse': OpenAI's server-sent events"
+    )
     seed: int | None = Field(None, description="same seed, same audio (empty: random)")
     temperature: float | None = None
     top_p: float | None = None
-    best_of: int = Field(1, ge=1, le=MAX_BEST_OF, description="try up to N takes per text chunk and keep "
-                         "the best-scored one (the first under the error-rate threshold)")
+    best_of: int = Field(
+        1,
+        ge=1,
+        le=MAX_BEST_OF,
+        description="try up to N takes per text chunk and keep "
+        "the best-scored one (the first under the error-rate threshold)",
+    )
 
     @property
     def voice_id(self) -> str:
@@ -57,10 +84,15 @@ class SpeechRequest(BaseModel):
 class EditJSONRequest(BaseModel):
     """``POST /v1/audio/edits`` as JSON: edit a previous output again by its id."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"output_id": "out-3f2a9c", "task": "emotion", "subtask": "happy"},
-        {"output_id": "out-3f2a9c", "task": "paralinguistic", "new_text": "Hello [Laughter] there."},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"output_id": "out-3f2a9c", "task": "emotion", "subtask": "happy"},
+                {"output_id": "out-3f2a9c", "task": "paralinguistic", "new_text": "Hello [Laughter] there."},
+            ]
+        },
+    )
 
     output_id: str
     task: str

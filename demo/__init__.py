@@ -25,8 +25,9 @@ PARTS = {
 }
 
 
-def write_demo_models(out: Path, parts: tuple[str, ...] = tuple(PARTS), seed: int = 0,
-                      force: bool = False) -> Path:
+def write_demo_models(
+    out: Path, parts: tuple[str, ...] = tuple(PARTS), seed: int = 0, force: bool = False
+) -> Path:
     """Write the requested parts under ``out`` (idempotent unless ``force``); returns ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,15 +42,33 @@ class ExampleVoice:
 
 
 VOICES: tuple[ExampleVoice, ...] = (
-    ExampleVoice("en_us_calm", "en-us+m3", 150, 40,
-                 "The quick brown fox jumps over the lazy dog near the river bank.",
-                 "Welcome to EditX Studio. Type any sentence and hear it in this voice.", 110.0),
-    ExampleVoice("en_gb_bright", "en-gb+f3", 165, 65,
-                 "A small cup of tea in the morning makes the whole day brighter.",
-                 "The weather today is lovely, so let us take a walk in the park.", 210.0),
-    ExampleVoice("en_scottish_slow", "en-gb-scotland+m1", 130, 30,
-                 "Every stone on this old road has a story to tell.",
-                 "Please remember to bring your umbrella, it might rain later.", 95.0),
+    ExampleVoice(
+        "en_us_calm",
+        "en-us+m3",
+        150,
+        40,
+        "The quick brown fox jumps over the lazy dog near the river bank.",
+        "Welcome to EditX Studio. Type any sentence and hear it in this voice.",
+        110.0,
+    ),
+    ExampleVoice(
+        "en_gb_bright",
+        "en-gb+f3",
+        165,
+        65,
+        "A small cup of tea in the morning makes the whole day brighter.",
+        "The weather today is lovely, so let us take a walk in the park.",
+        210.0,
+    ),
+    ExampleVoice(
+        "en_scottish_slow",
+        "en-gb-scotland+m1",
+        130,
+        30,
+        "Every stone on this old road has a story to tell.",
+        "Please remember to bring your umbrella, it might rain later.",
+        95.0,
+    ),
 )
 
 
@@ -93,8 +111,18 @@ def _speak(voice: ExampleVoice, path: Path) -> bool:
     """Render ``voice.reference_text`` with espeak-ng into ``path``; False when it fails."""
     with tempfile.NamedTemporaryFile(suffix=".wav", dir=path.parent, delete=False) as tmp:
         tmp_path = Path(tmp.name)
-    cmd = [ESPEAK, "-v", voice.espeak_voice, "-s", str(voice.words_per_minute), "-p", str(voice.pitch),
-           "-w", str(tmp_path), voice.reference_text]
+    cmd = [
+        ESPEAK,
+        "-v",
+        voice.espeak_voice,
+        "-s",
+        str(voice.words_per_minute),
+        "-p",
+        str(voice.pitch),
+        "-w",
+        str(tmp_path),
+        voice.reference_text,
+    ]
     try:
         subprocess.run(cmd, check=True, capture_output=True, timeout=60)
         audio, sr = sf.read(tmp_path, dtype="float32")

@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 SHARD = "model-00001.safetensors"
 CONFIG = {
     "architectures": ["Step1ForCausalLM"],
-    "auto_map": {"AutoConfig": "configuration_step1.Step1Config",
-                 "AutoModelForCausalLM": "modeling_step1.Step1ForCausalLM"},
+    "auto_map": {
+        "AutoConfig": "configuration_step1.Step1Config",
+        "AutoModelForCausalLM": "modeling_step1.Step1ForCausalLM",
+    },
     "model_type": "step1",
     # Every width a multiple of 32, as in the real model (bitsandbytes' CPU 4-bit kernels need it).
     "hidden_size": 96,
@@ -55,15 +57,28 @@ CONFIG = {
 }
 # The released Step-Audio-EditX LLM's layer sizes (tests/fixtures/reference/llm/STEP1_FACTS.md), for
 # benchmarks that write random weights of the real width (and REAL_LAYERS deep, or fewer).
-REAL_SHAPES = {"hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 48,
-               "num_attention_groups": 4, "vocab_size": 74752}
+REAL_SHAPES = {
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "num_attention_heads": 48,
+    "num_attention_groups": 4,
+    "vocab_size": 74752,
+}
 REAL_LAYERS = 32
 TOKENIZER_CONFIG = {
     "tokenizer_class": "LlamaTokenizer",
-    "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": "<unk>",
     "additional_special_tokens": ["<|BOT|>", "<|EOT|>"],
-    "add_bos_token": False, "add_eos_token": False, "legacy": False, "add_prefix_space": True,
-    "clean_up_tokenization_spaces": False, "model_max_length": 32768, "sp_model_kwargs": {},
+    "add_bos_token": False,
+    "add_eos_token": False,
+    "legacy": False,
+    "add_prefix_space": True,
+    "clean_up_tokenization_spaces": False,
+    "model_max_length": 32768,
+    "sp_model_kwargs": {},
 }
 RESERVED = range(5, 68)  # <|reserved_N|> control pieces, so byte pieces start at 68
 
@@ -116,12 +131,25 @@ def train_tokenizer(rng: np.random.Generator) -> bytes:
     """A sentencepiece unigram model (bytes) with the checkpoint's special-id layout."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus(rng)), model_writer=model, model_type="unigram", vocab_size=700,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        sentence_iterator=iter(_corpus(rng)),
+        model_writer=model,
+        model_type="unigram",
+        vocab_size=700,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
         control_symbols=["<|EOT|>", "<|BOT|>"] + [f"<|reserved_{i}|>" for i in RESERVED],
-        byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=True,
-        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
-        character_coverage=1.0, hard_vocab_limit=False, num_threads=1, minloglevel=2,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        num_threads=1,
+        minloglevel=2,
     )
     return model.getvalue()
 
@@ -141,16 +169,16 @@ def _weights(rng: np.random.Generator, config: dict) -> dict[str, torch.Tensor]:
     for layer in range(config["num_hidden_layers"]):
         p = f"model.layers.{layer}."
         w[p + "input_layernorm.weight"] = 1 + normal((h,), 0.1)
-        w[p + "self_attn.q_proj.weight"] = normal((h, h), h ** -0.5)
-        w[p + "self_attn.k_proj.weight"] = normal((kv, h), h ** -0.5)
-        w[p + "self_attn.v_proj.weight"] = normal((kv, h), h ** -0.5)
-        o = normal((h, h), h ** -0.5)
+        w[p + "self_attn.q_proj.weight"] = normal((h, h), h**-0.5)
+        w[p + "self_attn.k_proj.weight"] = normal((kv, h), h**-0.5)
+        w[p + "self_attn.v_proj.weight"] = normal((kv, h), h**-0.5)
+        o = normal((h, h), h**-0.5)
         o[BIAS_CHANNEL] = 0.0  # keep the bias channel constant through the residual stream
         w[p + "self_attn.o_proj.weight"] = o
         w[p + "post_attention_layernorm.weight"] = 1 + normal((h,), 0.1)
-        w[p + "mlp.gate_proj.weight"] = normal((i, h), h ** -0.5)
-        w[p + "mlp.up_proj.weight"] = normal((i, h), h ** -0.5)
-        down = normal((h, i), i ** -0.5)
+        w[p + "mlp.gate_proj.weight"] = normal((i, h), h**-0.5)
+        w[p + "mlp.up_proj.weight"] = normal((i, h), h**-0.5)
+        down = normal((h, i), i**-0.5)
         down[BIAS_CHANNEL] = 0.0
         w[p + "mlp.down_proj.weight"] = down
     norm = 1 + normal((h,), 0.1)
@@ -159,10 +187,10 @@ def _weights(rng: np.random.Generator, config: dict) -> dict[str, torch.Tensor]:
     head = normal((v, h), HEAD_STD)
     # After the final norm the bias channel is about BIAS_CHANNEL_VALUE / rms(x) = BIAS_CHANNEL_NORMED.
     bias = np.full(v, LOGIT_BIAS_TEXT, dtype=np.float32)
-    bias[AUDIO_ID_OFFSET:AUDIO_ID_OFFSET + AUDIO_CODES] = LOGIT_BIAS_AUDIO
-    bias[AUDIO_ID_OFFSET:AUDIO_ID_OFFSET + VQ02_CODES] += LOGIT_BIAS_VQ02
+    bias[AUDIO_ID_OFFSET : AUDIO_ID_OFFSET + AUDIO_CODES] = LOGIT_BIAS_AUDIO
+    bias[AUDIO_ID_OFFSET : AUDIO_ID_OFFSET + VQ02_CODES] += LOGIT_BIAS_VQ02
     bias[EOT_ID] = LOGIT_BIAS_EOS
-    head[EOT_ID] = normal((h,), EOS_LOGIT_STD / h ** 0.5)
+    head[EOT_ID] = normal((h,), EOS_LOGIT_STD / h**0.5)
     head[:, BIAS_CHANNEL] = bias / BIAS_CHANNEL_NORMED
     w["lm_head.weight"] = head
     return {k: torch.from_numpy(w.pop(k)).to(torch.bfloat16) for k in list(w)}

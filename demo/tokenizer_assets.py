@@ -62,8 +62,11 @@ REAL_PARAFORMER = ParaformerScale(512, 4, 2048, 50, 16, 2048, 8501)
 REAL_SEMANTIC = SemanticScale(1280, 6, 20, 4)
 
 # A small vocabulary with the real specials, characters, a BPE continuation piece and CJK characters.
-DEMO_TOKENS = (["<blank>", "<s>", "</s>"] + list("abcdefghijklmnopqrstuvwxyz")
-               + ["he@@", "llo", "wor@@", "ld", "你", "好", "世", "界", "<unk>"])
+DEMO_TOKENS = (
+    ["<blank>", "<s>", "</s>"]
+    + list("abcdefghijklmnopqrstuvwxyz")
+    + ["he@@", "llo", "wor@@", "ld", "你", "好", "世", "界", "<unk>"]
+)
 
 
 def write(root: Path, seed: int) -> None:
@@ -71,8 +74,9 @@ def write(root: Path, seed: int) -> None:
     write_tokenizer(Path(root) / TOKENIZER_FOLDER, TINY_PARAFORMER, TINY_SEMANTIC, seed)
 
 
-def write_tokenizer(tokenizer_dir: Path, paraformer: ParaformerScale, semantic: SemanticScale,
-                    seed: int) -> Path:
+def write_tokenizer(
+    tokenizer_dir: Path, paraformer: ParaformerScale, semantic: SemanticScale, seed: int
+) -> Path:
     """Write a complete tokenizer bundle at the given scale; returns ``tokenizer_dir``."""
     tokenizer_dir = Path(tokenizer_dir)
     model_dir = tokenizer_dir / PARAFORMER_SUBDIR
@@ -84,7 +88,8 @@ def write_tokenizer(tokenizer_dir: Path, paraformer: ParaformerScale, semantic: 
         "# Demo stand-in for the real config.yaml (same classes and keys, random tiny weights).\n"
         "# Like the real file it has no frontend dither key: FunASR would default to dither 1.0;\n"
         "# EditX forces 0 so the codes are deterministic and cacheable.\n"
-        + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    )
     (model_dir / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False, indent=0))
     (model_dir / "seg_dict").write_text("hello he@@ llo\nworld wor@@ ld\n你好 你 好\n", encoding="utf-8")
     (model_dir / "configuration.json").write_text(json.dumps(_configuration(), indent=2))
@@ -109,36 +114,79 @@ def _config(p: ParaformerScale) -> dict:
     """config.yaml as a dict: the keys and classes of FunASR's paraformer_streaming template."""
     return {
         "model": "ParaformerStreaming",
-        "model_conf": {"ctc_weight": 0.0, "lsm_weight": 0.1, "length_normalized_loss": True,
-                       "predictor_weight": 1.0, "predictor_bias": 1, "sampling_ratio": 0.75},
+        "model_conf": {
+            "ctc_weight": 0.0,
+            "lsm_weight": 0.1,
+            "length_normalized_loss": True,
+            "predictor_weight": 1.0,
+            "predictor_bias": 1,
+            "sampling_ratio": 0.75,
+        },
         "encoder": "SANMEncoderChunkOpt",
         "encoder_conf": {
-            "output_size": p.output_size, "attention_heads": p.attention_heads,
-            "linear_units": p.linear_units, "num_blocks": p.num_blocks, "dropout_rate": 0.1,
-            "positional_dropout_rate": 0.1, "attention_dropout_rate": 0.1, "input_layer": "pe_online",
-            "pos_enc_class": "SinusoidalPositionEncoder", "normalize_before": True, "kernel_size": 11,
-            "sanm_shfit": 0, "selfattention_layer_type": "sanm", "chunk_size": [12, 15], "stride": [8, 10],
-            "pad_left": [0, 0], "encoder_att_look_back_factor": [4, 4],
+            "output_size": p.output_size,
+            "attention_heads": p.attention_heads,
+            "linear_units": p.linear_units,
+            "num_blocks": p.num_blocks,
+            "dropout_rate": 0.1,
+            "positional_dropout_rate": 0.1,
+            "attention_dropout_rate": 0.1,
+            "input_layer": "pe_online",
+            "pos_enc_class": "SinusoidalPositionEncoder",
+            "normalize_before": True,
+            "kernel_size": 11,
+            "sanm_shfit": 0,
+            "selfattention_layer_type": "sanm",
+            "chunk_size": [12, 15],
+            "stride": [8, 10],
+            "pad_left": [0, 0],
+            "encoder_att_look_back_factor": [4, 4],
             "decoder_att_look_back_factor": [1, 1],
         },
         "decoder": "ParaformerSANMDecoder",
         "decoder_conf": {
-            "attention_heads": p.attention_heads, "linear_units": p.decoder_linear_units,
-            "num_blocks": p.decoder_blocks, "dropout_rate": 0.1, "positional_dropout_rate": 0.1,
-            "self_attention_dropout_rate": 0.1, "src_attention_dropout_rate": 0.1,
-            "att_layer_num": p.decoder_blocks, "kernel_size": 11, "sanm_shfit": 5,
+            "attention_heads": p.attention_heads,
+            "linear_units": p.decoder_linear_units,
+            "num_blocks": p.decoder_blocks,
+            "dropout_rate": 0.1,
+            "positional_dropout_rate": 0.1,
+            "self_attention_dropout_rate": 0.1,
+            "src_attention_dropout_rate": 0.1,
+            "att_layer_num": p.decoder_blocks,
+            "kernel_size": 11,
+            "sanm_shfit": 5,
         },
         "predictor": "CifPredictorV2",
-        "predictor_conf": {"idim": p.output_size, "threshold": 1.0, "l_order": 1, "r_order": 1,
-                           "tail_threshold": 0.45},
+        "predictor_conf": {
+            "idim": p.output_size,
+            "threshold": 1.0,
+            "l_order": 1,
+            "r_order": 1,
+            "tail_threshold": 0.45,
+        },
         "frontend": "WavFrontendOnline",
-        "frontend_conf": {"fs": 16000, "window": "hamming", "n_mels": N_FBANK, "frame_length": 25,
-                          "frame_shift": 10, "lfr_m": LFR_M, "lfr_n": LFR_N},
+        "frontend_conf": {
+            "fs": 16000,
+            "window": "hamming",
+            "n_mels": N_FBANK,
+            "frame_length": 25,
+            "frame_shift": 10,
+            "lfr_m": LFR_M,
+            "lfr_n": LFR_N,
+        },
         "specaug": "SpecAugLFR",
-        "specaug_conf": {"apply_time_warp": False, "time_warp_window": 5, "time_warp_mode": "bicubic",
-                         "apply_freq_mask": True, "freq_mask_width_range": [0, 30], "lfr_rate": 6,
-                         "num_freq_mask": 1, "apply_time_mask": True, "time_mask_width_range": [0, 12],
-                         "num_time_mask": 1},
+        "specaug_conf": {
+            "apply_time_warp": False,
+            "time_warp_window": 5,
+            "time_warp_mode": "bicubic",
+            "apply_freq_mask": True,
+            "freq_mask_width_range": [0, 30],
+            "lfr_rate": 6,
+            "num_freq_mask": 1,
+            "apply_time_mask": True,
+            "time_mask_width_range": [0, 12],
+            "num_time_mask": 1,
+        },
         "tokenizer": "CharTokenizer",
         "tokenizer_conf": {"unk_symbol": "<unk>", "split_with_space": True},
         "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True},
@@ -177,7 +225,8 @@ def _write_cmvn(path: Path, rng: np.random.Generator) -> None:
     path.write_text(
         f"<Nnet>\n<Splice> {dims} {dims}\n[ 0 ]\n"
         f"<AddShift> {dims} {dims}\n<LearnRateCoef> 0 [ {row(-mean)} ]\n"
-        f"<Rescale> {dims} {dims}\n<LearnRateCoef> 0 [ {row(inv_std)} ]\n</Nnet>\n")
+        f"<Rescale> {dims} {dims}\n<LearnRateCoef> 0 [ {row(inv_std)} ]\n</Nnet>\n"
+    )
 
 
 def _paraformer_state(config: dict, vocab_size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -191,7 +240,8 @@ def _paraformer_state(config: dict, vocab_size: int, seed: int) -> dict[str, tor
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = tables.model_classes.get(config["model"])(
-            **model_conf, input_size=N_FBANK * LFR_M, vocab_size=vocab_size)
+            **model_conf, input_size=N_FBANK * LFR_M, vocab_size=vocab_size
+        )
         with torch.no_grad():
             # Untrained CIF weights rarely fire; a positive bias makes the demo ASR emit tokens.
             model.predictor.cif_output.bias.fill_(1.0)
@@ -225,20 +275,32 @@ def write_semantic_onnx(path: Path, scale: SemanticScale, rng: np.random.Generat
 
     def gelu(x: str, name: str) -> str:
         # exact GELU via Erf (opset 17 has no Gelu op): 0.5 * x * (1 + erf(x / sqrt 2))
-        e = node("Erf", [node("Mul", [x, const(f"{name}.rsqrt2", np.float32(2 ** -0.5))], f"{name}.s")],
-                 f"{name}.erf")
+        e = node(
+            "Erf",
+            [node("Mul", [x, const(f"{name}.rsqrt2", np.float32(2**-0.5))], f"{name}.s")],
+            f"{name}.erf",
+        )
         half = node("Mul", [x, const(f"{name}.half", np.float32(0.5))], f"{name}.h")
-        return node("Mul", [half, node("Add", [e, const(f"{name}.one", np.float32(1.0))], f"{name}.e1")],
-                    name)
+        return node(
+            "Mul", [half, node("Add", [e, const(f"{name}.one", np.float32(1.0))], f"{name}.e1")], name
+        )
 
     def linear(x: str, name: str, n_in: int, n_out: int) -> str:
-        w = param(f"{name}.weight", (n_in, n_out), n_in ** -0.5)
+        w = param(f"{name}.weight", (n_in, n_out), n_in**-0.5)
         bias = param(f"{name}.bias", (n_out,), 0.01)
         return node("Add", [node("MatMul", [x, w], f"{name}.mm"), bias], name)
 
     def layer_norm(x: str, name: str) -> str:
-        return node("LayerNormalization", [x, const(f"{name}.weight", np.ones(c, np.float32)),
-                                           const(f"{name}.bias", np.zeros(c, np.float32))], name, axis=-1)
+        return node(
+            "LayerNormalization",
+            [
+                x,
+                const(f"{name}.weight", np.ones(c, np.float32)),
+                const(f"{name}.bias", np.zeros(c, np.float32)),
+            ],
+            name,
+            axis=-1,
+        )
 
     x = "feats"
     for i, n_in in ((1, N_MELS_VQ06), (2, c)):
@@ -253,19 +315,29 @@ def write_semantic_onnx(path: Path, scale: SemanticScale, rng: np.random.Generat
     for b in range(scale.blocks):
         p = f"encoders.blocks.{b}"
         h = layer_norm(x, f"{p}.attn_ln")
-        q, k, v = (node("Transpose", [node("Reshape", [linear(h, f"{p}.attn.{t}", c, c), split],
-                                           f"{p}.{t}r")], f"{p}.{t}t", perm=[0, 2, 1, 3])
-                   for t in ("query", "key", "value"))
+        q, k, v = (
+            node(
+                "Transpose",
+                [node("Reshape", [linear(h, f"{p}.attn.{t}", c, c), split], f"{p}.{t}r")],
+                f"{p}.{t}t",
+                perm=[0, 2, 1, 3],
+            )
+            for t in ("query", "key", "value")
+        )
         kt = node("Transpose", [k], f"{p}.kT", perm=[0, 1, 3, 2])
-        scale_c = const(f"{p}.scale", np.float32(dh ** -0.5))
+        scale_c = const(f"{p}.scale", np.float32(dh**-0.5))
         scores = node("Mul", [node("MatMul", [q, kt], f"{p}.qk"), scale_c], f"{p}.scores")
         att = node("MatMul", [node("Softmax", [scores], f"{p}.probs", axis=-1), v], f"{p}.att")
         att = node("Transpose", [att], f"{p}.att_t", perm=[0, 2, 1, 3])
         att = node("Reshape", [att, merge], f"{p}.att_m")
         x = node("Add", [x, linear(att, f"{p}.attn.out", c, c)], f"{p}.res1")
         h = layer_norm(x, f"{p}.mlp_ln")
-        h = linear(gelu(linear(h, f"{p}.mlp.0", c, c * scale.mlp_ratio), f"{p}.mlp.gelu"),
-                   f"{p}.mlp.2", c * scale.mlp_ratio, c)
+        h = linear(
+            gelu(linear(h, f"{p}.mlp.0", c, c * scale.mlp_ratio), f"{p}.mlp.gelu"),
+            f"{p}.mlp.2",
+            c * scale.mlp_ratio,
+            c,
+        )
         x = node("Add", [x, h], f"{p}.res2")
     codebook = rng.standard_normal((c, VQ06_CODES)).astype(np.float32)
     codebook /= np.linalg.norm(codebook, axis=0, keepdims=True)  # unit codes: argmax = cosine nearest
@@ -279,11 +351,15 @@ def write_semantic_onnx(path: Path, scale: SemanticScale, rng: np.random.Generat
     n = node("Div", [node("Add", [n, one], "len_p2"), two], "len_quarter")
     node("Slice", [codes, const("start0", np.array([0], np.int64)), n, two], "indices")
     graph = helper.make_graph(
-        nodes, "speech_tokenizer_v1",
-        [helper.make_tensor_value_info("feats", TensorProto.FLOAT, [1, N_MELS_VQ06, "T"]),
-         helper.make_tensor_value_info("feats_length", TensorProto.INT32, [1])],
+        nodes,
+        "speech_tokenizer_v1",
+        [
+            helper.make_tensor_value_info("feats", TensorProto.FLOAT, [1, N_MELS_VQ06, "T"]),
+            helper.make_tensor_value_info("feats_length", TensorProto.INT32, [1]),
+        ],
         [helper.make_tensor_value_info("indices", TensorProto.INT64, [1, 1, "T_out"])],
-        initializer=inits)
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="editx-demo")
     model.ir_version = 8
     onnx.save(model, str(path))

@@ -39,8 +39,8 @@ def interleave(vq02: Sequence[int], vq06: Sequence[int]) -> list[int]:
     """Mixed-stream codes ``[a, b, 1024+x, 1024+y, 1024+z, ...]`` for the whole groups only."""
     mixed: list[int] = []
     for g in range(n_groups(vq02, vq06)):
-        mixed += [int(c) for c in vq02[g * VQ02_PER_GROUP:(g + 1) * VQ02_PER_GROUP]]
-        mixed += [VQ02_CODES + int(c) for c in vq06[g * VQ06_PER_GROUP:(g + 1) * VQ06_PER_GROUP]]
+        mixed += [int(c) for c in vq02[g * VQ02_PER_GROUP : (g + 1) * VQ02_PER_GROUP]]
+        mixed += [VQ02_CODES + int(c) for c in vq06[g * VQ06_PER_GROUP : (g + 1) * VQ06_PER_GROUP]]
     return mixed
 
 

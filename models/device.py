@@ -33,15 +33,23 @@ def pick_device(requested: str = "auto") -> torch.device:
     except RuntimeError:
         raise OptionsError(f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise OptionsError(f"--device {requested} was requested but this machine has "
-                           f"{torch.cuda.device_count()} CUDA device(s); use cuda:0..")
+        raise OptionsError(
+            f"--device {requested} was requested but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s); use cuda:0.."
+        )
     return device
 
 
 def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
     """Model dtype: bf16 on CUDA and fp32 on CPU by default; "fp32", "fp16", "bf16" override."""
-    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+    }
     requested = (requested or "auto").lower()
     if requested == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32

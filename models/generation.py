@@ -74,7 +74,7 @@ def parse_generated_ids(new_ids: list[int], eos_id: int) -> tuple[list[int], int
     tokens above 5120 are dropped) and realigns to whole 2+3 groups.
     """
     if eos_id in new_ids:
-        new_ids = new_ids[:new_ids.index(eos_id)]
+        new_ids = new_ids[: new_ids.index(eos_id)]
     codes = [c for c in map(audio_code, new_ids) if c is not None]
     tokens, dropped = realign_groups(codes)
     return tokens, dropped + len(new_ids) - len(codes)
@@ -93,8 +93,9 @@ class TokenStreamLLM:
     backend: str = "native"
     applies_repetition_rule: bool = True  # upstream's repetition-aware logits rule is applied
 
-    def stream_ids(self, prompt_ids: list[int], options: GenerationOptions,
-                   cancel: threading.Event | None = None) -> Iterator[int]:
+    def stream_ids(
+        self, prompt_ids: list[int], options: GenerationOptions, cancel: threading.Event | None = None
+    ) -> Iterator[int]:
         """Yield each new token id after ``prompt_ids`` (eos last, when produced); stops at the
         length limits. Setting ``cancel`` raises GenerationCancelled at the next token."""
         raise NotImplementedError
@@ -106,33 +107,59 @@ class TokenStreamLLM:
             return replace(options, seed=random.randrange(2**31))
         return options
 
-    def clone_prompt(self, prompt_text: str, prompt_token_str: str, target_text: str,
-                     speaker: str | None = None) -> list[int]:
+    def clone_prompt(
+        self, prompt_text: str, prompt_token_str: str, target_text: str, speaker: str | None = None
+    ) -> list[int]:
         """Prompt ids to speak ``target_text`` in the voice of the reference (transcript + tokens)."""
         return build_clone_prompt(self.tokenizer, prompt_text, prompt_token_str, target_text, speaker)
 
-    def edit_prompt(self, audio_text: str, audio_token_str: str, task: str, subtask: str | None,
-                    new_text: str | None = None) -> list[int]:
+    def edit_prompt(
+        self,
+        audio_text: str,
+        audio_token_str: str,
+        task: str,
+        subtask: str | None,
+        new_text: str | None = None,
+    ) -> list[int]:
         """Prompt ids for an edit ("paralinguistic" needs ``new_text``, the text with tags inserted)."""
         return build_edit_prompt(self.tokenizer, audio_text, audio_token_str, task, subtask, new_text)
 
-    def clone(self, prompt_text: str, prompt_token_str: str, target_text: str,
-              options: GenerationOptions | None = None, progress: Callable[[int], None] | None = None,
-              cancel: threading.Event | None = None, speaker: str | None = None) -> GenerationResult:
+    def clone(
+        self,
+        prompt_text: str,
+        prompt_token_str: str,
+        target_text: str,
+        options: GenerationOptions | None = None,
+        progress: Callable[[int], None] | None = None,
+        cancel: threading.Event | None = None,
+        speaker: str | None = None,
+    ) -> GenerationResult:
         """Speak ``target_text`` in the voice of the reference (its transcript and ``<audio_N>`` tokens)."""
         ids = self.clone_prompt(prompt_text, prompt_token_str, target_text, speaker)
         return self.generate_audio_tokens(ids, options or GenerationOptions(), progress, cancel)
 
-    def edit(self, audio_text: str, audio_token_str: str, task: str, subtask: str | None,
-             options: GenerationOptions | None = None, progress: Callable[[int], None] | None = None,
-             cancel: threading.Event | None = None, new_text: str | None = None) -> GenerationResult:
+    def edit(
+        self,
+        audio_text: str,
+        audio_token_str: str,
+        task: str,
+        subtask: str | None,
+        options: GenerationOptions | None = None,
+        progress: Callable[[int], None] | None = None,
+        cancel: threading.Event | None = None,
+        new_text: str | None = None,
+    ) -> GenerationResult:
         """Edit audio given as tokens: ``task`` in EDIT_TASKS, ``subtask`` one of its options."""
         ids = self.edit_prompt(audio_text, audio_token_str, task, subtask, new_text)
         return self.generate_audio_tokens(ids, options or GenerationOptions(), progress, cancel)
 
-    def generate_ids(self, prompt_ids: list[int], options: GenerationOptions,
-                     progress: Callable[[int], None] | None = None,
-                     cancel: threading.Event | None = None) -> tuple[list[int], int | None]:
+    def generate_ids(
+        self,
+        prompt_ids: list[int],
+        options: GenerationOptions,
+        progress: Callable[[int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[list[int], int | None]:
         """All new ids (eos included when produced) and the seed used; ``progress(n)`` after each."""
         options = self.with_seed(options)
         new: list[int] = []
@@ -142,22 +169,43 @@ class TokenStreamLLM:
                 progress(len(new))
         return new, options.seed if options.temperature > 0 else None
 
-    def generate_audio_tokens(self, prompt_ids: list[int], options: GenerationOptions,
-                              progress: Callable[[int], None] | None = None,
-                              cancel: threading.Event | None = None) -> GenerationResult:
+    def generate_audio_tokens(
+        self,
+        prompt_ids: list[int],
+        options: GenerationOptions,
+        progress: Callable[[int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
         """Generate and parse: whole audio-token groups, or EmptyGenerationError."""
         start = time.perf_counter()
         new, seed = self.generate_ids(prompt_ids, options, progress, cancel)
         seconds = time.perf_counter() - start
         tokens, dropped = parse_generated_ids(new, self.eos_id)
         rate = len(new) / seconds if seconds > 0 else 0.0
-        log.debug("LLM %s: prompt %d tokens, %d new tokens in %.2f s (%.1f tokens/s), %d audio tokens "
-                  "kept, %d dropped, seed %s", self.backend, len(prompt_ids), len(new), seconds, rate,
-                  len(tokens), dropped, seed)
+        log.debug(
+            "LLM %s: prompt %d tokens, %d new tokens in %.2f s (%.1f tokens/s), %d audio tokens "
+            "kept, %d dropped, seed %s",
+            self.backend,
+            len(prompt_ids),
+            len(new),
+            seconds,
+            rate,
+            len(tokens),
+            dropped,
+            seed,
+        )
         if not tokens:
             ended = "at eos" if new and new[-1] == self.eos_id else "at the length limit"
             raise EmptyGenerationError(
                 f"the LLM produced no complete audio-token group ({len(new)} tokens, stopped {ended}); "
-                "try another seed or a clearer reference clip")
-        return GenerationResult(audio_tokens=tokens, prompt_tokens=len(prompt_ids), new_tokens=len(new),
-                                seconds=seconds, tokens_per_s=rate, dropped_tokens=dropped, seed=seed)
+                "try another seed or a clearer reference clip"
+            )
+        return GenerationResult(
+            audio_tokens=tokens,
+            prompt_tokens=len(prompt_ids),
+            new_tokens=len(new),
+            seconds=seconds,
+            tokens_per_s=rate,
+            dropped_tokens=dropped,
+            seed=seed,
+        )

@@ -63,7 +63,7 @@ class RepetitionAwareLogitsProcessor(LogitsProcessor):
         """input_ids (B, L), scores (B, V) -> scores with the repeated last token masked."""
         if input_ids.shape[1] < self.window:
             return scores
-        window = input_ids[:, -self.window:]
+        window = input_ids[:, -self.window :]
         last = window[:, -1:]
         ratio = (window == last).sum(dim=1).float() / self.window
         rows = torch.nonzero(ratio > self.threshold).flatten()
@@ -87,8 +87,9 @@ def sample_from_scores(scores: torch.Tensor, generator: torch.Generator | None) 
     return idx
 
 
-def estimate_weight_bytes(config: Step1Config, variant: str = "base",
-                          dtype: torch.dtype = torch.bfloat16) -> int:
+def estimate_weight_bytes(
+    config: Step1Config, variant: str = "base", dtype: torch.dtype = torch.bfloat16
+) -> int:
     """Weight memory (bytes) of a Step1 model from its parameter shapes, without loading it.
 
     "base": every parameter in ``dtype``. "bnb-4bit": the decoder's linear weights as NF4 (half a
@@ -111,8 +112,14 @@ def estimate_weight_bytes(config: Step1Config, variant: str = "base",
     for a, b in linear_shapes:
         n = a * b
         blocks = math.ceil(n / NF4_BLOCK)
-        quantized += (math.ceil(n / 2) + blocks + 4 * math.ceil(blocks / NESTED_BLOCK) + 4 * NESTED_CODE
-                      + 4 * NF4_CODE + 4)
+        quantized += (
+            math.ceil(n / 2)
+            + blocks
+            + 4 * math.ceil(blocks / NESTED_BLOCK)
+            + 4 * NESTED_CODE
+            + 4 * NF4_CODE
+            + 4
+        )
     return dense * item + config.num_hidden_layers * quantized
 
 
@@ -146,13 +153,16 @@ def read_llm_config(model_dir: Path) -> dict:
     """The LLM folder's config.json as a dict; a ModelFilesError names what is wrong with it."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise ModelFilesError(f"no config.json in {path.parent.name}/; pass the Step-Audio-EditX folder "
-                              "(or run scripts/make_demo_models.py for demo weights)")
+        raise ModelFilesError(
+            f"no config.json in {path.parent.name}/; pass the Step-Audio-EditX folder "
+            "(or run scripts/make_demo_models.py for demo weights)"
+        )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFilesError(f"cannot read config.json in {path.parent.name}/ ({exc}); download it "
-                              "again") from exc
+        raise ModelFilesError(
+            f"cannot read config.json in {path.parent.name}/ ({exc}); download it again"
+        ) from exc
     if not isinstance(raw, dict):
         raise ModelFilesError(f"config.json in {path.parent.name}/ is not a JSON object")
     return raw
@@ -172,8 +182,9 @@ def bnb_shape_problem(config: dict) -> str | None:
     bad = {name: w for name, w in widths.items() if w % BNB_CPU_BLOCK_N}
     if bad:
         shown = ", ".join(f"{name} {w}" for name, w in bad.items())
-        return (f"bitsandbytes 4-bit needs layer widths that are multiples of {BNB_CPU_BLOCK_N} "
-                f"({shown} are not)")
+        return (
+            f"bitsandbytes 4-bit needs layer widths that are multiples of {BNB_CPU_BLOCK_N} ({shown} are not)"
+        )
     return None
 
 
@@ -197,8 +208,9 @@ def variant_problem(model_dir: Path, variant: str) -> str | None:
     return None
 
 
-def load_step1_model(model_dir: Path, variant: str = "base", device: str = "auto",
-                     dtype: str = "auto") -> torch.nn.Module:
+def load_step1_model(
+    model_dir: Path, variant: str = "base", device: str = "auto", dtype: str = "auto"
+) -> torch.nn.Module:
     """Load the LLM weights from ``model_dir`` (config.json + safetensors, single file or sharded).
 
     Nothing from the folder is executed: model_type "step1" uses our Step1ForCausalLM, and any
@@ -209,8 +221,10 @@ def load_step1_model(model_dir: Path, variant: str = "base", device: str = "auto
         raise OptionsError(f"unknown LLM variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     raw = read_llm_config(model_dir)
     if raw.get("model_type") != Step1Config.model_type:
-        raise ModelFilesError(f"config.json in {model_dir.name}/ has model_type {raw.get('model_type')!r}, "
-                              "not 'step1'; pass the Step-Audio-EditX folder")
+        raise ModelFilesError(
+            f"config.json in {model_dir.name}/ has model_type {raw.get('model_type')!r}, "
+            "not 'step1'; pass the Step-Audio-EditX folder"
+        )
     dev = pick_device(device)
     # Weights go straight to the target device (no full CPU copy of a 7 GB model first).
     kwargs: dict = {"device_map": {"": str(dev)}}
@@ -218,9 +232,11 @@ def load_step1_model(model_dir: Path, variant: str = "base", device: str = "auto
     if pre_quantized:
         method = pre_quantized.get("quant_method")
         if method != "bitsandbytes":
-            raise ModelFilesError(f"{model_dir.name}/ holds a {method!r}-quantized checkpoint, which the "
-                                  "native LLM backend does not load; use --llm-backend vllm for it, or "
-                                  "the base Step-Audio-EditX folder with the bnb-4bit variant")
+            raise ModelFilesError(
+                f"{model_dir.name}/ holds a {method!r}-quantized checkpoint, which the "
+                "native LLM backend does not load; use --llm-backend vllm for it, or "
+                "the base Step-Audio-EditX folder with the bnb-4bit variant"
+            )
         if variant != "bnb-4bit":
             log.debug("LLM: %s is pre-quantized with bitsandbytes; loading it as bnb-4bit", model_dir)
             variant = "bnb-4bit"
@@ -232,8 +248,11 @@ def load_step1_model(model_dir: Path, variant: str = "base", device: str = "auto
         compute = pick_dtype(dev, dtype)
         kwargs["dtype"] = compute
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
     else:
         kwargs["dtype"] = pick_dtype(dev, dtype)
 
@@ -241,16 +260,25 @@ def load_step1_model(model_dir: Path, variant: str = "base", device: str = "auto
     try:
         model, info = Step1ForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:  # a damaged or unreadable safetensors file
-        raise ModelFilesError(f"cannot load the LLM weights in {model_dir.name}/ ({exc}); download them "
-                              "again") from exc
+        raise ModelFilesError(
+            f"cannot load the LLM weights in {model_dir.name}/ ({exc}); download them again"
+        ) from exc
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        raise ModelFilesError(f"{model_dir.name}/ is missing weights {missing[:5]} ({len(missing)} in all); "
-                              "the download is incomplete or not a Step-Audio-EditX checkpoint")
+        raise ModelFilesError(
+            f"{model_dir.name}/ is missing weights {missing[:5]} ({len(missing)} in all); "
+            "the download is incomplete or not a Step-Audio-EditX checkpoint"
+        )
     model.eval()
-    log.debug("LLM: loaded %s (%s, %s on %s) in %.2f s, %.1f MB of weights", model_dir.name, variant,
-             str(kwargs["dtype"]).replace("torch.", ""), dev, time.perf_counter() - start,
-             measured_weight_bytes(model) / 1e6)
+    log.debug(
+        "LLM: loaded %s (%s, %s on %s) in %.2f s, %.1f MB of weights",
+        model_dir.name,
+        variant,
+        str(kwargs["dtype"]).replace("torch.", ""),
+        dev,
+        time.perf_counter() - start,
+        measured_weight_bytes(model) / 1e6,
+    )
     return model
 
 
@@ -260,8 +288,9 @@ class Step1LLM(TokenStreamLLM):
     backend = "native"
     applies_repetition_rule = True
 
-    def __init__(self, model: torch.nn.Module, tokenizer: StepTextTokenizer, variant: str,
-                 model_dir: Path) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: StepTextTokenizer, variant: str, model_dir: Path
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.variant = variant
@@ -273,8 +302,9 @@ class Step1LLM(TokenStreamLLM):
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_dir: Path, variant: str = "base", device: str = "auto",
-             dtype: str = "auto") -> Step1LLM:
+    def load(
+        cls, model_dir: Path, variant: str = "base", device: str = "auto", dtype: str = "auto"
+    ) -> Step1LLM:
         """Load the model and its tokenizer.model from ``model_dir`` (the Step-Audio-EditX folder)."""
         model_dir = Path(model_dir)
         model = load_step1_model(model_dir, variant, device, dtype)
@@ -294,14 +324,17 @@ class Step1LLM(TokenStreamLLM):
                 procs.append(TopPLogitsWarper(options.top_p))
         return procs
 
-    def stream_ids(self, prompt_ids: list[int], options: GenerationOptions,
-                   cancel: threading.Event | None = None) -> Iterator[int]:
+    def stream_ids(
+        self, prompt_ids: list[int], options: GenerationOptions, cancel: threading.Event | None = None
+    ) -> Iterator[int]:
         """Sample new ids after ``prompt_ids``, yielding each (eos last, when produced), until eos,
         ``options.max_length`` total ids or ``options.max_new_tokens``; ``cancel`` raises
         GenerationCancelled at the next token. One generation at a time per loaded model."""
         if len(prompt_ids) >= options.max_length:
-            raise TextInputError(f"the prompt is {len(prompt_ids)} tokens, which leaves no room under the "
-                                 f"length limit of {options.max_length}; use a shorter reference or text")
+            raise TextInputError(
+                f"the prompt is {len(prompt_ids)} tokens, which leaves no room under the "
+                f"length limit of {options.max_length}; use a shorter reference or text"
+            )
         options = self.with_seed(options)
         generator = None
         if options.temperature > 0:

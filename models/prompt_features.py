@@ -31,15 +31,20 @@ class PromptFeatures:
 
 def encode_features(features: PromptFeatures, audio_hash: str, seconds: float) -> dict:
     """JSON form of ``features`` for the prompt cache; ``audio_hash`` names the clip they belong to."""
-    return {"audio_hash": audio_hash, "seconds": round(seconds, 6),
-            "mel": encode_array(np.asarray(features.mel, dtype=np.float32)),
-            "speaker_embedding": encode_array(np.asarray(features.speaker_embedding, dtype=np.float32))}
+    return {
+        "audio_hash": audio_hash,
+        "seconds": round(seconds, 6),
+        "mel": encode_array(np.asarray(features.mel, dtype=np.float32)),
+        "speaker_embedding": encode_array(np.asarray(features.speaker_embedding, dtype=np.float32)),
+    }
 
 
 def decode_features(value: dict) -> PromptFeatures:
     """Inverse of ``encode_features`` (raises KeyError/ValueError/TypeError on a damaged field)."""
-    return PromptFeatures(mel=decode_array(value["mel"]).astype(np.float32),
-                          speaker_embedding=decode_array(value["speaker_embedding"]).astype(np.float32))
+    return PromptFeatures(
+        mel=decode_array(value["mel"]).astype(np.float32),
+        speaker_embedding=decode_array(value["speaker_embedding"]).astype(np.float32),
+    )
 
 
 def audio_digest(audio: np.ndarray, sample_rate: int) -> str:

@@ -37,8 +37,9 @@ def kaldi_fbank(audio_16k: np.ndarray) -> np.ndarray:
             f"need at least {MIN_SAMPLES}; use a longer clip"
         )
     # CosyVoice's frontend: kaldi.fbank(speech, num_mel_bins=80, dither=0, sample_frequency=16000)
-    feat = kaldi.fbank(torch.from_numpy(audio_16k), num_mel_bins=FBANK_BINS, dither=0.0,
-                       sample_frequency=SPEAKER_SAMPLE_RATE)
+    feat = kaldi.fbank(
+        torch.from_numpy(audio_16k), num_mel_bins=FBANK_BINS, dither=0.0, sample_frequency=SPEAKER_SAMPLE_RATE
+    )
     return feat.numpy()
 
 
@@ -61,8 +62,9 @@ class SpeakerEncoder:
                 str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several types for a bad file
-            raise ModelFilesError(f"cannot load {onnx_path.name} ({exc}); the file is damaged, "
-                                  "download it again") from exc
+            raise ModelFilesError(
+                f"cannot load {onnx_path.name} ({exc}); the file is damaged, download it again"
+            ) from exc
         self.input_name = self.session.get_inputs()[0].name
 
     def embed(self, audio_16k: np.ndarray) -> np.ndarray:

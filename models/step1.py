@@ -63,14 +63,22 @@ class Step1Config(PreTrainedConfig):
         # transformers 5 no longer keeps use_cache on model configs by itself; we read it in forward.
         self.use_cache = use_cache
         kwargs.pop("tie_word_embeddings", None)
-        super().__init__(bos_token_id=bos_token_id, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=False, **kwargs)
+        super().__init__(
+            bos_token_id=bos_token_id,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=False,
+            **kwargs,
+        )
         if hidden_size % num_attention_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads "
-                             f"{num_attention_heads}")
+            raise ValueError(
+                f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}"
+            )
         if num_attention_heads % num_attention_groups:
-            raise ValueError(f"num_attention_heads {num_attention_heads} is not divisible by "
-                             f"num_attention_groups {num_attention_groups}")
+            raise ValueError(
+                f"num_attention_heads {num_attention_heads} is not divisible by "
+                f"num_attention_groups {num_attention_groups}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -98,8 +106,9 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 _ALIBI_VECTOR_LIMIT = 1 << 24  # float32 elements built at once; larger biases go one head at a time
 
 
-def alibi_bias(slopes: torch.Tensor, query_len: int, key_len: int,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def alibi_bias(
+    slopes: torch.Tensor, query_len: int, key_len: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Square-root ALiBi bias with the causal mask folded in: (NH, Tq, K) in ``dtype``.
 
     Queries are the last ``query_len`` of ``key_len`` absolute positions (0-based, cache included):
@@ -317,20 +326,27 @@ class Step1ForCausalLM(Step1PreTrainedModel, GenerationMixin):
         from the cache length); a mask with padding is rejected because padding cannot be honoured.
         """
         if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
-            raise ValueError("Step1 does not support padded batches (ALiBi ignores the attention mask); "
-                             "run unpadded sequences one at a time")
+            raise ValueError(
+                "Step1 does not support padded batches (ALiBi ignores the attention mask); "
+                "run unpadded sequences one at a time"
+            )
         if use_cache is None:
             use_cache = getattr(self.config, "use_cache", True)
         if output_hidden_states is None:
             output_hidden_states = bool(self.config.output_hidden_states)
-        h, cache, hidden = self.model(input_ids=input_ids, past_key_values=past_key_values,
-                                      inputs_embeds=inputs_embeds, use_cache=use_cache,
-                                      output_hidden_states=output_hidden_states)
+        h, cache, hidden = self.model(
+            input_ids=input_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         logits = self.lm_head(h)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache if use_cache else None,
-                                      hidden_states=hidden)
+        return CausalLMOutputWithPast(
+            logits=logits, past_key_values=cache if use_cache else None, hidden_states=hidden
+        )
 
 
 AutoConfig.register("step1", Step1Config, exist_ok=True)

@@ -104,13 +104,16 @@ def load_state_dict_checked(module: nn.Module, path: Path) -> None:
     ``module`` may live on the meta device: tensors are assigned, not copied.
     """
     if not path.is_file():
-        raise ModelFilesError(f"vocoder checkpoint {path.name} not found in {path.parent.name}/; download "
-                              "the CosyVoice-300M-25Hz folder of Step-Audio-EditX again")
+        raise ModelFilesError(
+            f"vocoder checkpoint {path.name} not found in {path.parent.name}/; download "
+            "the CosyVoice-300M-25Hz folder of Step-Audio-EditX again"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated download or a non-torch file
-        raise ModelFilesError(f"{path.name} is not a readable torch state dict ({exc}); download it "
-                              "again") from exc
+        raise ModelFilesError(
+            f"{path.name} is not a readable torch state dict ({exc}); download it again"
+        ) from exc
     if not isinstance(state, dict):
         raise ModelFilesError(f"{path.name} holds a {type(state).__name__}, expected a state dict")
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -167,8 +170,9 @@ def vocoder_dtype(device: torch.device, requested: str | None = "auto") -> torch
         return torch.float32
     dtype = pick_dtype(device, requested)
     if device.type == "cpu" and dtype != torch.float32:
-        log.warning("vocoder: %s requested on CPU; using float32 (half precision is CUDA-only here)",
-                    requested)
+        log.warning(
+            "vocoder: %s requested on CPU; using float32 (half precision is CUDA-only here)", requested
+        )
         return torch.float32
     return dtype
 
@@ -408,6 +412,13 @@ class Vocoder:
         from models.vocoder_stream import VocoderStream
 
         return VocoderStream(
-            self, prompt_tokens, prompt, n_steps, seed, options,
-            noise=noise, sine_draws=sine_draws, on_chunk=on_chunk,
+            self,
+            prompt_tokens,
+            prompt,
+            n_steps,
+            seed,
+            options,
+            noise=noise,
+            sine_draws=sine_draws,
+            on_chunk=on_chunk,
         )

@@ -383,17 +383,30 @@ class VocoderStream:
         mu, self._encoder_cache = flow.encode_chunk(tokens, last=False)
         noise = self._noise_frames(0, self.prompt_frames)
         mel, self._estimator_cache = flow.decoder.forward_chunk(
-            noise, mu.transpose(1, 2).contiguous(), self._spks,
-            self._prompt_mel.transpose(1, 2).contiguous(), self.n_steps,
+            noise,
+            mu.transpose(1, 2).contiguous(),
+            self._spks,
+            self._prompt_mel.transpose(1, 2).contiguous(),
+            self.n_steps,
         )
         self._kept_frames = torch.arange(self.prompt_frames)
         self._next_frame = self.prompt_frames
         self._set_up = True
         if self._on_chunk is not None:
-            self._on_chunk(StreamChunk(
-                call, True, False, tokens.cpu(), mu.float().cpu(), 0, mel.cpu(), self.prompt_frames,
-                self._kept_frames.clone(), self.cache_shapes(),
-            ))
+            self._on_chunk(
+                StreamChunk(
+                    call,
+                    True,
+                    False,
+                    tokens.cpu(),
+                    mu.float().cpu(),
+                    0,
+                    mel.cpu(),
+                    self.prompt_frames,
+                    self._kept_frames.clone(),
+                    self.cache_shapes(),
+                )
+            )
 
     def _synthesize(self, call: int, mixed: list[int], last: bool) -> np.ndarray:
         """One chunk: encoder -> flow (-> estimator cache cut) -> HiFT -> cross-fade; the piece to return."""
@@ -404,7 +417,11 @@ class VocoderStream:
         offset = self._next_frame if self.options.advancing_noise else int(self._kept_frames.numel())
         mu = mu.transpose(1, 2).contiguous()
         mel, cache = flow.decoder.forward_chunk(
-            self._noise_frames(offset, n_frames), mu, self._spks, torch.zeros_like(mu), self.n_steps,
+            self._noise_frames(offset, n_frames),
+            mu,
+            self._spks,
+            torch.zeros_like(mu),
+            self.n_steps,
             self._estimator_cache,
         )
         frames = torch.cat([torch.arange(self._next_frame, self._next_frame + n_frames), self._kept_frames])
@@ -420,11 +437,24 @@ class VocoderStream:
         self._chunks += 1
         log.debug("vocoder stream call %d: %d token frames -> %d samples", call, tokens.size(1), audio.size)
         if self._on_chunk is not None:
-            self._on_chunk(StreamChunk(
-                call, False, last, tokens.cpu(), mu.transpose(1, 2).float().cpu(), offset, mel.cpu(),
-                int(frames.numel()), self._kept_frames.clone(), self.cache_shapes(),
-                mel_in.cpu(), source.cpu(), speech.cpu(), audio,
-            ))
+            self._on_chunk(
+                StreamChunk(
+                    call,
+                    False,
+                    last,
+                    tokens.cpu(),
+                    mu.transpose(1, 2).float().cpu(),
+                    offset,
+                    mel.cpu(),
+                    int(frames.numel()),
+                    self._kept_frames.clone(),
+                    self.cache_shapes(),
+                    mel_in.cpu(),
+                    source.cpu(),
+                    speech.cpu(),
+                    audio,
+                )
+            )
         return audio
 
     def _vocode(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

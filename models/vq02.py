@@ -71,8 +71,9 @@ def import_funasr() -> None:
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv",
-                                    category=RuntimeWarning)
+            warnings.filterwarnings(
+                "ignore", message="Couldn't find ffmpeg or avconv", category=RuntimeWarning
+            )
             import funasr.models.paraformer_streaming.model  # noqa: F401 - registers the classes
             import funasr.utils.load_utils  # noqa: F401
             import funasr.utils.postprocess_utils  # noqa: F401
@@ -116,8 +117,10 @@ class Vq02Tokenizer:
             config = yaml.safe_load(path.read_text(encoding="utf-8"))
             metas = json.loads((self.model_dir / PARAFORMER_FILES[4]).read_text(encoding="utf-8"))
         except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelFilesError(f"cannot parse {path.name} / configuration.json in {self.model_dir}: "
-                                      f"{exc}; the file is damaged, re-download it") from exc
+            raise ModelFilesError(
+                f"cannot parse {path.name} / configuration.json in {self.model_dir}: "
+                f"{exc}; the file is damaged, re-download it"
+            ) from exc
         needed = ("model", "encoder", "encoder_conf", "frontend", "frontend_conf", "predictor", "decoder")
         missing = [k for k in needed if not isinstance(config, dict) or k not in config]
         if missing:
@@ -132,14 +135,17 @@ class Vq02Tokenizer:
         from funasr.register import tables
 
         config, metas = self._read_config()
-        names = {"init_param": metas.get("init_param", "model.pt"),
-                 "cmvn": metas.get("frontend_conf", {}).get("cmvn_file", "am.mvn"),
-                 "tokens": metas.get("tokenizer_conf", {}).get("token_list", "tokens.json")}
+        names = {
+            "init_param": metas.get("init_param", "model.pt"),
+            "cmvn": metas.get("frontend_conf", {}).get("cmvn_file", "am.mvn"),
+            "tokens": metas.get("tokenizer_conf", {}).get("token_list", "tokens.json"),
+        }
         frontend_conf = dict(config["frontend_conf"])
         configured = frontend_conf.get("dither", "absent (FunASR default 1.0)")
         frontend_conf["dither"] = 0.0  # deterministic fbank: same clip -> same codes -> cacheable
-        log.debug("tokenizer: vq02 fbank dither forced to 0 (config: %s) so codes are deterministic",
-                 configured)
+        log.debug(
+            "tokenizer: vq02 fbank dither forced to 0 (config: %s) so codes are deterministic", configured
+        )
         cmvn_path = self.model_dir / names["cmvn"]
         try:
             frontend_class = tables.frontend_classes.get(config["frontend"])
@@ -149,8 +155,10 @@ class Vq02Tokenizer:
         dims = frontend.output_size()
         if frontend.cmvn is None or tuple(frontend.cmvn.shape) != (2, dims):
             shape = None if frontend.cmvn is None else tuple(frontend.cmvn.shape)
-            raise ModelFilesError(f"{cmvn_path} holds CMVN of shape {shape}, expected (2, {dims}); "
-                                      "the file is truncated or belongs to another model")
+            raise ModelFilesError(
+                f"{cmvn_path} holds CMVN of shape {shape}, expected (2, {dims}); "
+                "the file is truncated or belongs to another model"
+            )
         tokens_path = self.model_dir / names["tokens"]
         try:
             self.token_list = json.loads(tokens_path.read_text(encoding="utf-8"))
@@ -158,37 +166,51 @@ class Vq02Tokenizer:
             raise ModelFilesError(f"cannot parse {tokens_path}: {exc}; re-download it") from exc
         model_conf = {**config.get("model_conf", {}), **config}
         model = tables.model_classes.get(config["model"])(
-            **model_conf, input_size=dims, vocab_size=len(self.token_list))
+            **model_conf, input_size=dims, vocab_size=len(self.token_list)
+        )
         weights = self.model_dir / names["init_param"]
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing here
-            raise ModelFilesError(f"cannot load {weights}: {exc}; the file is truncated or damaged, "
-                                      "re-download it") from exc
+            raise ModelFilesError(
+                f"cannot load {weights}: {exc}; the file is truncated or damaged, re-download it"
+            ) from exc
         if not isinstance(state, dict):
             raise ModelFilesError(f"{weights} is not a state dict")
         state = state.get("state_dict", state)  # some exports nest the weights one level down
         try:
             result = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:
-            raise ModelFilesError(f"{weights} does not match {self.model_dir / 'config.yaml'}: "
-                                      f"{str(exc)[:500]}") from exc
+            raise ModelFilesError(
+                f"{weights} does not match {self.model_dir / 'config.yaml'}: {str(exc)[:500]}"
+            ) from exc
         parts = ("encoder", "predictor", "decoder")
         needed_missing = [k for k in result.missing_keys if k.split(".")[0] in parts]
         if needed_missing:
-            raise ModelFilesError(f"{weights} lacks {len(needed_missing)} encoder/predictor/decoder "
-                                      f"weights (e.g. {needed_missing[:3]}); wrong or damaged file")
+            raise ModelFilesError(
+                f"{weights} lacks {len(needed_missing)} encoder/predictor/decoder "
+                f"weights (e.g. {needed_missing[:3]}); wrong or damaged file"
+            )
         if result.unexpected_keys:
-            log.debug("tokenizer: %d unused weights in %s (e.g. %s)", len(result.unexpected_keys),
-                     weights.name, result.unexpected_keys[:2])
+            log.debug(
+                "tokenizer: %d unused weights in %s (e.g. %s)",
+                len(result.unexpected_keys),
+                weights.name,
+                result.unexpected_keys[:2],
+            )
         self.model = model.to(self.device).eval()
         self.frontend = frontend
         self.config = config
         self.lfr_m = int(frontend_conf.get("lfr_m", 1))
         self.enc_dim = int(config["encoder_conf"]["output_size"])
-        log.debug("tokenizer: Paraformer %s (%d encoder blocks, dim %d, vocab %d) loaded in %.2f s",
-                 config["encoder"], int(config["encoder_conf"].get("num_blocks", 0)), self.enc_dim,
-                 len(self.token_list), time.perf_counter() - t0)
+        log.debug(
+            "tokenizer: Paraformer %s (%d encoder blocks, dim %d, vocab %d) loaded in %.2f s",
+            config["encoder"],
+            int(config["encoder_conf"].get("num_blocks", 0)),
+            self.enc_dim,
+            len(self.token_list),
+            time.perf_counter() - t0,
+        )
 
     def _load_centroids(self, path: Path) -> None:
         try:
@@ -196,12 +218,12 @@ class Vq02Tokenizer:
         except (ValueError, OSError, EOFError) as exc:
             raise ModelFilesError(f"cannot load {path}: {exc}; re-download it") from exc
         if centroids.ndim != 2 or centroids.shape[1] != self.enc_dim:
-            raise ModelFilesError(f"{path} has shape {centroids.shape}, expected (codes, {self.enc_dim}) "
-                                      "to match the encoder")
+            raise ModelFilesError(
+                f"{path} has shape {centroids.shape}, expected (codes, {self.enc_dim}) to match the encoder"
+            )
         self.centroids = torch.from_numpy(centroids.astype(np.float32)).to(self.device)
 
-    def encode(self, audio_16k: np.ndarray, transcribe: bool = False,
-                    batched: bool = True) -> Vq02Result:
+    def encode(self, audio_16k: np.ndarray, transcribe: bool = False, batched: bool = True) -> Vq02Result:
         """vq02 codes of a prepared 16 kHz clip with upstream's streaming schedule (and the transcript).
 
         ``batched`` runs the streaming encoder layer by layer over all chunks at once (same math, one
@@ -211,18 +233,24 @@ class Vq02Tokenizer:
         x = torch.tensor(np.asarray(audio_16k, dtype=np.float32))  # a copy: inputs may be read-only
         with torch.inference_mode():
             cache: dict = {}
-            self.model.init_cache(cache, chunk_size=CHUNK_SIZE, encoder_chunk_look_back=ENCODER_LOOK_BACK,
-                                  decoder_chunk_look_back=DECODER_LOOK_BACK,
-                                  encoder_conf=self.config["encoder_conf"],
-                                  frontend_conf=self.config["frontend_conf"])
+            self.model.init_cache(
+                cache,
+                chunk_size=CHUNK_SIZE,
+                encoder_chunk_look_back=ENCODER_LOOK_BACK,
+                decoder_chunk_look_back=DECODER_LOOK_BACK,
+                encoder_conf=self.config["encoder_conf"],
+                frontend_conf=self.config["frontend_conf"],
+            )
             chunks = self._frontend_chunks(x, cache["frontend"])
             feats = [speech[0].clone() for speech, _, _ in chunks]  # the encoder scales its input in place
             if batched and self._can_batch(chunks):
                 encs = self._encode_batched([speech for speech, _, _ in chunks], cache["encoder"])
             else:
-                encs = [self.model.encode_chunk(speech.to(self.device), lens, cache=cache, is_final=final)[0]
-                        for speech, lens, final in chunks]
-            outs = [enc[:, -int(lens[0]):] for enc, (_, lens, _) in zip(encs, chunks, strict=True)]
+                encs = [
+                    self.model.encode_chunk(speech.to(self.device), lens, cache=cache, is_final=final)[0]
+                    for speech, lens, final in chunks
+                ]
+            outs = [enc[:, -int(lens[0]) :] for enc, (_, lens, _) in zip(encs, chunks, strict=True)]
             token_ids: list[int] = []
             if transcribe:  # the CIF predictor and decoder keep their own stream state: run them after
                 for enc, (_, _, final) in zip(encs, chunks, strict=True):
@@ -251,14 +279,15 @@ class Vq02Tokenizer:
         n = len(x) // CHUNK_STRIDE_SAMPLES + 1
         for i in range(n):
             is_final = i == n - 1
-            xi = x[i * CHUNK_STRIDE_SAMPLES:(i + 1) * CHUNK_STRIDE_SAMPLES]
+            xi = x[i * CHUNK_STRIDE_SAMPLES : (i + 1) * CHUNK_STRIDE_SAMPLES]
             # upstream's two end-of-audio rules: no flush on an exact multiple of the stride, and a
             # final chunk whose fbank frames cannot fill one LFR window emits nothing
             if is_final and (len(xi) == 0 or self._final_chunk_too_short(len(xi), frontend_cache)):
                 break
             try:
-                speech, lens = extract_fbank([xi], data_type="sound", frontend=self.frontend,
-                                             cache=frontend_cache, is_final=is_final)
+                speech, lens = extract_fbank(
+                    [xi], data_type="sound", frontend=self.frontend, cache=frontend_cache, is_final=is_final
+                )
             except Exception:
                 if is_final and len(xi) < MIN_FINAL_SAMPLES:
                     break
@@ -302,8 +331,9 @@ class Vq02Tokenizer:
         for layer in list(enc.encoders0) + list(enc.encoders):
             body, layer_cache = _batched_sanm_layer(layer, body, look, right)
             if last is not None:
-                last, layer_cache = layer.forward_chunk(last, layer_cache, stream["chunk_size"],
-                                                        stream["encoder_chunk_look_back"])
+                last, layer_cache = layer.forward_chunk(
+                    last, layer_cache, stream["chunk_size"], stream["encoder_chunk_look_back"]
+                )
             layer_caches.append(layer_cache)
         stream["opt"] = layer_caches
         if enc.normalize_before:
@@ -329,7 +359,7 @@ class Vq02Tokenizer:
         if int(n_tokens.max()) < 1:
             return []
         dec, _ = self.model.cal_decoder_with_predictor_chunk(enc, enc_lens, acoustic, n_tokens, cache=cache)
-        ids = dec[0, :int(n_tokens[0])].argmax(dim=-1).tolist()
+        ids = dec[0, : int(n_tokens[0])].argmax(dim=-1).tolist()
         model = self.model
         return [t for t in ids if t not in (model.blank_id, model.sos, model.eos)]
 
@@ -337,14 +367,15 @@ class Vq02Tokenizer:
         """Flush the ASR when upstream's schedule dropped the final chunk: FunASR's tail-chunk step."""
         cache["encoder"]["tail_chunk"] = True
         speech = cache["encoder"]["feats"]
-        enc, _ = self.model.encode_chunk(speech.to(self.device), torch.tensor([speech.shape[1]]), cache=cache,
-                                         is_final=True)
+        enc, _ = self.model.encode_chunk(
+            speech.to(self.device), torch.tensor([speech.shape[1]]), cache=cache, is_final=True
+        )
         return self._decode_chunk(enc, cache, True)
 
 
-
-def _batched_sanm_layer(layer: torch.nn.Module, x: torch.Tensor, look: int,
-                        right: int) -> tuple[torch.Tensor, dict]:
+def _batched_sanm_layer(
+    layer: torch.nn.Module, x: torch.Tensor, look: int, right: int
+) -> tuple[torch.Tensor, dict]:
     """One EncoderLayerSANM of the streaming encoder for N equal chunks at once.
 
     ``x`` is (N, T, in) for chunks 0..N-1 in order. Returns the (N, T, D) output and the layer's
@@ -362,7 +393,7 @@ def _batched_sanm_layer(layer: torch.nn.Module, x: torch.Tensor, look: int,
     def history(s: torch.Tensor) -> torch.Tensor:
         """(N, heads, look, d_k): for chunk j, the last `look` cached frames of chunks j-reach..j-1."""
         padded = torch.cat([s.new_zeros((reach,) + tuple(s.shape[1:])), s], dim=0)
-        windows = torch.stack([padded[i:i + n] for i in range(reach)], dim=2)  # (N, heads, reach, S, d_k)
+        windows = torch.stack([padded[i : i + n] for i in range(reach)], dim=2)  # (N, heads, reach, S, d_k)
         return windows.reshape(n, heads, reach * stride, d_k)[:, :, -look:]
 
     k_stride, v_stride = k_h[:, :, :stride], v_h[:, :, :stride]
@@ -381,6 +412,8 @@ def _batched_sanm_layer(layer: torch.nn.Module, x: torch.Tensor, look: int,
     if not layer.normalize_before:
         x = layer.norm2(x)
     tail = slice(max(0, n - reach), n)
-    cache = {"k": k_stride[tail].permute(1, 0, 2, 3).reshape(1, heads, -1, d_k)[:, :, -look:],
-             "v": v_stride[tail].permute(1, 0, 2, 3).reshape(1, heads, -1, d_k)[:, :, -look:]}
+    cache = {
+        "k": k_stride[tail].permute(1, 0, 2, 3).reshape(1, heads, -1, d_k)[:, :, -look:],
+        "v": v_stride[tail].permute(1, 0, 2, 3).reshape(1, heads, -1, d_k)[:, :, -look:],
+    }
     return x, cache

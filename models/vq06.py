@@ -48,7 +48,8 @@ def whisper_log_mel(audio_16k: np.ndarray) -> np.ndarray:
         import librosa
 
         _MEL_FILTERS["f"] = torch.from_numpy(
-            librosa.filters.mel(sr=TOKENIZER_SAMPLE_RATE, n_fft=MEL_N_FFT, n_mels=MEL_BINS))
+            librosa.filters.mel(sr=TOKENIZER_SAMPLE_RATE, n_fft=MEL_N_FFT, n_mels=MEL_BINS)
+        )
     x = torch.tensor(np.asarray(audio_16k, dtype=np.float32))  # a copy: inputs may be read-only
     with torch.inference_mode():
         stft = torch.stft(x, MEL_N_FFT, MEL_HOP, window=torch.hann_window(MEL_N_FFT), return_complex=True)
@@ -60,7 +61,7 @@ def whisper_log_mel(audio_16k: np.ndarray) -> np.ndarray:
 
 def vq06_chunks(audio_16k: np.ndarray) -> list[np.ndarray]:
     """The clip cut into 30 s chunks; a remainder under 480 samples is skipped (upstream split_audio)."""
-    chunks = [audio_16k[s:s + VQ06_CHUNK_SAMPLES] for s in range(0, len(audio_16k), VQ06_CHUNK_SAMPLES)]
+    chunks = [audio_16k[s : s + VQ06_CHUNK_SAMPLES] for s in range(0, len(audio_16k), VQ06_CHUNK_SAMPLES)]
     return [c for c in chunks if len(c) >= VQ06_MIN_CHUNK_SAMPLES]
 
 
@@ -71,8 +72,7 @@ class Vq06Tokenizer:
     SessionOptions) and "upstream" (the reference project's: all optimisations, 1 thread).
     """
 
-    def __init__(self, onnx_path: Path, device: torch.device, ort_threads: int,
-                 ort_options: str = "tuned"):
+    def __init__(self, onnx_path: Path, device: torch.device, ort_threads: int, ort_options: str = "tuned"):
         self.path = Path(onnx_path)
         self.device = device
         self.ort_threads = int(ort_threads)
@@ -105,19 +105,23 @@ class Vq06Tokenizer:
             try:
                 return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
             except Exception as exc:  # noqa: BLE001 - ORT raises several types for a bad model file
-                raise ModelFilesError(f"cannot load {path}: {exc}; the file is truncated or damaged, "
-                                          "re-download it") from exc
+                raise ModelFilesError(
+                    f"cannot load {path}: {exc}; the file is truncated or damaged, re-download it"
+                ) from exc
 
         if options != "tuned":
             session = make(None)
-            log.debug("tokenizer: ONNX Runtime %s session options, providers %s", options,
-                     session.get_providers())
+            log.debug(
+                "tokenizer: ONNX Runtime %s session options, providers %s", options, session.get_providers()
+            )
             return session, {"options": options, "providers": session.get_providers()}
         warm = np.zeros(TOKENIZER_SAMPLE_RATE * 2, np.float32)
         warm[::7] = 0.1  # 2 s of a buzz: a short, non-degenerate warm-up input
         mel = whisper_log_mel(warm)[None]
-        sessions = {"sequential": make(ort.ExecutionMode.ORT_SEQUENTIAL),
-                    "parallel": make(ort.ExecutionMode.ORT_PARALLEL)}
+        sessions = {
+            "sequential": make(ort.ExecutionMode.ORT_SEQUENTIAL),
+            "parallel": make(ort.ExecutionMode.ORT_PARALLEL),
+        }
         runs: dict[str, list[float]] = {name: [] for name in sessions}
         for round_ in range(WARMUP_ROUNDS + 1):  # alternate, so a noisy moment hurts both; round 0 is warm-up
             for name, candidate in sessions.items():
@@ -127,12 +131,23 @@ class Vq06Tokenizer:
         timings = {name: min(values) for name, values in runs.items()}
         best = min(timings, key=timings.get)
         session = sessions[best]
-        info = {"options": "tuned", "execution_mode": best, "intra_op_threads": self.ort_threads,
-                "graph_optimization": "ORT_ENABLE_ALL", "providers": session.get_providers(),
-                "warmup_ms": {k: round(v * 1e3, 3) for k, v in timings.items()}}
-        log.debug("tokenizer: ONNX Runtime ORT_ENABLE_ALL, %d intra-op threads, providers %s; execution mode "
-                 "%s (warm-up on 2 s: sequential %.1f ms, parallel %.1f ms)", self.ort_threads,
-                 session.get_providers(), best, timings["sequential"] * 1e3, timings["parallel"] * 1e3)
+        info = {
+            "options": "tuned",
+            "execution_mode": best,
+            "intra_op_threads": self.ort_threads,
+            "graph_optimization": "ORT_ENABLE_ALL",
+            "providers": session.get_providers(),
+            "warmup_ms": {k: round(v * 1e3, 3) for k, v in timings.items()},
+        }
+        log.debug(
+            "tokenizer: ONNX Runtime ORT_ENABLE_ALL, %d intra-op threads, providers %s; execution mode "
+            "%s (warm-up on 2 s: sequential %.1f ms, parallel %.1f ms)",
+            self.ort_threads,
+            session.get_providers(),
+            best,
+            timings["sequential"] * 1e3,
+            timings["parallel"] * 1e3,
+        )
         return session, info
 
     def encode(self, audio_16k: np.ndarray, session=None) -> list[int]:
@@ -146,8 +161,12 @@ class Vq06Tokenizer:
             chunk_codes = self._run(session, whisper_log_mel(chunk)[None]).tolist()
             expected = len(chunk) / TOKENIZER_SAMPLE_RATE * VQ06_RATE_HZ
             if abs(len(chunk_codes) - expected) > 2:  # upstream asserts this; a warning is enough here
-                log.warning("tokenizer: vq06 gave %d codes for %.2f s (expected about %.0f)",
-                            len(chunk_codes), len(chunk) / TOKENIZER_SAMPLE_RATE, expected)
+                log.warning(
+                    "tokenizer: vq06 gave %d codes for %.2f s (expected about %.0f)",
+                    len(chunk_codes),
+                    len(chunk) / TOKENIZER_SAMPLE_RATE,
+                    expected,
+                )
             codes += [int(c) for c in chunk_codes]
         return codes
 
@@ -169,4 +188,3 @@ class Vq06Tokenizer:
         t = time.perf_counter()
         cls._run(session, mel)
         return time.perf_counter() - t
-

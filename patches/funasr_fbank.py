@@ -51,8 +51,9 @@ def apply() -> bool:
         log.debug("funasr fbank patch not needed: torchaudio backs %s", MODULE)
         return False
     if not hasattr(module, "fbank"):
-        raise RuntimeError(f"{MODULE} has no fbank(); this FunASR version changed its layout, "
-                           "review patches/funasr_fbank.py")
+        raise RuntimeError(
+            f"{MODULE} has no fbank(); this FunASR version changed its layout, review patches/funasr_fbank.py"
+        )
     if getattr(module.fbank, MARK, False):
         return True
     module.fbank = _fbank

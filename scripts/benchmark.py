@@ -22,14 +22,17 @@ import json
 import logging
 from pathlib import Path
 
-STAGES = ("tokenizer", "llm", "llm_backends", "vocoder", "vocoder_stream", "clone", "stream", "scores",
-          "all")
+STAGES = ("tokenizer", "llm", "llm_backends", "vocoder", "vocoder_stream", "clone", "stream", "scores", "all")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every stage has (``args.model_dir``, ``args.json``)."""
-    parser.add_argument("--model-dir", type=Path, default=None,
-                        help="model root (default: ./checkpoints, else demo models are built)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="model root (default: ./checkpoints, else demo models are built)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
 
 

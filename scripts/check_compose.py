@@ -34,8 +34,13 @@ log = logging.getLogger("check_compose")
 SERVICES = ("lb", "app", "redis", "vllm")
 VLLM_PROFILE = "vllm"
 # vllm serve flags the Step1 checkpoint and the app's token-id protocol need.
-VLLM_FLAGS = ("--hf-overrides", "--skip-tokenizer-init", "--max-model-len", "--gpu-memory-utilization",
-              "--logits-processors")
+VLLM_FLAGS = (
+    "--hf-overrides",
+    "--skip-tokenizer-init",
+    "--max-model-len",
+    "--gpu-memory-utilization",
+    "--logits-processors",
+)
 PLUGIN_DIR = "patches/vllm_step1"  # holds the editx_vllm_step1 package the --logits-processors flag names
 EVICTION_POLICIES = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-ttl", "volatile-random")
 
@@ -159,12 +164,15 @@ def check_compose(compose: dict, dockerfile: Path) -> list[str]:
     app_env = as_mapping(app.get("environment"))
     cache = urlsplit(str(app_env.get("EDITX_CACHE_URL", "")))
     if cache.scheme != "redis" or cache.hostname != "redis" or (cache.port or 6379) != 6379:
-        problems.append(f"app: EDITX_CACHE_URL={app_env.get('EDITX_CACHE_URL')!r} must be redis://redis:6379/N")
+        problems.append(
+            f"app: EDITX_CACHE_URL={app_env.get('EDITX_CACHE_URL')!r} must be redis://redis:6379/N"
+        )
     llm = urlsplit(str(app_env.get("EDITX_LLM_URL", "")))
     vllm_args = command_args(vllm)
     if llm.hostname != "vllm" or str(llm.port) != (flag_value(vllm_args, "--port") or "8000"):
-        problems.append(f"app: EDITX_LLM_URL={app_env.get('EDITX_LLM_URL')!r} must name the vllm service "
-                        "and its --port")
+        problems.append(
+            f"app: EDITX_LLM_URL={app_env.get('EDITX_LLM_URL')!r} must name the vllm service and its --port"
+        )
     if app_env.get("EDITX_LLM_BACKEND") not in ("native", "vllm"):
         problems.append(f"app: EDITX_LLM_BACKEND is {app_env.get('EDITX_LLM_BACKEND')!r}, not native or vllm")
     if "EDITX_API_KEY" not in app_env:
@@ -178,8 +186,11 @@ def check_compose(compose: dict, dockerfile: Path) -> list[str]:
         problems.append("lb: Traefik needs /var/run/docker.sock to discover the app replicas")
     if str(labels.get("traefik.enable")).lower() != "true":
         problems.append("app: label traefik.enable=true is missing (lb exposes nothing by default)")
-    routers = {k.split(".")[3]: v for k, v in labels.items() if k.startswith("traefik.http.routers.")
-               and k.endswith(".rule")}
+    routers = {
+        k.split(".")[3]: v
+        for k, v in labels.items()
+        if k.startswith("traefik.http.routers.") and k.endswith(".rule")
+    }
     page = next((r for r, rule in routers.items() if "PathPrefix(`/`)" in rule), None)
     api = next((r for r, rule in routers.items() if "PathPrefix(`/v1`)" in rule), None)
     for role, router, sticky in (("page", page, True), ("/v1", api, False)):
@@ -206,8 +217,10 @@ def check_compose(compose: dict, dockerfile: Path) -> list[str]:
     if not flag_value(redis_args, "--maxmemory"):
         problems.append("redis: --maxmemory is not set")
     if flag_value(redis_args, "--maxmemory-policy") not in EVICTION_POLICIES:
-        problems.append(f"redis: --maxmemory-policy must be one of {', '.join(EVICTION_POLICIES)} (voices "
-                        "have no TTL and must never be evicted)")
+        problems.append(
+            f"redis: --maxmemory-policy must be one of {', '.join(EVICTION_POLICIES)} (voices "
+            "have no TTL and must never be evicted)"
+        )
 
     # vllm: the official server image, the Step1 flags, one GPU.
     image = str(vllm.get("image", ""))
@@ -218,12 +231,14 @@ def check_compose(compose: dict, dockerfile: Path) -> list[str]:
     overrides = flag_value(vllm_args, "--hf-overrides")
     if overrides and json.loads(overrides).get("tie_word_embeddings") is not False:
         problems.append("vllm: --hf-overrides must set tie_word_embeddings to false (untied lm_head)")
-    plugin_mounts = [target for source, target, _ in volume_mounts(vllm)
-                     if source.rstrip("/").endswith(PLUGIN_DIR)]
+    plugin_mounts = [
+        target for source, target, _ in volume_mounts(vllm) if source.rstrip("/").endswith(PLUGIN_DIR)
+    ]
     vllm_env = as_mapping(vllm.get("environment"))
     if not plugin_mounts or vllm_env.get("PYTHONPATH") not in plugin_mounts:
-        problems.append(f"vllm: mount {PLUGIN_DIR} and put it on PYTHONPATH (the repetition-aware "
-                        "logits processor)")
+        problems.append(
+            f"vllm: mount {PLUGIN_DIR} and put it on PYTHONPATH (the repetition-aware logits processor)"
+        )
     if str(vllm_env.get("VLLM_USE_V2_MODEL_RUNNER")) != "0":
         problems.append("vllm: VLLM_USE_V2_MODEL_RUNNER must be 0 (the logits processor is a V1 one)")
     if not vllm_args or not vllm_args[0].startswith(model_dir + "/"):
@@ -236,15 +251,19 @@ def engine_available() -> bool:
     docker = shutil.which("docker")
     return bool(docker) and all(
         subprocess.run([docker, *args], capture_output=True, text=True).returncode == 0
-        for args in (["compose", "version"], ["info"]))
+        for args in (["compose", "version"], ["info"])
+    )
 
 
 def compose_config(path: Path) -> list[str]:
     """``docker compose config`` on the file, with and without the vllm profile: its errors, if any."""
     problems = []
     for extra in ([], ["--profile", VLLM_PROFILE]):
-        result = subprocess.run(["docker", "compose", "-f", str(path), *extra, "config", "--quiet"],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["docker", "compose", "-f", str(path), *extra, "config", "--quiet"],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             problems.append(f"docker compose {' '.join(extra)} config: {result.stderr.strip()}")
     return problems
@@ -255,8 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compose", type=Path, default=ROOT / "compose.yaml")
     parser.add_argument("--dockerfile", type=Path, default=ROOT / "Dockerfile")
-    parser.add_argument("--engine", choices=("auto", "require", "off"), default="auto",
-                        help="run `docker compose config`: when an engine answers (auto), always, or never")
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "require", "off"),
+        default="auto",
+        help="run `docker compose config`: when an engine answers (auto), always, or never",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     problems = check_compose(load_compose(args.compose), args.dockerfile)

@@ -54,36 +54,49 @@ def plan(awq: bool = False) -> list[RepoDownload]:
     return list(repos.values())
 
 
-def _huggingface_snapshot(repo_id: str, local_dir: Path, revision: str | None, force: bool,
-                          max_workers: int) -> Path:
+def _huggingface_snapshot(
+    repo_id: str, local_dir: Path, revision: str | None, force: bool, max_workers: int
+) -> Path:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise RuntimeError("HF_HUB_OFFLINE is set, so nothing can be downloaded; run with HF_HUB_OFFLINE=0 "
-                           "(in Docker: docker run -e HF_HUB_OFFLINE=0 ...)")
+        raise RuntimeError(
+            "HF_HUB_OFFLINE is set, so nothing can be downloaded; run with HF_HUB_OFFLINE=0 "
+            "(in Docker: docker run -e HF_HUB_OFFLINE=0 ...)"
+        )
     from huggingface_hub import snapshot_download
 
     # local_dir holds real files (no symlinks into a cache), so the folder can be mounted read-only
     # into the container; incomplete files resume from local_dir/.cache/huggingface on the next run.
-    path = snapshot_download(repo_id=repo_id, local_dir=local_dir, revision=revision,
-                             force_download=force, max_workers=max_workers)
+    path = snapshot_download(
+        repo_id=repo_id, local_dir=local_dir, revision=revision, force_download=force, max_workers=max_workers
+    )
     return Path(path)
 
 
-def _modelscope_snapshot(repo_id: str, local_dir: Path, revision: str | None, force: bool,
-                         max_workers: int) -> Path:
+def _modelscope_snapshot(
+    repo_id: str, local_dir: Path, revision: str | None, force: bool, max_workers: int
+) -> Path:
     try:
         modelscope = importlib.import_module("modelscope")
     except ImportError as exc:
-        raise RuntimeError("--source modelscope needs the modelscope package: "
-                           "pip install modelscope") from exc
+        raise RuntimeError(
+            "--source modelscope needs the modelscope package: pip install modelscope"
+        ) from exc
     if force:
         log.warning("--force is not supported by ModelScope downloads; existing files are kept")
-    path = modelscope.snapshot_download(repo_id, revision=revision, local_dir=str(local_dir),
-                                        max_workers=max_workers)
+    path = modelscope.snapshot_download(
+        repo_id, revision=revision, local_dir=str(local_dir), max_workers=max_workers
+    )
     return Path(path)
 
 
-def download_models(out: Path, awq: bool = False, source: str = "huggingface", revision: str | None = None,
-                    force: bool = False, max_workers: int = 8) -> list[str]:
+def download_models(
+    out: Path,
+    awq: bool = False,
+    source: str = "huggingface",
+    revision: str | None = None,
+    force: bool = False,
+    max_workers: int = 8,
+) -> list[str]:
     """Fetch every repo of ``plan(awq)`` into ``out`` and verify the layout; returns the problems."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
@@ -100,8 +113,10 @@ def download_models(out: Path, awq: bool = False, source: str = "huggingface", r
         except RuntimeError:
             raise
         except Exception as exc:  # network, auth and disk errors of either hub client
-            raise RuntimeError(f"downloading {repo.repo_id} failed ({type(exc).__name__}: {exc}); "
-                               "run the same command again to resume") from exc
+            raise RuntimeError(
+                f"downloading {repo.repo_id} failed ({type(exc).__name__}: {exc}); "
+                "run the same command again to resume"
+            ) from exc
         log.info("downloaded %s in %.1f s", repo.repo_id, time.perf_counter() - started)
         parts.extend(repo.parts)
     return verify(out, parts)
@@ -111,8 +126,13 @@ def verify(root: Path, parts: list[str] | tuple[str, ...] = DEFAULT_PARTS) -> li
     """Check ``root`` with model_layout.verify_layout and log the outcome; returns the problems."""
     started = time.perf_counter()
     problems = verify_layout(root, parts)
-    log.info("verified %s (%s) in %.2f s: %s", root, ", ".join(parts), time.perf_counter() - started,
-             "complete" if not problems else f"{len(problems)} problem(s)")
+    log.info(
+        "verified %s (%s) in %.2f s: %s",
+        root,
+        ", ".join(parts),
+        time.perf_counter() - started,
+        "complete" if not problems else f"{len(problems)} problem(s)",
+    )
     for line in problems:
         log.error("%s", line)
     return problems
@@ -121,13 +141,22 @@ def verify(root: Path, parts: list[str] | tuple[str, ...] = DEFAULT_PARTS) -> li
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("checkpoints"), help="model root to fill")
-    parser.add_argument("--verify", type=Path, metavar="DIR", default=None,
-                        help="only check an existing model root (no download)")
-    parser.add_argument("--awq", action="store_true",
-                        help="also fetch (with --verify: also check) stepfun-ai/Step-Audio-EditX-AWQ-4bit")
+    parser.add_argument(
+        "--verify",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="only check an existing model root (no download)",
+    )
+    parser.add_argument(
+        "--awq",
+        action="store_true",
+        help="also fetch (with --verify: also check) stepfun-ai/Step-Audio-EditX-AWQ-4bit",
+    )
     parser.add_argument("--source", choices=SOURCES, default="huggingface")
-    parser.add_argument("--revision", default=None,
-                        help="branch, tag or commit of every repo (default: main)")
+    parser.add_argument(
+        "--revision", default=None, help="branch, tag or commit of every repo (default: main)"
+    )
     parser.add_argument("--force", action="store_true", help="download every file again")
     parser.add_argument("--max-workers", type=int, default=8, help="parallel file downloads")
     args = parser.parse_args(argv)
@@ -136,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify is not None:
         return 1 if verify(args.verify, wanted_parts(args.awq)) else 0
     try:
-        problems = download_models(args.out, args.awq, args.source, args.revision, args.force,
-                                   args.max_workers)
+        problems = download_models(
+            args.out, args.awq, args.source, args.revision, args.force, args.max_workers
+        )
     except RuntimeError as exc:
         log.error("%s", exc)
         return 2

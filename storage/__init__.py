@@ -28,8 +28,10 @@ def open_store(directory: Path | None, max_bytes: int, url: str | None = None) -
     if url:
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in REDIS_SCHEMES:
-            raise OptionsError("--cache-url must look like redis://host:6379/0 (or rediss://, unix://); "
-                               f"got a URL with scheme {scheme or 'none'!r}")
+            raise OptionsError(
+                "--cache-url must look like redis://host:6379/0 (or rediss://, unix://); "
+                f"got a URL with scheme {scheme or 'none'!r}"
+            )
         from storage.redis_store import RedisStore
 
         return RedisStore(url, max_bytes)

@@ -144,8 +144,9 @@ class Store(ABC):
     def namespace(self, name: str, max_entries: int | None = None) -> Namespace:
         """Declare (or re-declare with new bounds) the namespace ``name``; returns it."""
         if not NAMESPACE_PATTERN.match(name) or name == COUNTERS:
-            raise ValueError(f"bad namespace name {name!r}: lowercase letters, digits, '_' "
-                             f"(and not {COUNTERS!r})")
+            raise ValueError(
+                f"bad namespace name {name!r}: lowercase letters, digits, '_' (and not {COUNTERS!r})"
+            )
         if max_entries is not None and int(max_entries) < 1:
             raise ValueError("max_entries must be positive (or None for a kept namespace)")
         ns = Namespace(name, None if max_entries is None else int(max_entries))

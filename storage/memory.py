@@ -112,8 +112,9 @@ class MemoryStore(Store):
     def items(self, ns: str) -> list[tuple[str, dict]]:
         """Every (key, value) of ``ns``, oldest first (used to replay an overlay onto a backend)."""
         with self._lock:
-            return [(k, v) for k, (_, data) in self._table(ns).items()
-                    if (v := decode_value(data)) is not None]
+            return [
+                (k, v) for k, (_, data) in self._table(ns).items() if (v := decode_value(data)) is not None
+            ]
 
     # -- counters --------------------------------------------------------------------------------
 
@@ -135,8 +136,14 @@ class MemoryStore(Store):
         """Nothing to release."""
 
     def status(self) -> dict:
-        return {"backend": self.backend, "location": self.location, "persistent": False,
-                "connected": True, "fallback": None, "degraded": None}
+        return {
+            "backend": self.backend,
+            "location": self.location,
+            "persistent": False,
+            "connected": True,
+            "fallback": None,
+            "degraded": None,
+        }
 
     # -- internals -------------------------------------------------------------------------------
 

@@ -36,9 +36,21 @@ class AppServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = work / "server.log"
         self.examples = work / "examples"
-        cmd = [sys.executable, str(ROOT / "app.py"), "--model-dir", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(self.port), "--cache-dir", str(work / "cache"), "--examples-dir",
-               str(self.examples), *(extra or [])]
+        cmd = [
+            sys.executable,
+            str(ROOT / "app.py"),
+            "--model-dir",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--cache-dir",
+            str(work / "cache"),
+            "--examples-dir",
+            str(self.examples),
+            *(extra or []),
+        ]
         # this checkout's modules first, even where another checkout is installed in editable mode
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": path}

@@ -71,6 +71,7 @@ def one_torch_thread():
 
 # ---- storage backends (tests/test_storage.py, tests/test_voices.py) -----------------------------
 
+
 @pytest.fixture(scope="session")
 def redis_server():
     """One throwaway redis-server for the session, on a free localhost port, in a temp folder."""

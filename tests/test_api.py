@@ -56,8 +56,11 @@ def wav_bytes(seconds: float = 3.0, sr: int = 22050, f0: float = 130.0, seed: in
 
 @pytest.fixture(scope="module")
 def voice_id(http) -> str:
-    response = http.post("/v1/voices", files={"file": ("narrator.wav", wav_bytes(), "audio/wav")},
-                         data={"name": "Calm Narrator", "text": "a calm test voice"})
+    response = http.post(
+        "/v1/voices",
+        files={"file": ("narrator.wav", wav_bytes(), "audio/wav")},
+        data={"name": "Calm Narrator", "text": "a calm test voice"},
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["id"] == "calm-narrator" and body["name"] == "Calm Narrator"
@@ -77,7 +80,8 @@ def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
 def speech(openai_client, voice: str, text: str = "Hello there, this is a test.", **kwargs):
     extra = {"seed": kwargs.pop("seed", SEED), **kwargs.pop("extra", {})}
     return openai_client.audio.speech.with_raw_response.create(
-        model="step-audio-editx", voice=voice, input=text, extra_body=extra, **kwargs)
+        model="step-audio-editx", voice=voice, input=text, extra_body=extra, **kwargs
+    )
 
 
 @pytest.mark.parametrize("fmt", ["wav", "mp3", "flac", "opus", "aac", "pcm"])
@@ -104,8 +108,13 @@ def test_same_seed_same_audio_and_speed_changes_the_length(openai_client, voice_
 def test_streamed_audio_arrives_before_the_generation_ends(openai_client, http, voice_id):
     text = " ".join(f"Sentence number {i} is spoken in its turn." for i in range(6))
     with openai_client.audio.speech.with_streaming_response.create(
-            model="step-audio-editx", voice=voice_id, input=text, response_format="pcm",
-            stream_format="audio", extra_body={"seed": SEED}) as response:
+        model="step-audio-editx",
+        voice=voice_id,
+        input=text,
+        response_format="pcm",
+        stream_format="audio",
+        extra_body={"seed": SEED},
+    ) as response:
         chunks = response.iter_bytes()
         first = next(chunks)
         busy = http.get("/health").json()["requests_active"]  # the generation is still running
@@ -117,8 +126,14 @@ def test_streamed_audio_arrives_before_the_generation_ends(openai_client, http, 
 
 
 def test_server_sent_events_carry_base64_audio_and_a_done_event(http, voice_id):
-    body = {"model": "step-audio-editx", "voice": voice_id, "input": "Events, please.",
-            "response_format": "pcm", "stream_format": "sse", "seed": SEED}
+    body = {
+        "model": "step-audio-editx",
+        "voice": voice_id,
+        "input": "Events, please.",
+        "response_format": "pcm",
+        "stream_format": "sse",
+        "seed": SEED,
+    }
     with http.stream("POST", "/v1/audio/speech", json=body) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
@@ -137,18 +152,24 @@ def test_instructions_apply_an_emotion_edit(openai_client, voice_id):
 
 def test_edit_a_previous_output_by_id_then_again(http, openai_client, voice_id):
     first = speech(openai_client, voice_id, response_format="wav").headers["x-output-id"]
-    edited = http.post("/v1/audio/edits", json={"output_id": first, "task": "style", "subtask": "whisper",
-                                                "seed": SEED})
+    edited = http.post(
+        "/v1/audio/edits", json={"output_id": first, "task": "style", "subtask": "whisper", "seed": SEED}
+    )
     assert edited.status_code == 200, edited.text
     assert edited.headers["x-mode"] == "edit style/whisper" and edited.headers["x-cache"] == "kept"
-    again = http.post("/v1/audio/edits", json={"output_id": edited.headers["x-output-id"],
-                                               "task": "speed", "subtask": "faster", "seed": SEED})
+    again = http.post(
+        "/v1/audio/edits",
+        json={"output_id": edited.headers["x-output-id"], "task": "speed", "subtask": "faster", "seed": SEED},
+    )
     assert again.status_code == 200 and decode(again.content, "wav")[1] == 24000
 
 
 def test_edit_an_uploaded_clip(http):
-    response = http.post("/v1/audio/edits", files={"file": ("clip.wav", wav_bytes(seed=3), "audio/wav")},
-                         data={"task": "denoise", "seed": str(SEED), "response_format": "flac"})
+    response = http.post(
+        "/v1/audio/edits",
+        files={"file": ("clip.wav", wav_bytes(seed=3), "audio/wav")},
+        data={"task": "denoise", "seed": str(SEED), "response_format": "flac"},
+    )
     assert response.status_code == 200, response.text
     assert decode(response.content, "flac")[1] == 24000
 
@@ -160,8 +181,11 @@ def test_voices_are_listed_fetched_renamed_and_deleted(http, voice_id):
     assert info["text"] == "a calm test voice" and info["audio_url"] == f"/v1/voices/{voice_id}/audio"
     audio, sr = sf.read(io.BytesIO(http.get(info["audio_url"]).content))
     assert sr == 22050 and abs(len(audio) / sr - 3.0) < 0.01
-    other = http.post("/v1/voices", files={"file": ("x.wav", wav_bytes(seed=7, f0=180.0), "audio/wav")},
-                      data={"name": "Temporary"}).json()
+    other = http.post(
+        "/v1/voices",
+        files={"file": ("x.wav", wav_bytes(seed=7, f0=180.0), "audio/wav")},
+        data={"name": "Temporary"},
+    ).json()
     assert other["id"] == "temporary" and other["text"]  # an empty text is transcribed
     renamed = http.patch(f"/v1/voices/{other['id']}", json={"name": "Bright"})
     assert renamed.status_code == 200 and renamed.json()["name"] == "Bright"
@@ -182,6 +206,7 @@ def test_models_list_the_model_and_its_variants(http):
 
 
 # ---- scores, best-of-N, provenance, preflight ---------------------------------------------------------
+
 
 def unpadded_b64_json(value: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
@@ -208,8 +233,15 @@ def test_best_of_scores_and_the_manifest_in_header_wav_and_route_agree(openai_cl
 
 
 def test_server_sent_events_end_with_the_manifest(http, voice_id):
-    body = {"model": "step-audio-editx", "voice": voice_id, "input": "Events, please.",
-            "instructions": "happy", "response_format": "pcm", "stream_format": "sse", "seed": SEED}
+    body = {
+        "model": "step-audio-editx",
+        "voice": voice_id,
+        "input": "Events, please.",
+        "instructions": "happy",
+        "response_format": "pcm",
+        "stream_format": "sse",
+        "seed": SEED,
+    }
     with http.stream("POST", "/v1/audio/speech", json=body) as response:
         events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
     done = events[-1]
@@ -229,8 +261,9 @@ def test_best_of_out_of_range_is_a_400(http, voice_id):
 def test_preflight_flags_a_clipped_upload_and_passes_a_clean_one(http):
     clipped = io.BytesIO()
     sf.write(clipped, np.clip(4 * synthetic_voice(4.0, 22050, seed=8), -1, 1), 22050, format="WAV")
-    response = http.post("/v1/voices/preflight",
-                         files={"file": ("loud.wav", clipped.getvalue(), "audio/wav")})
+    response = http.post(
+        "/v1/voices/preflight", files={"file": ("loud.wav", clipped.getvalue(), "audio/wav")}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert [w["code"] for w in body["warnings"]] == ["clipped"] and body["clipped_share"] > 0.01
@@ -238,24 +271,39 @@ def test_preflight_flags_a_clipped_upload_and_passes_a_clean_one(http):
     clean = http.post("/v1/voices/preflight", files={"file": ("ok.wav", wav_bytes(4.0, seed=8), "audio/wav")})
     transcript = clean.json()["transcript"]
     assert clean.json()["warnings"] == [] and transcript
-    again = http.post("/v1/voices/preflight", files={"file": ("ok.wav", wav_bytes(4.0, seed=8), "audio/wav")},
-                      data={"text": transcript})
+    again = http.post(
+        "/v1/voices/preflight",
+        files={"file": ("ok.wav", wav_bytes(4.0, seed=8), "audio/wav")},
+        data={"text": transcript},
+    )
     assert again.json()["text_error_rate"] == 0.0 and again.json()["warnings"] == []
-    wrong = http.post("/v1/voices/preflight", files={"file": ("ok.wav", wav_bytes(2.0, seed=8), "audio/wav")},
-                      data={"text": "nothing like what is said in it"})
+    wrong = http.post(
+        "/v1/voices/preflight",
+        files={"file": ("ok.wav", wav_bytes(2.0, seed=8), "audio/wav")},
+        data={"text": "nothing like what is said in it"},
+    )
     assert {w["code"] for w in wrong.json()["warnings"]} == {"short", "text_mismatch"}
 
 
 def test_openapi_docs_list_every_route_with_examples(server):
     spec = httpx.get(server.url + "/openapi.json").json()
-    for path in ("/v1/audio/speech", "/v1/audio/edits", "/v1/voices", "/v1/voices/{voice_id}",
-                 "/v1/models", "/health", "/v1/voices/preflight", "/v1/outputs/{output_id}/manifest"):
+    for path in (
+        "/v1/audio/speech",
+        "/v1/audio/edits",
+        "/v1/voices",
+        "/v1/voices/{voice_id}",
+        "/v1/models",
+        "/health",
+        "/v1/voices/preflight",
+        "/v1/outputs/{output_id}/manifest",
+    ):
         assert path in spec["paths"], path
     assert "examples" in json.dumps(spec["components"]["schemas"]["SpeechRequest"])
     assert httpx.get(server.url + "/docs").status_code == 200
 
 
 # ---- errors: OpenAI's shape, the right status, no traceback and no server path ----------------------
+
 
 def error_of(response) -> dict:
     body = response.json()
@@ -267,19 +315,29 @@ def error_of(response) -> dict:
 
 def test_bad_input_is_a_400_naming_the_field(http, voice_id):
     base = {"model": "step-audio-editx", "voice": voice_id, "input": "Hello."}
-    cases = [({**base, "input": "  "}, "input"), ({**base, "seed": -2}, "seed"),
-             ({**base, "response_format": "ogg"}, "response_format"), ({**base, "speed": 9}, "speed"),
-             ({**base, "input": "hello \ud800 world"}, "input")]
+    cases = [
+        ({**base, "input": "  "}, "input"),
+        ({**base, "seed": -2}, "seed"),
+        ({**base, "response_format": "ogg"}, "response_format"),
+        ({**base, "speed": 9}, "speed"),
+        ({**base, "input": "hello \ud800 world"}, "input"),
+    ]
     for body, param in cases:
-        response = http.post("/v1/audio/speech", content=json.dumps(body, ensure_ascii=True),
-                             headers={"content-type": "application/json"})
+        response = http.post(
+            "/v1/audio/speech",
+            content=json.dumps(body, ensure_ascii=True),
+            headers={"content-type": "application/json"},
+        )
         assert response.status_code == 400, (body, response.text)
         assert error_of(response)["param"] == param, body
 
 
 def test_a_text_file_named_wav_is_refused_by_name_without_server_paths(http):
-    response = http.post("/v1/voices", files={"file": ("voice.wav", b"just some text\n" * 20, "audio/wav")},
-                         data={"name": "broken"})
+    response = http.post(
+        "/v1/voices",
+        files={"file": ("voice.wav", b"just some text\n" * 20, "audio/wav")},
+        data={"name": "broken"},
+    )
     assert response.status_code == 400
     assert "voice.wav" in error_of(response)["message"]
 
@@ -308,14 +366,22 @@ def test_an_upload_over_the_limit_is_413(http):
 def test_a_full_queue_is_429(http, voice_id):
     # concurrency 1 and a queue of 1: one request runs, one waits, the third is refused at once
     text = " ".join(["A long sentence that keeps the only slot busy for a while."] * 4)
-    body = {"model": "x", "voice": voice_id, "input": text, "response_format": "pcm",
-            "stream_format": "audio"}
+    body = {
+        "model": "x",
+        "voice": voice_id,
+        "input": text,
+        "response_format": "pcm",
+        "stream_format": "audio",
+    }
     results: list[int] = []
     with http.stream("POST", "/v1/audio/speech", json=body) as running:
         chunks = running.iter_bytes()
         next(chunks)  # the first request holds the slot
-        waiting = threading.Thread(target=lambda: results.append(
-            http.post("/v1/audio/speech", json={**body, "stream_format": None}).status_code))
+        waiting = threading.Thread(
+            target=lambda: results.append(
+                http.post("/v1/audio/speech", json={**body, "stream_format": None}).status_code
+            )
+        )
         waiting.start()
         while http.get("/health").json()["api_queue"]["admitted"] < 2:
             pass
@@ -339,15 +405,27 @@ def test_the_readme_rest_examples_work_in_bash_and_with_the_openai_package(serve
 
     (tmp_path / "my_voice.wav").write_bytes(wav_bytes(seconds=3.0, seed=31))
     env = {**os.environ, "EDITX_API_KEY": KEY}
-    bash = subprocess.run(["bash", "-c", "set -e\n" + block("rest-curl")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    bash = subprocess.run(
+        ["bash", "-c", "set -e\n" + block("rest-curl")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bash.returncode == 0, bash.stderr[-3000:]
     mp3, sr = decode((tmp_path / "hello.mp3").read_bytes(), "mp3")
     assert sr == 24000 and len(mp3) > 0
     edited, sr = sf.read(tmp_path / "happier.wav")
     assert sr == 24000 and len(edited) > 0
-    python = subprocess.run([sys.executable, "-c", block("openai")], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    python = subprocess.run(
+        [sys.executable, "-c", block("openai")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert python.returncode == 0, python.stderr[-3000:]
     plain, sr = sf.read(tmp_path / "hello.wav")
     streamed = np.frombuffer((tmp_path / "stream.pcm").read_bytes(), "<i2")
@@ -355,8 +433,13 @@ def test_the_readme_rest_examples_work_in_bash_and_with_the_openai_package(serve
 
 
 def test_a_null_seed_is_random_and_a_negative_one_is_refused(http, voice_id):
-    body = {"model": "step-audio-editx", "voice": voice_id, "input": "Hi.", "response_format": "pcm",
-            "seed": None}
+    body = {
+        "model": "step-audio-editx",
+        "voice": voice_id,
+        "input": "Hi.",
+        "response_format": "pcm",
+        "seed": None,
+    }
     seeds = {http.post("/v1/audio/speech", json=body).headers["x-seed"] for _ in range(2)}
     assert len(seeds) == 2  # two fresh draws from 2**32 seeds
     refused = http.post("/v1/audio/speech", json={**body, "seed": -2})

@@ -67,15 +67,22 @@ def rest(server):
         yield c
 
 
-def voice_file(tmp_path: Path, name: str = "voice.wav", seconds: float = 3.0, sr: int = 22050,
-               seed: int = 21) -> Path:
+def voice_file(
+    tmp_path: Path, name: str = "voice.wav", seconds: float = 3.0, sr: int = 22050, seed: int = 21
+) -> Path:
     path = tmp_path / name
     sf.write(path, synthetic_voice(seconds, sr, f0=140.0, seed=seed), sr)
     return path
 
 
-def clone(client, wav: Path | None, text: str = "Hello.", reference_text: str = "some words here",
-          voice: str = "(new)", **options):
+def clone(
+    client,
+    wav: Path | None,
+    text: str = "Hello.",
+    reference_text: str = "some words here",
+    voice: str = "(new)",
+    **options,
+):
     """/clone with keyword arguments, trying a few seeds (no-audio seeds of the demo LLM are skipped)."""
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -83,10 +90,16 @@ def clone(client, wav: Path | None, text: str = "Hello.", reference_text: str = 
     last = None
     for seed in range(SEEDS):
         try:
-            return client.predict(text=text, voice=voice,
-                                  reference_audio=handle_file(str(wav)) if wav else None,
-                                  reference_text=reference_text, seed=seed, max_new_tokens=60,
-                                  api_name="/clone", **options)
+            return client.predict(
+                text=text,
+                voice=voice,
+                reference_audio=handle_file(str(wav)) if wav else None,
+                reference_text=reference_text,
+                seed=seed,
+                max_new_tokens=60,
+                api_name="/clone",
+                **options,
+            )
         except AppError as exc:
             if "no audio" not in str(exc).lower():
                 raise
@@ -100,8 +113,9 @@ def edit(client, version: str, task: str = "speed", subtask: str = "faster"):
     last = None
     for seed in range(SEEDS):
         try:
-            return client.predict(version=version, task=task, subtask=subtask, seed=seed, max_new_tokens=60,
-                                  api_name="/edit")
+            return client.predict(
+                version=version, task=task, subtask=subtask, seed=seed, max_new_tokens=60, api_name="/edit"
+            )
         except AppError as exc:
             if "no audio" not in str(exc).lower():
                 raise
@@ -110,6 +124,7 @@ def edit(client, version: str, task: str = "speed", subtask: str = "faster"):
 
 
 # ---- served app --------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_health_reports_models_and_cache_without_server_paths(server):
@@ -136,11 +151,27 @@ def test_api_view_names_every_input_and_the_two_outputs(client):
     info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     clone_info, edit_info = info["/clone"], info["/edit"]
     assert [p["parameter_name"] for p in clone_info["parameters"]] == [
-        "text", "voice", "reference_audio", "reference_text", "variant", "seed", "temperature", "top_p",
-        "flow_steps", "max_new_tokens", "best_of"]
+        "text",
+        "voice",
+        "reference_audio",
+        "reference_text",
+        "variant",
+        "seed",
+        "temperature",
+        "top_p",
+        "flow_steps",
+        "max_new_tokens",
+        "best_of",
+    ]
     assert [r["label"] for r in clone_info["returns"]] == ["Speech", "Details"]
     assert [p["parameter_name"] for p in edit_info["parameters"]][:6] == [
-        "version", "clip", "clip_text", "task", "subtask", "new_text"]
+        "version",
+        "clip",
+        "clip_text",
+        "task",
+        "subtask",
+        "new_text",
+    ]
     assert [r["label"] for r in edit_info["returns"]] == ["Edited speech", "Details"]
     optional = {p["parameter_name"] for p in clone_info["parameters"] if p["parameter_has_default"]}
     assert optional == {p["parameter_name"] for p in clone_info["parameters"]} - {"text"}
@@ -152,7 +183,8 @@ def test_api_view_names_every_input_and_the_two_outputs(client):
 
 @pytest.mark.slow
 def test_clone_returns_speech_and_details_and_the_version_is_edited_over_rest_and_back(
-        server, client, rest, tmp_path):
+    server, client, rest, tmp_path
+):
     speech, details = clone(client, voice_file(tmp_path), text="Hello there.")
     audio, sr = sf.read(speech)
     assert sr == 24000 and audio.ndim == 1 and len(audio) == details["samples"] > 0
@@ -164,8 +196,10 @@ def test_clone_returns_speech_and_details_and_the_version_is_edited_over_rest_an
 
     # a page version is an output of the REST API: edit it there
     for seed in range(SEEDS):
-        response = rest.post("/v1/audio/edits", json={"output_id": version_id, "task": "speed",
-                                                      "subtask": "faster", "seed": seed})
+        response = rest.post(
+            "/v1/audio/edits",
+            json={"output_id": version_id, "task": "speed", "subtask": "faster", "seed": seed},
+        )
         if response.status_code == 200:
             break
         assert "no audio" in response.text.lower(), response.text
@@ -182,8 +216,9 @@ def test_clone_returns_speech_and_details_and_the_version_is_edited_over_rest_an
 
 @pytest.mark.slow
 def test_best_of_two_makes_at_most_two_takes_per_chunk_and_keeps_one(client, tmp_path):
-    _, details = clone(client, voice_file(tmp_path, seed=41), text="One sentence. And a second one.",
-                       best_of=2)
+    _, details = clone(
+        client, voice_file(tmp_path, seed=41), text="One sentence. And a second one.", best_of=2
+    )
     chunks = details["report"]["chunks"]
     assert chunks and all(1 <= len(c["takes"]) <= 2 for c in chunks)
     for chunk in chunks:  # the kept take is one of those tried, with its scores
@@ -248,8 +283,9 @@ def test_a_short_clip_warns_and_a_too_short_one_is_refused_with_the_minimum(clie
 def test_example_voice_was_cached_by_the_warm_up(server, client):
     index = json.loads((server.examples / "examples.json").read_text())
     name = next(iter(index))
-    _, details = clone(client, server.examples / f"{name}.wav", text="Hi.",
-                       reference_text=index[name]["reference_text"])
+    _, details = clone(
+        client, server.examples / f"{name}.wav", text="Hi.", reference_text=index[name]["reference_text"]
+    )
     assert details["report"]["tokens_from"] == "cache hit"
 
 
@@ -283,8 +319,11 @@ def test_deleting_a_voice_needs_the_admin_key_off_loopback(client, rest, tmp_pat
     from gradio_client.exceptions import AppError
 
     with voice_file(tmp_path, "keep.wav").open("rb") as f:
-        created = rest.post("/v1/voices", files={"file": ("keep.wav", f, "audio/wav")},
-                            data={"name": "Keep me", "text": "words"})
+        created = rest.post(
+            "/v1/voices",
+            files={"file": ("keep.wav", f, "audio/wav")},
+            data={"name": "Keep me", "text": "words"},
+        )
     assert created.status_code == 201, created.text
     voice_id = created.json()["id"]
     with pytest.raises(AppError, match="admin key"):
@@ -305,12 +344,18 @@ def test_the_readme_examples_work_in_python_and_in_bash(server, tmp_path):
         assert match, f"README has no '{marker}' example"
         return match.group(1).replace("127.0.0.1:7860", f"127.0.0.1:{port}")
 
-    python = subprocess.run([sys.executable, "-c", block("gradio_client")], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=600)
+    python = subprocess.run(
+        [sys.executable, "-c", block("gradio_client")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert python.returncode == 0, python.stderr[-3000:]
     assert re.search(r"out-[0-9a-f]{12}", python.stdout)
-    bash = subprocess.run(["bash", "-c", block("curl")], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
+    bash = subprocess.run(
+        ["bash", "-c", block("curl")], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert bash.returncode == 0, bash.stderr
     line = bash.stdout.strip().splitlines()[-1]
     speech, details = json.loads(line.removeprefix("data: "))
@@ -319,15 +364,29 @@ def test_the_readme_examples_work_in_python_and_in_bash(server, tmp_path):
 
 def test_missing_models_without_demo_fallback_is_a_start_up_message(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "app.py"), "--model-dir", str(tmp_path / "none"), "--no-demo",
-         "--cache-dir", "none", "--port", str(free_port())],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        [
+            sys.executable,
+            str(ROOT / "app.py"),
+            "--model-dir",
+            str(tmp_path / "none"),
+            "--no-demo",
+            "--cache-dir",
+            "none",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "download_models.py" in proc.stderr and "missing" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 # ---- the adapter's pieces on their own ---------------------------------------------------------
+
 
 def test_options_from_ui_values():
     opts = synthesis_options("base", 7.0, 0.8, 0.9, 12.0, 40.0)
@@ -361,16 +420,29 @@ def test_stop_flags_only_the_requesting_sessions_run():
 
 
 def test_cache_table_rows():
-    rows = dict(cache_table({"hits": 3, "misses": 1, "hit_rate": 0.75, "entries": 2, "bytes": 2_500_000,
-                             "time_saved_s": 1.5, "vocoder_prompt_time_saved_s": 0.25,
-                             "directory": "disk: cache folder 'funasr'"}))
+    rows = dict(
+        cache_table(
+            {
+                "hits": 3,
+                "misses": 1,
+                "hit_rate": 0.75,
+                "entries": 2,
+                "bytes": 2_500_000,
+                "time_saved_s": 1.5,
+                "vocoder_prompt_time_saved_s": 0.25,
+                "directory": "disk: cache folder 'funasr'",
+            }
+        )
+    )
     assert rows["hits"] == "3" and rows["hit rate"] == "75 %" and rows["size on disk"] == "2.50 MB"
     assert rows["time saved"] == "1.75 s" and rows["stored in"] == "disk: cache folder 'funasr'"
 
 
 def test_admin_gate_one_click_on_loopback_key_off_it():
-    local, remote = SimpleNamespace(client=SimpleNamespace(host="127.0.0.1")), \
-        SimpleNamespace(client=SimpleNamespace(host="203.0.113.7"))
+    local, remote = (
+        SimpleNamespace(client=SimpleNamespace(host="127.0.0.1")),
+        SimpleNamespace(client=SimpleNamespace(host="203.0.113.7")),
+    )
     AdminGate(None, loopback_only=True).check(None, remote, "clear")
     keyed = AdminGate("secret-key-1", loopback_only=False)
     for key, request in ((None, local), ("wrong", remote), ("", local)):
@@ -384,14 +456,33 @@ def test_admin_gate_one_click_on_loopback_key_off_it():
 
 
 def test_timing_rows_one_per_stage_that_ran_with_numbers():
-    report = StageReport(prep_s=0.01, tokenizer_s=0.002, tokens_from="cache hit", cache_hit=True,
-                         encode_s_saved=0.8, vocoder_prompt_s=0.003, vocoder_prompt_cached=True, llm_s=1.2,
-                         new_tokens=50, tokens_per_s=41.0, vocoder_s=0.4, total_s=1.7, audio_s=1.0)
+    report = StageReport(
+        prep_s=0.01,
+        tokenizer_s=0.002,
+        tokens_from="cache hit",
+        cache_hit=True,
+        encode_s_saved=0.8,
+        vocoder_prompt_s=0.003,
+        vocoder_prompt_cached=True,
+        llm_s=1.2,
+        new_tokens=50,
+        tokens_per_s=41.0,
+        vocoder_s=0.4,
+        total_s=1.7,
+        audio_s=1.0,
+    )
     upload = UploadEncode(tokenizer_s=0.7, vocoder_prompt_s=0.1, tokens_from="encoded", transcribed=True)
     rows = timing_rows(report, upload)
     stages = [r[0] for r in rows]
-    assert stages == ["prep", "reference encode (at upload)", "tokenizer (cache hit)", "vocoder prompt",
-                      "LLM", "vocoder", "total"]
+    assert stages == [
+        "prep",
+        "reference encode (at upload)",
+        "tokenizer (cache hit)",
+        "vocoder prompt",
+        "LLM",
+        "vocoder",
+        "total",
+    ]
     assert all(isinstance(r[1], float) for r in rows) and rows[1][1] == pytest.approx(0.8)
     assert "transcription" in rows[1][2]
     # an edit of a version: its tokens were kept, so no tokenizer row and no empty rows
@@ -401,7 +492,8 @@ def test_timing_rows_one_per_stage_that_ran_with_numbers():
     assert [r[0] for r in timing_rows(encoded)][1] == "tokenizer + transcription"
     html = timing_html(report, upload)
     assert "in tokenizer" not in html and re.findall(r'class="seconds">([^<]*)<', html)[1:] == [
-        f"{r[1]:.3f}" for r in rows]
+        f"{r[1]:.3f}" for r in rows
+    ]
 
 
 def test_timing_rows_show_report_fields_added_later():
@@ -425,8 +517,15 @@ def test_timing_rows_show_report_fields_added_later():
 
 def test_scores_row_says_why_a_chunk_is_not_scored_and_which_take_was_kept():
     takes = [TakeScore(7, 0.5, 0.9), TakeScore(8, 0.6, None)]
-    report = StageReport(scored=True, score_s=0.2, total_s=1.0, audio_s=1.0, chunks=[
-        ChunkReport(text="こんにちは", seed=8, similarity=0.6, score_note=NOT_SCORED["ja"], takes=takes)])
+    report = StageReport(
+        scored=True,
+        score_s=0.2,
+        total_s=1.0,
+        audio_s=1.0,
+        chunks=[
+            ChunkReport(text="こんにちは", seed=8, similarity=0.6, score_note=NOT_SCORED["ja"], takes=takes)
+        ],
+    )
     stage, seconds, detail = score_row(report)
     assert (stage, seconds) == ("scores", 0.2)
     assert detail == f"speaker similarity 0.600, {NOT_SCORED['ja']}, take 2 of 2 kept"
@@ -455,18 +554,27 @@ def joined_result(chunk_samples: list[int], pause_s: float = 0.25, stopped: bool
         segments.append(Segment(f"chunk {i}", [], start, start + n))
     out.append(joiner.finish())
     audio = np.concatenate(out)
-    report = StageReport(seed=4, total_s=2.0, audio_s=len(audio) / 24000, stopped=stopped,
-                         chunks=[ChunkReport(text=f"chunk {i}", seed=4) for i in range(len(chunk_samples))])
-    return SynthesisResult(audio, 24000, "words", "ref", False, "clone", "base", "native", report, [], [],
-                           segments, stopped)
+    report = StageReport(
+        seed=4,
+        total_s=2.0,
+        audio_s=len(audio) / 24000,
+        stopped=stopped,
+        chunks=[ChunkReport(text=f"chunk {i}", seed=4) for i in range(len(chunk_samples))],
+    )
+    return SynthesisResult(
+        audio, 24000, "words", "ref", False, "clone", "base", "native", report, [], [], segments, stopped
+    )
 
 
 def test_details_give_chunk_lengths_that_add_up_to_the_file():
     result = joined_result([12000, 7000, 9000])
     details = result_details(result, "out-0123456789ab", "calm")
     chunks = details["chunks"]
-    total = (sum(c["samples"] for c in chunks) + sum(c["pause_after_samples"] for c in chunks)
-             - (len(chunks) - 1) * details["crossfade_samples"])
+    total = (
+        sum(c["samples"] for c in chunks)
+        + sum(c["pause_after_samples"] for c in chunks)
+        - (len(chunks) - 1) * details["crossfade_samples"]
+    )
     assert total == details["samples"] == len(result.audio)
     assert [c["pause_after_samples"] for c in chunks] == [6000, 6000, 0]
     assert details["report"]["chunks"][0]["seed"] == 4 and details["timings"]["total_s"] == 2.0
@@ -477,10 +585,15 @@ def test_versions_are_told_apart_by_voice_seed_time_and_edit():
     history = []
     for seed, at in ((0, "14:02:11"), (1, "14:02:30")):
         details = result_details(joined_result([4800]), f"out-00000000000{seed}", "calm") | {
-            "seed": seed, "finished_at": at}
+            "seed": seed,
+            "finished_at": at,
+        }
         history = add_version(history, details)
     edited = result_details(joined_result([4800], stopped=True), "out-000000000009", "") | {
-        "mode": "edit emotion/happy", "source_version_id": "out-000000000001", "finished_at": "14:03:00"}
+        "mode": "edit emotion/happy",
+        "source_version_id": "out-000000000001",
+        "finished_at": "14:03:00",
+    }
     history = add_version(history, edited)
     labels = [label for label, _ in version_choices(history)]
     assert len(set(labels)) == 3 and labels[0].startswith("v3 · emotion: happy of v2")
@@ -492,10 +605,20 @@ def test_versions_are_told_apart_by_voice_seed_time_and_edit():
 def test_the_page_builds_with_named_api_endpoints(demo_models_root):
     """Layout only (no server): every API input has a label and the API has no stray outputs."""
     fake = SimpleNamespace(
-        demo=True, config=SimpleNamespace(variant="base", max_reference_seconds=30.0, max_text_chars=1000,
-                                          auto_transcribe=True, llm_backend="native"),
-        available_variants=lambda: ["base"], vocoder=SimpleNamespace(sample_rate=24000), scorer=object(),
-        voices=SimpleNamespace(list_voices=lambda: []), cache_stats=lambda: {})
+        demo=True,
+        config=SimpleNamespace(
+            variant="base",
+            max_reference_seconds=30.0,
+            max_text_chars=1000,
+            auto_transcribe=True,
+            llm_backend="native",
+        ),
+        available_variants=lambda: ["base"],
+        vocoder=SimpleNamespace(sample_rate=24000),
+        scorer=object(),
+        voices=SimpleNamespace(list_voices=lambda: []),
+        cache_stats=lambda: {},
+    )
     from ui.page import build_app
 
     demo = build_app(fake, [], gate=AdminGate())

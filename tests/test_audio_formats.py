@@ -31,8 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TONE_HZ = 523.25  # C5: well inside every codec's band
 
 
-def _encode(path: Path, codec: str, rate: int, channels: int, seconds: float, *, video: bool = False,
-            options: dict | None = None) -> Path:
+def _encode(
+    path: Path,
+    codec: str,
+    rate: int,
+    channels: int,
+    seconds: float,
+    *,
+    video: bool = False,
+    options: dict | None = None,
+) -> Path:
     """Write a sine of TONE_HZ (peak 0.3, every channel) with one of FFmpeg's encoders through PyAV."""
     layout = {1: "mono", 2: "stereo"}[channels]
     with av.open(str(path), "w") as out:
@@ -49,7 +57,7 @@ def _encode(path: Path, codec: str, rate: int, channels: int, seconds: float, *,
         t = np.arange(int(seconds * rate)) / rate
         tone = np.tile((0.3 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32), (channels, 1))
         for start in range(0, tone.shape[1], 1024):
-            block = np.ascontiguousarray(tone[:, start:start + 1024])
+            block = np.ascontiguousarray(tone[:, start : start + 1024])
             frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
             frame.sample_rate, frame.pts, frame.time_base = rate, start, fractions.Fraction(1, rate)
             out.mux(audio.encode(frame))
@@ -74,13 +82,14 @@ FORMATS = [
 
 
 @pytest.mark.parametrize(("name", "codec", "rate", "channels", "extra"), FORMATS, ids=[f[0] for f in FORMATS])
-def test_common_formats_load_with_their_rate_channels_and_content(tmp_path, name, codec, rate, channels,
-                                                                  extra):
+def test_common_formats_load_with_their_rate_channels_and_content(
+    tmp_path, name, codec, rate, channels, extra
+):
     path = _encode(tmp_path / name, codec, rate, channels, 1.5, **extra)
     audio, sr = load_audio(path)
     assert sr == rate and audio.dtype == np.float32 and audio.shape[0] == channels
     assert abs(audio.shape[1] / sr - 1.5) < 0.05  # encoder delay and padding: a frame or two
-    middle = audio[:, int(0.25 * sr):int(1.25 * sr)]
+    middle = audio[:, int(0.25 * sr) : int(1.25 * sr)]
     for channel in middle:
         assert abs(_dominant_hz(channel, sr) - TONE_HZ) < 3
         assert 0.25 < np.abs(channel).max() < 0.36
@@ -90,6 +99,7 @@ def test_common_formats_load_with_their_rate_channels_and_content(tmp_path, name
 
 def _png() -> bytes:
     """A 2 x 2 grey PNG."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -143,8 +153,11 @@ def test_limit_and_missing_file_messages_never_show_the_folder(deep_folder):
     long_clip.write_bytes(_wav_bytes(3.0))
     surround = deep_folder / "surround.flac"
     surround.write_bytes(_silent_flac(1.0, channels=6, rate=48000))
-    cases = [(long_clip, {"max_seconds": 2.0}, "3.0 s long"), (surround, {}, "6 channels"),
-             (deep_folder / "gone.wav", {}, "not found")]
+    cases = [
+        (long_clip, {"max_seconds": 2.0}, "3.0 s long"),
+        (surround, {}, "6 channels"),
+        (deep_folder / "gone.wav", {}, "not found"),
+    ]
     for path, limits, expected in cases:
         with pytest.raises(AudioInputError, match=expected) as caught:
             load_audio(path, **limits)
@@ -247,8 +260,9 @@ def _crc16(data: bytes) -> int:
     return crc
 
 
-def _silent_flac(seconds: float, channels: int = 8, rate: int = 96000,
-                 length_in_header: bool = True) -> bytes:
+def _silent_flac(
+    seconds: float, channels: int = 8, rate: int = 96000, length_in_header: bool = True
+) -> bytes:
     """A valid 16-bit FLAC of digital silence: each 4096-sample frame is one CONSTANT subframe per channel.
 
     ``length_in_header=False`` writes 0 (unknown) as STREAMINFO's total samples, as streaming encoders do.
@@ -278,6 +292,7 @@ def test_silent_flac_is_real_audio():
 
 def _without_duration(flac: bytes) -> bytes:
     """Remux a FLAC stream into Matroska written as a live stream: no duration anywhere in the header."""
+
     class Pipe(io.RawIOBase):  # not seekable, so the muxer cannot go back to write the duration
         def __init__(self):
             self.data = bytearray()
@@ -335,14 +350,26 @@ def bomb_reports(tmp_path_factory) -> dict[str, dict]:
     unknown = _silent_flac(0.1, length_in_header=False)[:42] + bomb[42:]  # same header, total samples 0
     (folder / "stream.flac").write_bytes(unknown)
     (folder / "stream.mka").write_bytes(_without_duration(unknown))
-    cases = {"header": ("bomb.flac", {}), "header_any_channels": ("bomb.flac", {"max_channels": None}),
-             "flac": ("stream.flac", {"max_seconds": 20, "max_channels": None}),
-             "mka": ("stream.mka", {"max_seconds": 20, "max_channels": None})}
-    done = subprocess.run([sys.executable, "-c", _LOAD_PROBE,
-                           json.dumps([[str(folder / name), limits] for name, limits in cases.values()])],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    cases = {
+        "header": ("bomb.flac", {}),
+        "header_any_channels": ("bomb.flac", {"max_channels": None}),
+        "flac": ("stream.flac", {"max_seconds": 20, "max_channels": None}),
+        "mka": ("stream.mka", {"max_seconds": 20, "max_channels": None}),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LOAD_PROBE,
+            json.dumps([[str(folder / name), limits] for name, limits in cases.values()]),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    reports = [json.loads(line) for line in done.stdout.strip().splitlines()[-len(cases):]]
+    reports = [json.loads(line) for line in done.stdout.strip().splitlines()[-len(cases) :]]
     return {"size": len(bomb), **dict(zip(cases, reports, strict=True))}
 
 
@@ -360,6 +387,8 @@ def test_a_decode_bomb_is_refused_from_its_header(bomb_reports):
 def test_without_a_length_in_the_header_decoding_stops_at_the_limit(bomb_reports, container):
     """FLAC with total samples 0 (libsndfile path) and live Matroska without duration (FFmpeg path)."""
     report = bomb_reports[container]
-    assert report["message"] == (f"refused: 'stream.{container}' is longer than 20 s, the limit: cut it to a "
-                                 "few seconds of clean speech (3-10 s works best)")
+    assert report["message"] == (
+        f"refused: 'stream.{container}' is longer than 20 s, the limit: cut it to a "
+        "few seconds of clean speech (3-10 s works best)"
+    )
     assert report["growth_mb"] < 200, report  # 20 s of 8 x 96 kHz float32 is 61 MB; all of it 1.8 GB

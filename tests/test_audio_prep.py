@@ -84,15 +84,15 @@ def test_trim_silence_pads_with_exact_zeros_when_speech_touches_the_edges():
     out = trim_silence(x)
     assert len(out) == math.ceil(16000 / 240) * 240 + 4320
     np.testing.assert_array_equal(out[:800], 0.0)  # 0.05 s of left padding
-    np.testing.assert_array_equal(out[800:800 + 16000], x)
-    assert not np.any(out[800 + 16000:])
+    np.testing.assert_array_equal(out[800 : 800 + 16000], x)
+    assert not np.any(out[800 + 16000 :])
 
 
 def test_trim_silence_follows_the_speech_span():
     x = _voice(1.0, 16000, lead=0.7, tail=0.9)
     start, end = speech_span(x)
     out = trim_silence(x)
-    np.testing.assert_array_equal(out, x[start - 800:start - 800 + len(out)])
+    np.testing.assert_array_equal(out, x[start - 800 : start - 800 + len(out)])
 
 
 def test_validate_reference_accepts_speech_and_rejects_bad_clips():

@@ -37,8 +37,9 @@ ARTIFACTS = ROOT / "artifacts"
 STEP_TIMEOUT_MS = 300_000  # one long clone on a busy 2-core machine
 SEEDS = 5  # the random demo LLM sometimes emits no whole audio group for a seed
 WIDTHS = (1280, 390)
-LONG_TEXT = ("The quick brown fox jumps over the lazy dog near the river bank, and the day goes on. "
-             * 40)[:3000]
+LONG_TEXT = ("The quick brown fox jumps over the lazy dog near the river bank, and the day goes on. " * 40)[
+    :3000
+]
 LONG_CHUNKS = len(split_text(LONG_TEXT))  # text chunks at the server's default --chunk-chars
 MAX_TEXT_CHARS = 3200
 
@@ -75,6 +76,7 @@ def page(browser, server):
 
 # ---- helpers -----------------------------------------------------------------------------------
 
+
 def voice_wav(tmp_path: Path, name: str, seconds: float = 3.5, sr: int = 16000, seed: int = 4) -> Path:
     path = tmp_path / name
     sf.write(path, synthetic_voice(seconds, sr, f0=120.0, seed=seed), sr)
@@ -89,8 +91,9 @@ def encoded_voice(tmp_path: Path, name: str, codec: str, rate: int) -> Path:
         stream = out.add_stream(codec, rate=rate)
         stream.layout = "mono"
         for start in range(0, voice.size, 960):
-            frame = av.AudioFrame.from_ndarray(voice[None, start:start + 960].copy(), format="flt",
-                                               layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                voice[None, start : start + 960].copy(), format="flt", layout="mono"
+            )
             frame.sample_rate, frame.pts, frame.time_base = rate, start, fractions.Fraction(1, rate)
             out.mux(stream.encode(frame))
         out.mux(stream.encode())
@@ -153,7 +156,9 @@ def run(page, name: str, number: int) -> tuple[str, str]:
             """([name, n]) => { const s = document.querySelector(`#${name}-status .run-status`);
                  return s && (s.dataset.state === 'error'
                               || (['done', 'stopped'].includes(s.dataset.state)
-                                  && new RegExp(`v${n}\\\\b`).test(s.textContent))); }""", arg=[name, number])
+                                  && new RegExp(`v${n}\\\\b`).test(s.textContent))); }""",
+            arg=[name, number],
+        )
         state, text = status(page, name)
         if state != "error":
             return state, text
@@ -186,6 +191,7 @@ def download(page, selector: str) -> tuple[np.ndarray, int, str]:
 
 # ---- the tests ---------------------------------------------------------------------------------
 
+
 def test_a_long_text_plays_while_it_is_made_and_ends_as_one_joined_file(page):
     page.get_by_text("en us calm").click()
     page.wait_for_function("() => document.querySelector('#target-text textarea').value.length > 0")
@@ -208,21 +214,28 @@ def test_a_long_text_plays_while_it_is_made_and_ends_as_one_joined_file(page):
     details = live(page)["details"]
     chunks, fade = details["chunks"], details["crossfade_samples"]
     assert len(chunks) >= 2 and details["status"] == "done"
-    pauses = {round(p * details["sample_rate"]) for p in (PAUSE_WORD_S, PAUSE_CLAUSE_S, PAUSE_SENTENCE_S,
-                                                          PAUSE_PARAGRAPH_S)}
+    pauses = {
+        round(p * details["sample_rate"])
+        for p in (PAUSE_WORD_S, PAUSE_CLAUSE_S, PAUSE_SENTENCE_S, PAUSE_PARAGRAPH_S)
+    }
     assert all(c["pause_after_samples"] in pauses for c in chunks[:-1])
     assert chunks[-1]["pause_after_samples"] == 0
     audio, sr, name = download(page, "#clone-output")
     assert name == f"{details['version_id']}.wav" and sr == 24000
-    joined = sum(c["samples"] for c in chunks) + sum(c["pause_after_samples"] for c in chunks) - (
-        len(chunks) - 1) * fade
+    joined = (
+        sum(c["samples"] for c in chunks)
+        + sum(c["pause_after_samples"] for c in chunks)
+        - (len(chunks) - 1) * fade
+    )
     assert len(audio) == joined == details["samples"]
     assert live(page)["scheduled"] >= 2  # it played piece by piece
 
 
 def run_until_done(page) -> tuple[str, str]:
-    page.wait_for_function("() => ['done', 'stopped', 'error'].includes("
-                           "document.querySelector('#clone-status .run-status').dataset.state)")
+    page.wait_for_function(
+        "() => ['done', 'stopped', 'error'].includes("
+        "document.querySelector('#clone-status .run-status').dataset.state)"
+    )
     return status(page)
 
 
@@ -310,7 +323,8 @@ def test_a_new_clip_never_keeps_the_text_typed_for_another_one(page, tmp_path):
     # an example's text, the example's clip cleared, another clip uploaded: the text does not follow
     page.get_by_text("en us calm").click()
     page.wait_for_function(
-        "() => document.querySelector('#reference-text textarea').value.startsWith('The quick')")
+        "() => document.querySelector('#reference-text textarea').value.startsWith('The quick')"
+    )
     example_text = page.locator("#reference-text textarea").input_value()
     text = upload_reference(page, voice_wav(tmp_path, "other.wav", seed=12))
     assert page.locator("#reference-text textarea").input_value() != example_text
@@ -365,8 +379,16 @@ def test_clearing_the_cache_asks_first_and_resets_every_counter(page):
     page.locator("#cache-panel").get_by_text("Prompt cache").first.click()
     page.wait_for_function("() => /hits\\s+\\d/.test(document.querySelector('#cache-stats').innerText)")
 
-    names = ("hits", "misses", "hit rate", "entries", "size on disk", "time saved", "vocoder prompt hits",
-             "stored in")
+    names = (
+        "hits",
+        "misses",
+        "hit rate",
+        "entries",
+        "size on disk",
+        "time saved",
+        "vocoder prompt hits",
+        "stored in",
+    )
 
     def stats() -> dict[str, str]:
         text = page.locator("#cache-stats").inner_text()
@@ -417,7 +439,8 @@ def test_a_saved_voice_survives_a_reload_and_clones(page, tmp_path):
     page.locator("#voice-delete").click()
     page.get_by_text("Deleted the voice 'Day Narrator'").wait_for()
     page.wait_for_function(
-        "() => !document.querySelector('#library-list').innerText.includes('Day Narrator')")
+        "() => !document.querySelector('#library-list').innerText.includes('Day Narrator')"
+    )
 
 
 def test_small_things_footer_and_edit_without_history(page):
@@ -431,6 +454,7 @@ def test_small_things_footer_and_edit_without_history(page):
 
 
 # ---- output scores, best-of-N, reference check, provenance, backend, tags -----------------------
+
 
 def clipped_wav(tmp_path: Path, name: str) -> Path:
     """The synthetic voice four times too loud, clipped at full scale (a distorted recording)."""
@@ -462,8 +486,13 @@ def test_shows_the_scores_after_a_clone(page):
     page.locator("#best-of input[type=number]").fill("2")
     page.locator("#best-of input[type=number]").press("Enter")
     assert run(page, "clone", 1)[0] == "done"
-    rows = dict(zip(page.locator("#clone-timing td.stage").all_inner_texts(),
-                    page.locator("#clone-timing td.detail").all_inner_texts(), strict=True))
+    rows = dict(
+        zip(
+            page.locator("#clone-timing td.stage").all_inner_texts(),
+            page.locator("#clone-timing td.detail").all_inner_texts(),
+            strict=True,
+        )
+    )
     assert "scores" in rows, rows
     scores = rows["scores"]
     assert re.search(r"speaker similarity -?\d\.\d{3}", scores), scores
@@ -507,8 +536,10 @@ def test_a_clipped_clip_is_warned_about_and_denoise_replaces_it(page, tmp_path):
     made = page.get_by_text("Denoise the clip: done")
     made.wait_for()
     seconds = re.search(r"the result \(([\d.]+) s\)", made.inner_text()).group(1)
-    page.wait_for_function("(s) => document.querySelector('#reference-note').innerText.includes(s)",
-                           arg=f"Clip ready: {seconds} s")  # the new clip's length, not the 3.5 s upload
+    page.wait_for_function(
+        "(s) => document.querySelector('#reference-note').innerText.includes(s)",
+        arg=f"Clip ready: {seconds} s",
+    )  # the new clip's length, not the 3.5 s upload
     page.wait_for_function("() => !/⚠️ clipped/.test(document.querySelector('#reference-check').innerText)")
 
 

@@ -32,6 +32,7 @@ def test_project_compose_file_holds():
 
 def _set(path: str, value: object) -> Callable[[dict], None]:
     """A mutation that sets (or, for value None, deletes) the dotted ``path`` of the compose dict."""
+
     def mutate(compose: dict) -> None:
         *parents, last = (int(key) if key.isdigit() else key for key in path.split("/"))
         node = compose
@@ -41,6 +42,7 @@ def _set(path: str, value: object) -> Callable[[dict], None]:
             del node[last]
         else:
             node[last] = value
+
     return mutate
 
 
@@ -59,13 +61,15 @@ def _redis_command(**flags: str) -> Callable[[dict], None]:
             if value:
                 args[index + 1] = value
             else:
-                del args[index:index + 2]
+                del args[index : index + 2]
+
     return mutate
 
 
 def _vllm_without(flag: str) -> Callable[[dict], None]:
     def mutate(compose: dict) -> None:
         compose["services"]["vllm"]["command"].remove(flag)
+
     return mutate
 
 
@@ -97,8 +101,10 @@ BROKEN = [
     (_set(f"{LABELS}/traefik.enable", "false"), "traefik.enable=true is missing"),
     (_set(f"{LB}/image", "nginx:1.29"), "expected the traefik image"),
     (_set(f"{LB}/volumes", None), "needs /var/run/docker.sock"),
-    (_set(f"{LB}/environment/TRAEFIK_PROVIDERS_DOCKER_CONSTRAINTS", "Label(`editx.stack`, `x`)"),
-     "must select the app's editx.stack label"),
+    (
+        _set(f"{LB}/environment/TRAEFIK_PROVIDERS_DOCKER_CONSTRAINTS", "Label(`editx.stack`, `x`)"),
+        "must select the app's editx.stack label",
+    ),
     (_set(f"{REDIS}/volumes", None), "redis: mount a named volume at /data"),
     (_set("volumes", None), "named volume 'redis-data' is not declared"),
     (_redis_command(appendonly="no"), "persistence is off"),
@@ -127,9 +133,10 @@ def test_app_health_comes_from_the_image(tmp_path):
     text = DOCKERFILE.read_text()
     start = text.index("HEALTHCHECK")
     end = text.index("\n", text.index("CMD [", start))
-    (tmp_path / "Dockerfile").write_text(text[:start] + text[end + 1:])
+    (tmp_path / "Dockerfile").write_text(text[:start] + text[end + 1 :])
     assert cc.check_compose(cc.load_compose(COMPOSE), tmp_path / "Dockerfile") == [
-        "app: no healthcheck (and no image HEALTHCHECK to inherit)"]
+        "app: no healthcheck (and no image HEALTHCHECK to inherit)"
+    ]
 
 
 def test_list_forms_of_environment_and_labels_read_the_same():
@@ -155,8 +162,10 @@ def fake_docker(tmp_path, monkeypatch) -> Path:
     log = tmp_path / "docker.log"
     docker = tmp_path / "bin" / "docker"
     docker.parent.mkdir()
-    docker.write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in\n'
-                      '  info|*--profile*) echo "no engine here" >&2; exit 1;;\nesac\nexit 0\n')
+    docker.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in\n'
+        '  info|*--profile*) echo "no engine here" >&2; exit 1;;\nesac\nexit 0\n'
+    )
     docker.chmod(docker.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", str(docker.parent) + os.pathsep + os.environ.get("PATH", ""))
     return log
@@ -172,7 +181,9 @@ def test_engine_is_used_only_when_compose_and_info_both_answer(fake_docker, monk
 def test_compose_config_reports_the_engine_errors(fake_docker):
     assert cc.compose_config(COMPOSE) == ["docker compose --profile vllm config: no engine here"]
     assert fake_docker.read_text().splitlines() == [
-        f"compose -f {COMPOSE} config --quiet", f"compose -f {COMPOSE} --profile vllm config --quiet"]
+        f"compose -f {COMPOSE} config --quiet",
+        f"compose -f {COMPOSE} --profile vllm config --quiet",
+    ]
 
 
 def test_main(tmp_path, fake_docker):

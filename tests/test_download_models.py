@@ -47,8 +47,10 @@ class FakeHub:
 
 @pytest.fixture
 def hub_sources(demo_models_root) -> dict[str, Path]:
-    return {"stepfun-ai/Step-Audio-Tokenizer": demo_models_root / "Step-Audio-Tokenizer",
-            "stepfun-ai/Step-Audio-EditX": demo_models_root / "Step-Audio-EditX"}
+    return {
+        "stepfun-ai/Step-Audio-Tokenizer": demo_models_root / "Step-Audio-Tokenizer",
+        "stepfun-ai/Step-Audio-EditX": demo_models_root / "Step-Audio-EditX",
+    }
 
 
 @pytest.fixture
@@ -113,7 +115,8 @@ def test_modelscope_source_uses_the_same_layout(monkeypatch, hub_sources, demo_o
     hub = FakeHub(hub_sources)
     fake = types.ModuleType("modelscope")
     fake.snapshot_download = lambda model_id, revision=None, local_dir=None, max_workers=None: hub(
-        model_id, local_dir=local_dir, revision=revision, max_workers=max_workers)
+        model_id, local_dir=local_dir, revision=revision, max_workers=max_workers
+    )
     monkeypatch.setitem(sys.modules, "modelscope", fake)
     assert download(demo_out, source="modelscope") == []
     assert {c["local_dir"].name for c in hub.calls} == {"Step-Audio-Tokenizer", "Step-Audio-EditX"}

@@ -24,15 +24,18 @@ from synthesis import (
 from takes import chunk_seed
 
 SR = 16000
-LONG_TEXT = ("The first sentence is here. The second one follows it closely. A third sentence ends the "
-             "first paragraph.\nThen a new paragraph starts, with a clause, and another clause. Done.")
+LONG_TEXT = (
+    "The first sentence is here. The second one follows it closely. A third sentence ends the "
+    "first paragraph.\nThen a new paragraph starts, with a clause, and another clause. Done."
+)
 OPTIONS = dict(max_new_tokens=60, chunk_chars=60)
 
 
 @pytest.fixture(scope="module")
 def engine(demo_models_root, tmp_path_factory) -> CloneEngine:
-    return CloneEngine.load(demo_models_root, EngineConfig(max_reference_seconds=20.0),
-                            cache_dir=tmp_path_factory.mktemp("cache"))
+    return CloneEngine.load(
+        demo_models_root, EngineConfig(max_reference_seconds=20.0), cache_dir=tmp_path_factory.mktemp("cache")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,11 @@ def reference() -> np.ndarray:
 
 
 def run(engine: CloneEngine, request, cancel=None) -> tuple[list, SynthesisResult]:
-    events = list(engine.clone_stream(request, cancel) if isinstance(request, CloneRequest)
-                  else engine.edit_stream(request, cancel))
+    events = list(
+        engine.clone_stream(request, cancel)
+        if isinstance(request, CloneRequest)
+        else engine.edit_stream(request, cancel)
+    )
     assert isinstance(events[-1], SynthesisResult)
     assert not any(isinstance(e, SynthesisResult) for e in events[:-1])
     return events[:-1], events[-1]
@@ -50,8 +56,9 @@ def run(engine: CloneEngine, request, cancel=None) -> tuple[list, SynthesisResul
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole_chunks", "streaming_vocoder"])
 def test_long_text_is_spoken_chunk_by_chunk_and_joined(engine, reference, stream):
-    request = CloneRequest(reference, SR, "a test voice", LONG_TEXT,
-                           SynthesisOptions(seed=3, stream=stream, **OPTIONS))
+    request = CloneRequest(
+        reference, SR, "a test voice", LONG_TEXT, SynthesisOptions(seed=3, stream=stream, **OPTIONS)
+    )
     events, result = run(engine, request)
     chunks = result.report.chunks
     assert len(chunks) >= 4 and all(len(c.text) <= OPTIONS["chunk_chars"] for c in chunks)
@@ -88,8 +95,12 @@ def test_pieces_come_before_the_last_chunk_is_made(engine, reference):
     last_chunk = max(e.chunk for e in seen if isinstance(e, Progress))
     assert last_chunk < 4  # audio of the first chunk arrived while later chunks were still to come
     stream.close()  # abandoning the generator frees the LLM: the next request runs normally
-    _, result = run(engine, CloneRequest(reference, SR, "a test voice", "Short one.",
-                                         SynthesisOptions(seed=4, max_new_tokens=60)))
+    _, result = run(
+        engine,
+        CloneRequest(
+            reference, SR, "a test voice", "Short one.", SynthesisOptions(seed=4, max_new_tokens=60)
+        ),
+    )
     assert len(result.audio)
 
 
@@ -105,13 +116,22 @@ class SilentChunkLLM(Step1LLM):
 
 
 def test_a_chunk_without_audio_is_retried_once_then_reported(engine, reference):
-    silent = SilentChunkLLM(engine.llm(None).model, engine.llm(None).tokenizer, "base",
-                            engine.llm(None).model_dir)
-    other = CloneEngine(engine.tokenizer, {"base": silent}, engine.vocoder, engine.cache, engine.config,
-                        engine.model_root, engine.demo)
+    silent = SilentChunkLLM(
+        engine.llm(None).model, engine.llm(None).tokenizer, "base", engine.llm(None).model_dir
+    )
+    other = CloneEngine(
+        engine.tokenizer,
+        {"base": silent},
+        engine.vocoder,
+        engine.cache,
+        engine.config,
+        engine.model_root,
+        engine.demo,
+    )
     text = "First part is fine. Zebra stripes here. Last part is fine too."
-    request = CloneRequest(reference, SR, "a test voice", text, SynthesisOptions(seed=5, max_new_tokens=60,
-                                                                                  chunk_chars=20))
+    request = CloneRequest(
+        reference, SR, "a test voice", text, SynthesisOptions(seed=5, max_new_tokens=60, chunk_chars=20)
+    )
     events, result = run(other, request)
     zebra = [c for c in result.report.chunks if "Zebra" in c.text]
     assert len(zebra) == 1 and zebra[0].attempts == 2 and zebra[0].seed == chunk_seed(5, 1, 1)
@@ -139,8 +159,10 @@ def test_stop_keeps_the_audio_made_so_far(engine, reference):
 def test_a_long_version_is_edited_segment_by_segment(engine, reference):
     request = CloneRequest(reference, SR, "a test voice", LONG_TEXT, SynthesisOptions(seed=7, **OPTIONS))
     _, cloned = run(engine, request)
-    _, edited = run(engine, EditRequest.from_result(cloned, "emotion", "happy",
-                                                    options=SynthesisOptions(seed=8, **OPTIONS)))
+    _, edited = run(
+        engine,
+        EditRequest.from_result(cloned, "emotion", "happy", options=SynthesisOptions(seed=8, **OPTIONS)),
+    )
     assert len(cloned.voices) == len(cloned.segments) > 1
     assert [c.text for c in edited.report.chunks] == [s.text for s in cloned.segments]
     assert edited.report.tokens_from == "kept" and len(edited.audio)
@@ -150,8 +172,13 @@ def test_the_streaming_vocoder_plays_while_the_llm_is_still_sampling(engine, ref
     # The random demo LLM ends at a seed-dependent length: take the first seed whose take is long
     # enough for the vocoder's first stream chunk (15 tokens + lookahead) to come before the end.
     for seed in range(9, 29):
-        request = CloneRequest(reference, SR, "a test voice", "One sentence, spoken as it is made.",
-                               SynthesisOptions(seed=seed, stream=True, max_new_tokens=120))
+        request = CloneRequest(
+            reference,
+            SR,
+            "a test voice",
+            "One sentence, spoken as it is made.",
+            SynthesisOptions(seed=seed, stream=True, max_new_tokens=120),
+        )
         events, result = run(engine, request)
         if len(result.audio_tokens) >= 40:
             break

@@ -50,7 +50,7 @@ def _reference_fbank(x: np.ndarray, bins: int, window: str) -> np.ndarray:
     count = 0 if len(x) < FRAME else 1 + (len(x) - FRAME) // HOP
     out = np.zeros((count, bins))
     for t in range(count):
-        frame = x[t * HOP: t * HOP + FRAME].copy()
+        frame = x[t * HOP : t * HOP + FRAME].copy()
         frame -= frame.mean()
         frame[1:] -= 0.97 * frame[:-1].copy()
         frame[0] -= 0.97 * frame[0]
@@ -65,7 +65,7 @@ def _speech_like(samples: int, seed: int = 0) -> np.ndarray:
     t = np.arange(samples) / SR
     x = 6000 * np.sin(2 * np.pi * 150 * t) + 3000 * np.sin(2 * np.pi * 1320 * t)
     x += 800 * rng.standard_normal(samples)
-    x[FRAME + 3 * HOP: FRAME + 8 * HOP] = 0.0  # silent frames hit the float32-eps log floor
+    x[FRAME + 3 * HOP : FRAME + 8 * HOP] = 0.0  # silent frames hit the float32-eps log floor
     return x.astype(np.float32)
 
 
@@ -129,8 +129,9 @@ def test_windows_differ_and_are_kaldis():
         kaldi_fbank.fbank(x, window_type="kaiser")
 
 
-@pytest.mark.parametrize("samples, frames", [(0, 0), (FRAME - 1, 0), (FRAME, 1), (FRAME + HOP - 1, 1),
-                                             (FRAME + HOP, 2)])
+@pytest.mark.parametrize(
+    "samples, frames", [(0, 0), (FRAME - 1, 0), (FRAME, 1), (FRAME + HOP - 1, 1), (FRAME + HOP, 2)]
+)
 def test_frame_count_edges(samples, frames):
     x = _speech_like(max(samples, 1))[:samples]
     out = kaldi_fbank.fbank(x, num_mel_bins=80)
@@ -168,8 +169,9 @@ def test_energy_column_and_options():
     assert with_energy.shape == (plain.shape[0], 24) and torch.equal(with_energy[:, 1:], plain)
     frames = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), FRAME)[::HOP]
     raw = np.sum((frames - frames.mean(1, keepdims=True)) ** 2, axis=1)
-    np.testing.assert_allclose(with_energy[:, 0].numpy(), np.maximum(np.log(np.maximum(raw, F32_EPS)), 0.0),
-                               atol=1e-4)  # energy_floor 1.0: log floor 0
+    np.testing.assert_allclose(
+        with_energy[:, 0].numpy(), np.maximum(np.log(np.maximum(raw, F32_EPS)), 0.0), atol=1e-4
+    )  # energy_floor 1.0: log floor 0
     htk = kaldi_fbank.fbank(x, num_mel_bins=23, use_energy=True, htk_compat=True)
     assert torch.equal(htk[:, -1], with_energy[:, 0])
     linear = kaldi_fbank.fbank(x, num_mel_bins=23, use_log_fbank=False)

@@ -17,12 +17,41 @@ SKIP_DIRS = {".venv", "tests", "demo_models", "checkpoints", "cache", "artifacts
 
 # layer -> module-name prefixes ("pkg." covers the package); lower number = lower layer
 LAYERS: dict[int, tuple[str, ...]] = {
-    0: ("errors", "lru", "audio_prep", "audio_read", "audio_resample", "audio_join", "audio_formats",
-        "text_split", "kaldi_fbank", "model_files", "model_layout", "prompt_cache", "patches", "storage",
-        "voices", "models.device", "models.audio_tokens", "wav_info", "prefetch"),
+    0: (
+        "errors",
+        "lru",
+        "audio_prep",
+        "audio_read",
+        "audio_resample",
+        "audio_join",
+        "audio_formats",
+        "text_split",
+        "kaldi_fbank",
+        "model_files",
+        "model_layout",
+        "prompt_cache",
+        "patches",
+        "storage",
+        "voices",
+        "models.device",
+        "models.audio_tokens",
+        "wav_info",
+        "prefetch",
+    ),
     1: ("tokenizer", "models", "scoring", "preflight"),
-    2: ("engine", "synthesis", "reports", "render", "takes", "jobs", "llm_registry", "voice_prompts",
-        "outputs", "demo", "provenance"),
+    2: (
+        "engine",
+        "synthesis",
+        "reports",
+        "render",
+        "takes",
+        "jobs",
+        "llm_registry",
+        "voice_prompts",
+        "outputs",
+        "demo",
+        "provenance",
+    ),
     3: ("app", "server", "settings", "ui", "api", "scripts"),
 }
 NAMES = {0: "helpers", 1: "stages", 2: "engine", 3: "entry/UI/API"}
@@ -88,8 +117,11 @@ def test_every_module_has_a_layer():
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_point_down(module):
     mine = layer_of(module)
-    upward = sorted(f"{name} ({NAMES[layer_of(name)]})" for name in imports_of(MODULES[module], module)
-                    if layer_of(name) > mine)
+    upward = sorted(
+        f"{name} ({NAMES[layer_of(name)]})"
+        for name in imports_of(MODULES[module], module)
+        if layer_of(name) > mine
+    )
     assert not upward, f"{module} ({NAMES[mine]}) imports from a higher layer: {upward}"
 
 

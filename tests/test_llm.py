@@ -58,10 +58,11 @@ def logits(llm: Step1LLM, ids: list[int]) -> torch.Tensor:
 
 def is_whole_groups(tokens: list[int]) -> bool:
     kinds = [0 if t < 1024 else 1 for t in tokens]
-    return len(tokens) % 5 == 0 and all(kinds[k:k + 5] == [0, 0, 1, 1, 1] for k in range(0, len(kinds), 5))
+    return len(tokens) % 5 == 0 and all(kinds[k : k + 5] == [0, 0, 1, 1, 1] for k in range(0, len(kinds), 5))
 
 
 # --- demo files, loading and variants --------------------------------------------------------------
+
 
 def test_demo_llm_files_have_the_real_layout(llm_dir):
     from safetensors import safe_open
@@ -184,11 +185,13 @@ def test_loader_refuses_unknown_model_types_and_awq(llm_dir, tmp_path):
 
 # --- generation -----------------------------------------------------------------------------------
 
+
 def test_clone_generates_whole_groups_and_logs(base, caplog):
     caplog.set_level(logging.DEBUG, logger="models.generation")
     seen: list[int] = []
-    result = base.clone("hello there", PROMPT_TOKENS, "How are you today?", GenerationOptions(seed=1),
-                        progress=seen.append)
+    result = base.clone(
+        "hello there", PROMPT_TOKENS, "How are you today?", GenerationOptions(seed=1), progress=seen.append
+    )
     assert result.audio_tokens and is_whole_groups(result.audio_tokens)
     assert all(0 <= t < 5120 for t in result.audio_tokens)
     assert seen == list(range(1, result.new_tokens + 1))
@@ -202,10 +205,14 @@ def test_clone_generates_whole_groups_and_logs(base, caplog):
 
 
 def test_edit_runs_for_each_task(base):
-    for task, option, new_text in [("emotion", "happy", None), ("paralinguistic", None, "hi [Laughter]"),
-                                   ("denoise", None, None)]:
-        result = base.edit("hi there", PROMPT_TOKENS, task, option, GenerationOptions(seed=3),
-                           new_text=new_text)
+    for task, option, new_text in [
+        ("emotion", "happy", None),
+        ("paralinguistic", None, "hi [Laughter]"),
+        ("denoise", None, None),
+    ]:
+        result = base.edit(
+            "hi there", PROMPT_TOKENS, task, option, GenerationOptions(seed=3), new_text=new_text
+        )
         assert is_whole_groups(result.audio_tokens)
 
 
@@ -232,8 +239,14 @@ def test_cancel_stops_generation(base):
             cancel.set()
 
     with pytest.raises(GenerationCancelled, match="after 3 tokens"):
-        base.clone("hello there", PROMPT_TOKENS, "How are you?", GenerationOptions(seed=0, max_length=8192),
-                   progress=progress, cancel=cancel)
+        base.clone(
+            "hello there",
+            PROMPT_TOKENS,
+            "How are you?",
+            GenerationOptions(seed=0, max_length=8192),
+            progress=progress,
+            cancel=cancel,
+        )
     cancel.set()
     with pytest.raises(GenerationCancelled):
         base.clone("hello there", PROMPT_TOKENS, "How are you?", cancel=cancel)
@@ -242,11 +255,13 @@ def test_cancel_stops_generation(base):
 def test_repetition_aware_processor():
     proc = RepetitionAwareLogitsProcessor()
     scores = torch.zeros(3, 20)
-    ids = torch.tensor([
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],      # 11 once in the last 10: allowed
-        [0, 2, 3, 4, 5, 6, 7, 8, 9, 7, 7],        # 7 three times: forbidden
-        [7, 2, 3, 4, 5, 6, 9, 8, 9, 10, 7],       # the earlier 7 is outside the window: allowed
-    ])
+    ids = torch.tensor(
+        [
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],  # 11 once in the last 10: allowed
+            [0, 2, 3, 4, 5, 6, 7, 8, 9, 7, 7],  # 7 three times: forbidden
+            [7, 2, 3, 4, 5, 6, 9, 8, 9, 10, 7],  # the earlier 7 is outside the window: allowed
+        ]
+    )
     out = proc(ids, scores.clone())
     assert torch.isneginf(out[1, 7]) and torch.isneginf(out).sum() == 1
     short = torch.tensor([[7, 7, 7]])  # fewer than 10 ids: untouched
@@ -267,6 +282,7 @@ def test_sampler_matches_softmax_and_never_picks_masked_ids():
 
 
 # --- parsing --------------------------------------------------------------------------------------
+
 
 def group(k: int) -> list[int]:
     return [2 * k % 1024, (2 * k + 1) % 1024, 1024 + 3 * k, 1025 + 3 * k, 1026 + 3 * k]
@@ -292,7 +308,7 @@ def test_stray_token_at_start_middle_end_does_not_shift_groups(stray):
         assert is_whole_groups(out) and len(out) == len(clean) and dropped == 1
         # Between groups a vq02 cannot be told from the group's first code: that group may keep the
         # stray instead of its own first vq02, but no other group changes.
-        assert sum(out[k:k + 5] != clean[k:k + 5] for k in range(0, 15, 5)) <= 1
+        assert sum(out[k : k + 5] != clean[k : k + 5] for k in range(0, 15, 5)) <= 1
         assert sum(a != b for a, b in zip(out, clean, strict=True)) <= 2
     # Inside a group (in the vq06 run, or after the first vq02) the stray is dropped exactly.
     inside = [group(0)[:3] + [stray] + group(0)[3:], group(0)[:1] + [stray] + group(0)[1:]]
@@ -315,12 +331,12 @@ def test_one_stray_token_costs_at_most_one_group(n, pos, stray):
     pos = min(pos, len(clean))
     out, dropped = realign_groups(clean[:pos] + [stray] + clean[pos:])
     assert is_whole_groups(out)
-    got = [out[k:k + 5] for k in range(0, len(out), 5)]
+    got = [out[k : k + 5] for k in range(0, len(out), 5)]
     assert len(got) in (n, n - 1)
     assert sum(g in got for g in groups) >= n - 1
     hit = pos // 5  # groups after the one the stray landed in are intact and at the end
-    after = groups[hit + 1:]
-    assert not after or got[-len(after):] == after
+    after = groups[hit + 1 :]
+    assert not after or got[-len(after) :] == after
     assert len(out) + dropped == len(clean) + 1
 
 

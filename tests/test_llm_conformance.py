@@ -72,8 +72,9 @@ def test_conformance_llm_forward(llm, ref):
         top = torch.topk(logits, 5, dim=-1)
         np.testing.assert_array_equal(top.indices.numpy(), ref[f"seq{i}_top5_ids"])
         np.testing.assert_allclose(top.values.numpy(), ref[f"seq{i}_top5_vals"], atol=ATOL, rtol=RTOL)
-        np.testing.assert_allclose(torch.logsumexp(logits, -1).numpy(), ref[f"seq{i}_logsumexp"],
-                                   atol=ATOL, rtol=RTOL)
+        np.testing.assert_allclose(
+            torch.logsumexp(logits, -1).numpy(), ref[f"seq{i}_logsumexp"], atol=ATOL, rtol=RTOL
+        )
         if f"seq{i}_logits" in ref:
             np.testing.assert_allclose(logits.numpy(), ref[f"seq{i}_logits"], atol=ATOL, rtol=RTOL)
 
@@ -82,15 +83,22 @@ def test_conformance_llm_greedy_generate(llm, ref):
     prompt = torch.as_tensor(ref["gen_prompt_ids"], dtype=torch.long)[None]
     n_new = len(ref["gen_new_ids"])
     with torch.inference_mode():
-        out = llm.model.generate(prompt, max_new_tokens=n_new, do_sample=False, use_cache=True,
-                                 output_logits=True, return_dict_in_generate=True,
-                                 eos_token_id=llm.model.config.eos_token_id)
-    new = out.sequences[0, prompt.shape[1]:].numpy()
+        out = llm.model.generate(
+            prompt,
+            max_new_tokens=n_new,
+            do_sample=False,
+            use_cache=True,
+            output_logits=True,
+            return_dict_in_generate=True,
+            eos_token_id=llm.model.config.eos_token_id,
+        )
+    new = out.sequences[0, prompt.shape[1] :].numpy()
     np.testing.assert_array_equal(new, ref["gen_new_ids"])
     np.testing.assert_array_equal(new, ref["gen_new_ids_nocache"])
     step_logits = torch.stack(out.logits)[:, 0].float()
-    np.testing.assert_allclose(step_logits[:, ref["logit_cols"]].numpy(), ref["gen_step_logits_cols"],
-                               atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(
+        step_logits[:, ref["logit_cols"]].numpy(), ref["gen_step_logits_cols"], atol=ATOL, rtol=RTOL
+    )
     np.testing.assert_array_equal(step_logits.argmax(-1).numpy(), ref["gen_step_argmax"])
     np.testing.assert_allclose(step_logits[0].numpy(), ref["gen_step0_logits"], atol=ATOL, rtol=RTOL)
 
@@ -122,7 +130,7 @@ def test_conformance_llm_incremental_decoding(llm, ref):
     chunk = 5
     got = {}
     with torch.inference_mode():
-        out = model(ids[:, :first + 1], use_cache=True)
+        out = model(ids[:, : first + 1], use_cache=True)
         cache = out.past_key_values
         got[first] = out.logits[0, -1]
         start = first + 1
@@ -135,8 +143,9 @@ def test_conformance_llm_incremental_decoding(llm, ref):
                 got[j] = out.logits[0, j - start]
             start = stop
     inc = torch.stack([got[p] for p in positions]).float()
-    np.testing.assert_allclose(inc[:, ref["logit_cols"]].numpy(), ref["inc_logits_cols"],
-                               atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(
+        inc[:, ref["logit_cols"]].numpy(), ref["inc_logits_cols"], atol=ATOL, rtol=RTOL
+    )
     full = forward(model, ref[seq_key], use_cache=False).logits[0, positions].float()
     np.testing.assert_allclose(inc.numpy(), full.numpy(), atol=ATOL, rtol=RTOL)
     np.testing.assert_allclose(inc[-1].numpy(), ref["inc_logits_last"], atol=ATOL, rtol=RTOL)
@@ -149,8 +158,9 @@ def test_conformance_llm_alibi(llm, ref):
     np.testing.assert_allclose(alibi_slopes(heads).numpy(), ref["alibi_slopes_tiny"], atol=1e-7, rtol=0)
     n_real = len(ref["alibi_slopes_48"])
     np.testing.assert_allclose(alibi_slopes(n_real).numpy(), ref["alibi_slopes_48"], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(alibi_slopes(n_real).numpy(), ref["alibi_slopes_48_from_code"],
-                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        alibi_slopes(n_real).numpy(), ref["alibi_slopes_48_from_code"], atol=1e-6, rtol=0
+    )
     expected = ref["alibi_bias_tiny_T8"]
     t = expected.shape[-1]
     bias = alibi_bias(alibi_slopes(expected.shape[0]), t, t).numpy()
@@ -174,7 +184,7 @@ def test_conformance_llm_edit_prompt_layout(tiny_dir, ref):
     prompt = ref["gen_prompt_ids"].tolist()
     texts = [str(t) for t in ref["tok_texts"]]
     # The fixture's tokenizer vectors include the system text and the instruction it used.
-    system_ids = prompt[2:prompt.index(3)]
+    system_ids = prompt[2 : prompt.index(3)]
     system = next((t for t in texts if t.startswith("system\n") and tok.encode(t) == system_ids), None)
     assert system is not None, "no tok_texts entry encodes the fixture's system turn"
     first_audio = next(k for k, i in enumerate(prompt) if i >= 65536)
@@ -183,7 +193,7 @@ def test_conformance_llm_edit_prompt_layout(tiny_dir, ref):
     instruction = next((t for t in texts if tok.encode(t + "\n") == instr_ids), None)
     assert instruction is not None, "no tok_texts entry encodes the fixture's instruction"
     audio_str = "".join(f"<audio_{i - 65536}>" for i in prompt if i >= 65536)
-    assert encode_edit_prompt(tok, system[len("system\n"):], instruction, audio_str) == prompt
+    assert encode_edit_prompt(tok, system[len("system\n") :], instruction, audio_str) == prompt
     assert EDIT_SYSTEM_PROMPT.startswith("As a highly skilled audio editing")
 
 

@@ -51,9 +51,11 @@ def one_thread(one_torch_thread):
 def vllm_python() -> str:
     python = os.environ.get(PYTHON_ENV)
     if not python:
-        pytest.fail(f"{PYTHON_ENV} is not set: point it at the vLLM venv's python (bash "
-                    "scripts/setup_vllm_venv.sh DIR creates one and prints it), or deselect these tests "
-                    "with -m 'not vllm'")
+        pytest.fail(
+            f"{PYTHON_ENV} is not set: point it at the vLLM venv's python (bash "
+            "scripts/setup_vllm_venv.sh DIR creates one and prints it), or deselect these tests "
+            "with -m 'not vllm'"
+        )
     if not Path(python).is_file():
         pytest.fail(f"{PYTHON_ENV}={python} does not exist; run bash scripts/setup_vllm_venv.sh")
     return python
@@ -68,8 +70,12 @@ def llm_dir(demo_llm_root) -> Path:
 def vllm_server(vllm_python, demo_llm_root, tmp_path_factory):
     """One real vLLM server on the demo LLM for the whole session."""
     log_path = tmp_path_factory.mktemp("vllm") / "server.log"
-    server = start_server(demo_llm_root / "Step-Audio-EditX", vllm_python,
-                          options=VLLMEngineOptions(**ENGINE), log_path=log_path)
+    server = start_server(
+        demo_llm_root / "Step-Audio-EditX",
+        vllm_python,
+        options=VLLMEngineOptions(**ENGINE),
+        log_path=log_path,
+    )
     yield server
     server.stop()
 
@@ -100,15 +106,15 @@ def sampled(prompt_ids: list[int], seed: int, new: int = NEW_TOKENS) -> Generati
 
 # --- no vLLM needed ------------------------------------------------------------------------------
 
+
 def group(k: int) -> list[int]:
     return [2 * k % 1024, (2 * k + 1) % 1024, 1024 + 3 * k, 1025 + 3 * k, 1026 + 3 * k]
 
 
-
-
 def test_engine_options_carry_the_step1_flags(tmp_path):
-    options = VLLMEngineOptions(dtype="float32", max_model_len=2048, quantization="awq", enforce_eager=True,
-                                cpu_kvcache_space_gb=1)
+    options = VLLMEngineOptions(
+        dtype="float32", max_model_len=2048, quantization="awq", enforce_eager=True, cpu_kvcache_space_gb=1
+    )
     kwargs = options.engine_kwargs(tmp_path)
     assert kwargs["skip_tokenizer_init"] and kwargs["hf_overrides"] == HF_OVERRIDES
     assert kwargs["logits_processors"] == [REPETITION_PROCESSOR] and kwargs["quantization"] == "awq"
@@ -153,10 +159,10 @@ def test_plugin_attention_equals_the_native_math(alibi_math, num_queries, budget
     q = torch.randn(heads, num_queries, hd, generator=g)
     k, v = torch.randn(groups, keys, hd, generator=g), torch.randn(groups, keys, hd, generator=g)
     slopes = alibi_slopes(heads)
-    got = alibi_math.sqrt_alibi_attention(q, k, v, slopes, hd ** -0.5, max_bias_elements=budget)
+    got = alibi_math.sqrt_alibi_attention(q, k, v, slopes, hd**-0.5, max_bias_elements=budget)
     # Native math (models/step1.py): each query head h reads KV group h // 3.
     kk, vv = k.repeat_interleave(3, dim=0), v.repeat_interleave(3, dim=0)
-    scores = q @ kk.transpose(1, 2) * hd ** -0.5 + alibi_bias(slopes, num_queries, keys)
+    scores = q @ kk.transpose(1, 2) * hd**-0.5 + alibi_bias(slopes, num_queries, keys)
     expected = torch.softmax(scores, dim=-1) @ vv
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -215,8 +221,9 @@ def test_stream_is_incremental_and_equals_the_plain_request(remote, prompt):
     assert with_progress == plain and seen == list(range(1, len(plain) + 1))
     result = remote.generate_audio_tokens(prompt, options)
     aligner, groups = GroupAligner(), []
-    for token in remote.stream_ids(remote.clone_prompt("hello there", PROMPT_TOKENS, "How are you today?"),
-                                   options):
+    for token in remote.stream_ids(
+        remote.clone_prompt("hello there", PROMPT_TOKENS, "How are you today?"), options
+    ):
         code = audio_code(token)
         if token == remote.eos_id:
             break
@@ -272,8 +279,9 @@ def never_ending_copy(llm_dir: Path, dest: Path) -> Path:
 
 
 @pytest.mark.vllm
-def test_server_without_the_processor_is_flagged_and_its_death_is_a_clear_error(vllm_python, llm_dir, prompt,
-                                                                                 tmp_path):
+def test_server_without_the_processor_is_flagged_and_its_death_is_a_clear_error(
+    vllm_python, llm_dir, prompt, tmp_path
+):
     """A server started without the repetition processor: the backend notices, results say so.
 
     The same server (on a demo LLM that never emits eos, so requests are surely in flight) is then
@@ -281,8 +289,12 @@ def test_server_without_the_processor_is_flagged_and_its_death_is_a_clear_error(
     VLLMServerUnavailable, and so does the next request.
     """
     model = never_ending_copy(llm_dir, tmp_path / "Step-Audio-EditX")
-    server = start_server(model, vllm_python, options=VLLMEngineOptions(**ENGINE, repetition_rule=False),
-                          log_path=tmp_path / "server.log")
+    server = start_server(
+        model,
+        vllm_python,
+        options=VLLMEngineOptions(**ENGINE, repetition_rule=False),
+        log_path=tmp_path / "server.log",
+    )
     try:
         llm = VLLMStep1LLM.connect(server.url, model)
         assert not llm.repetition_rule
@@ -318,12 +330,16 @@ def _running(url: str) -> float:
         text = httpx.get(f"{url}/metrics", timeout=5).text
     except httpx.TransportError:
         return 0.0
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith("vllm:num_requests_running")]
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:num_requests_running")
+    ]
     return sum(values)
 
 
 # --- in-process mode (run under the vLLM venv's python) -------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def in_process(vllm_python, llm_dir, prompt, reference_dir, tmp_path_factory) -> dict:
@@ -342,30 +358,66 @@ def in_process(vllm_python, llm_dir, prompt, reference_dir, tmp_path_factory) ->
     payload = f"open({str(marker)!r}, 'w').write('yes')\nraise SystemExit('remote code ran')\n"
     for name in ("configuration_step1.py", "modeling_step1.py"):
         (tiny / name).write_text(payload)
-    spec = {"engines": [
-        {"model_dir": str(llm_dir), "options": options, "jobs": [
-            {"prompt_ids": prompt, "max_length": len(prompt) + NEW_TOKENS, "temperature": 0.0},
-            {"prompt_ids": prompt, "max_length": len(prompt) + NEW_TOKENS, "temperature": 0.7, "seed": 11,
-             "stream": True},
-            {"prompt_ids": prompt, "max_length": len(prompt) + 40, "temperature": 0.7, "seed": 200,
-             "concurrent": 8},
-        ]},
-        {"model_dir": str(tiny), "options": options, "jobs": [
-            {"prompt_ids": ref_prompt, "max_length": len(ref_prompt) + len(ref_new), "temperature": 0.0,
-             "repetition_rule": False},
-            {"prompt_ids": ref_prompt, "max_length": len(ref_prompt) + 60, "temperature": 0.0},
-        ]},
-    ]}
+    spec = {
+        "engines": [
+            {
+                "model_dir": str(llm_dir),
+                "options": options,
+                "jobs": [
+                    {"prompt_ids": prompt, "max_length": len(prompt) + NEW_TOKENS, "temperature": 0.0},
+                    {
+                        "prompt_ids": prompt,
+                        "max_length": len(prompt) + NEW_TOKENS,
+                        "temperature": 0.7,
+                        "seed": 11,
+                        "stream": True,
+                    },
+                    {
+                        "prompt_ids": prompt,
+                        "max_length": len(prompt) + 40,
+                        "temperature": 0.7,
+                        "seed": 200,
+                        "concurrent": 8,
+                    },
+                ],
+            },
+            {
+                "model_dir": str(tiny),
+                "options": options,
+                "jobs": [
+                    {
+                        "prompt_ids": ref_prompt,
+                        "max_length": len(ref_prompt) + len(ref_new),
+                        "temperature": 0.0,
+                        "repetition_rule": False,
+                    },
+                    {"prompt_ids": ref_prompt, "max_length": len(ref_prompt) + 60, "temperature": 0.0},
+                ],
+            },
+        ]
+    }
     out = tmp / "results.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([vllm_python, str(ROOT / "tests" / "vllm_inprocess_check.py"), str(out)],
-                          input=json.dumps(spec), capture_output=True, text=True, env=env, timeout=1200)
+    proc = subprocess.run(
+        [vllm_python, str(ROOT / "tests" / "vllm_inprocess_check.py"), str(out)],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     if proc.returncode != 0:
-        pytest.fail(f"in-process vLLM run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                    f"{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"in-process vLLM run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     results = json.loads(out.read_text())["engines"]
-    return {"demo": results[0], "tiny": results[1], "ref_prompt": ref_prompt, "ref_new": ref_new,
-            "remote_code_ran": marker.exists()}
+    return {
+        "demo": results[0],
+        "tiny": results[1],
+        "ref_prompt": ref_prompt,
+        "ref_new": ref_new,
+        "remote_code_ran": marker.exists(),
+    }
 
 
 @pytest.mark.vllm
@@ -408,8 +460,19 @@ def test_backends_benchmark_quick_run(vllm_server, demo_llm_root):
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-dir", type=Path)
     bench.add_arguments(parser)
-    args = parser.parse_args(["--model-dir", str(demo_llm_root), "--quick", "--threads", "1",
-                              "--concurrency", "1,2", "--llm-url", vllm_server.url])
+    args = parser.parse_args(
+        [
+            "--model-dir",
+            str(demo_llm_root),
+            "--quick",
+            "--threads",
+            "1",
+            "--concurrency",
+            "1,2",
+            "--llm-url",
+            vllm_server.url,
+        ]
+    )
     result = bench.run(args)
     assert set(result["backends"]) == {"native", "vllm"} and result["demo_models"]
     for figures in result["backends"].values():
@@ -426,8 +489,9 @@ def test_backends_benchmark_quick_run(vllm_server, demo_llm_root):
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_the_app_on_the_vllm_backend_streams_then_survives_the_server_dying(vllm_python, demo_models_root,
-                                                                            tmp_path):
+def test_the_app_on_the_vllm_backend_streams_then_survives_the_server_dying(
+    vllm_python, demo_models_root, tmp_path
+):
     """app.py --llm-backend vllm --llm-url: a streamed clone through the API; then the server dies:
     a clear 503, and a request for the native backend still gets audio."""
     import io
@@ -437,21 +501,36 @@ def test_the_app_on_the_vllm_backend_streams_then_survives_the_server_dying(vllm
     from demo.examples import synthetic_voice
     from tests.app_server import running_app
 
-    server = start_server(demo_models_root / "Step-Audio-EditX", vllm_python,
-                          options=VLLMEngineOptions(**ENGINE), log_path=tmp_path / "vllm.log")
+    server = start_server(
+        demo_models_root / "Step-Audio-EditX",
+        vllm_python,
+        options=VLLMEngineOptions(**ENGINE),
+        log_path=tmp_path / "vllm.log",
+    )
     try:
         extra = ["--llm-backend", "vllm", "--llm-url", server.url, "--no-warmup"]
         (tmp_path / "app").mkdir()
-        with running_app(demo_models_root, tmp_path / "app", extra) as app, \
-                httpx.Client(base_url=app.url, timeout=600) as http:
+        with (
+            running_app(demo_models_root, tmp_path / "app", extra) as app,
+            httpx.Client(base_url=app.url, timeout=600) as http,
+        ):
             health = app.health()
             assert health["llm_backend"] == "vllm" and health["llm_repetition_rule"] is True
             buffer = io.BytesIO()
             sf.write(buffer, synthetic_voice(3.0, 22050, seed=5), 22050, format="WAV")
-            voice = http.post("/v1/voices", files={"file": ("v.wav", buffer.getvalue(), "audio/wav")},
-                              data={"name": "vllm voice", "text": "a test voice"}).json()["id"]
-            body = {"model": "step-audio-editx", "voice": voice, "input": "Hello over vLLM.", "seed": 3,
-                    "response_format": "pcm", "stream_format": "audio"}
+            voice = http.post(
+                "/v1/voices",
+                files={"file": ("v.wav", buffer.getvalue(), "audio/wav")},
+                data={"name": "vllm voice", "text": "a test voice"},
+            ).json()["id"]
+            body = {
+                "model": "step-audio-editx",
+                "voice": voice,
+                "input": "Hello over vLLM.",
+                "seed": 3,
+                "response_format": "pcm",
+                "stream_format": "audio",
+            }
             with http.stream("POST", "/v1/audio/speech", json=body) as response:
                 assert response.status_code == 200
                 audio = b"".join(response.iter_bytes())

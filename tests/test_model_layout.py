@@ -87,14 +87,17 @@ def test_empty_file_is_named(layout_copy):
     assert "empty (0 bytes)" in _problem_for(verify_layout(layout_copy), target)
 
 
-@pytest.mark.parametrize("relative", [
-    "Step-Audio-EditX/model-00001.safetensors",
-    "Step-Audio-Tokenizer/linguistic_tokenizer.npy",
-    "Step-Audio-Tokenizer/speech_tokenizer_v1.onnx",
-    "Step-Audio-EditX/CosyVoice-300M-25Hz/flow.pt",
-    "Step-Audio-Tokenizer/dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online/model.pt",
-    "Step-Audio-EditX/tokenizer.model",
-])
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "Step-Audio-EditX/model-00001.safetensors",
+        "Step-Audio-Tokenizer/linguistic_tokenizer.npy",
+        "Step-Audio-Tokenizer/speech_tokenizer_v1.onnx",
+        "Step-Audio-EditX/CosyVoice-300M-25Hz/flow.pt",
+        "Step-Audio-Tokenizer/dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online/model.pt",
+        "Step-Audio-EditX/tokenizer.model",
+    ],
+)
 def test_truncated_file_is_named(layout_copy, relative):
     path = layout_copy / relative
     with path.open("r+b") as f:
@@ -113,7 +116,8 @@ def test_trailing_bytes_after_safetensors_data_are_reported(layout_copy):
 def test_git_lfs_pointer_is_recognised(layout_copy):
     target = "Step-Audio-EditX/CosyVoice-300M-25Hz/flow.pt"
     (layout_copy / target).write_text(
-        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 615274252\n")
+        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 615274252\n"
+    )
     assert "Git LFS pointer" in _problem_for(verify_layout(layout_copy), target)
 
 
@@ -169,8 +173,10 @@ def test_has_real_models_when_floors_are_met(layout_copy, monkeypatch):
         name: dataclasses.replace(
             part,
             files=tuple(dataclasses.replace(f, min_real_bytes=1) for f in part.files),
-            weights=part.weights and dataclasses.replace(part.weights, min_real_total_bytes=1))
-        for name, part in PARTS.items()}
+            weights=part.weights and dataclasses.replace(part.weights, min_real_total_bytes=1),
+        )
+        for name, part in PARTS.items()
+    }
     monkeypatch.setattr(model_layout, "PARTS", relaxed)
     assert has_real_models(layout_copy)
     (layout_copy / "Step-Audio-EditX" / "tokenizer.model").unlink()

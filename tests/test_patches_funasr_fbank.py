@@ -21,8 +21,10 @@ def funasr_modules():
     from funasr.register import tables
 
     if getattr(dispatcher, "_HAS_TORCHAUDIO", False):
-        pytest.fail("torchaudio imports here, so the patch is a no-op; these tests assume the "
-                    "project's stack (no torchaudio build for the pinned torch)")
+        pytest.fail(
+            "torchaudio imports here, so the patch is a no-op; these tests assume the "
+            "project's stack (no torchaudio build for the pinned torch)"
+        )
     return dispatcher, tables
 
 
@@ -37,8 +39,9 @@ def _audio(samples: int = 9000, seed: int = 0) -> np.ndarray:
 
 def _online_frontend_fbank(tables, audio: np.ndarray) -> torch.Tensor:
     """(frames, 80) fbank from WavFrontendOnline, the frontend of the vq02 stream (hamming, no CMVN)."""
-    frontend = tables.frontend_classes["WavFrontendOnline"](cmvn_file=None, n_mels=80, window="hamming",
-                                                            lfr_m=1, lfr_n=1, dither=0.0)
+    frontend = tables.frontend_classes["WavFrontendOnline"](
+        cmvn_file=None, n_mels=80, window="hamming", lfr_m=1, lfr_n=1, dither=0.0
+    )
     cache = {"input_cache": torch.empty(1, 0)}
     wave = torch.from_numpy(audio)[None]
     _, feats, _ = frontend.forward_fbank(wave, torch.tensor([wave.shape[1]]), cache=cache)
@@ -46,8 +49,13 @@ def _online_frontend_fbank(tables, audio: np.ndarray) -> torch.Tensor:
 
 
 def _ours(audio: np.ndarray) -> torch.Tensor:
-    return kaldi_fbank.fbank(torch.from_numpy(audio) * INT16_SCALE, num_mel_bins=80, window_type="hamming",
-                             energy_floor=0.0, dither=0.0)
+    return kaldi_fbank.fbank(
+        torch.from_numpy(audio) * INT16_SCALE,
+        num_mel_bins=80,
+        window_type="hamming",
+        energy_floor=0.0,
+        dither=0.0,
+    )
 
 
 def test_apply_routes_funasr_frontend_to_kaldi_fbank(funasr_modules):

@@ -70,11 +70,19 @@ def first_clone(engine):
 
 def sibling(engine: CloneEngine, **config) -> CloneEngine:
     """Same loaded models, other settings (no reload)."""
-    return CloneEngine(engine.tokenizer, {engine.config.variant: engine.llm(None)}, engine.vocoder,
-                       engine.cache, EngineConfig(**config), engine.model_root, engine.demo)
+    return CloneEngine(
+        engine.tokenizer,
+        {engine.config.variant: engine.llm(None)},
+        engine.vocoder,
+        engine.cache,
+        EngineConfig(**config),
+        engine.model_root,
+        engine.demo,
+    )
 
 
 # ---- clone -------------------------------------------------------------------------------------
+
 
 def test_clone_returns_24khz_audio_and_a_full_report(first_clone):
     _, result = first_clone
@@ -104,8 +112,17 @@ def test_same_voice_is_a_cache_hit(engine):
     cold = engine.cache_stats()
     assert cold["misses"] == before["misses"] + 1
     assert cold["vocoder_prompt_misses"] == before["vocoder_prompt_misses"] + 1
-    result = first_success(lambda seed: engine.clone(CloneRequest(
-        audio, SR, "a short test sentence", "Again.", SynthesisOptions(seed=seed, max_length=MAX_LENGTH))))
+    result = first_success(
+        lambda seed: engine.clone(
+            CloneRequest(
+                audio,
+                SR,
+                "a short test sentence",
+                "Again.",
+                SynthesisOptions(seed=seed, max_length=MAX_LENGTH),
+            )
+        )
+    )
     assert result.report.cache_hit and result.report.tokens_from == "cache hit"
     assert result.report.vocoder_prompt_cached
     assert result.report.encode_s_saved > 0
@@ -169,8 +186,10 @@ def test_damaged_cached_features_are_recomputed(engine):
 
 def test_features_round_trip_exactly():
     rng = np.random.default_rng(0)
-    features = PromptFeatures(mel=rng.standard_normal((17, 80)).astype(np.float32),
-                              speaker_embedding=rng.standard_normal(192).astype(np.float32))
+    features = PromptFeatures(
+        mel=rng.standard_normal((17, 80)).astype(np.float32),
+        speaker_embedding=rng.standard_normal(192).astype(np.float32),
+    )
     back = decode_features(encode_features(features, "h", 0.1))
     assert np.array_equal(back.mel, features.mel) and back.mel.dtype == np.float32
     assert np.array_equal(back.speaker_embedding, features.speaker_embedding)
@@ -193,6 +212,7 @@ def test_a_set_stop_flag_cancels_the_request(engine):
 
 # ---- transcription -----------------------------------------------------------------------------
 
+
 def test_empty_reference_text_is_transcribed_once_and_cached(engine):
     audio = voice(seed=3, f0=140.0)
     text = engine.prepare_reference(audio, SR, "")
@@ -206,8 +226,11 @@ def test_empty_reference_text_is_transcribed_once_and_cached(engine):
 
 def test_clone_with_empty_reference_text_reports_the_transcription(engine):
     audio = voice(seed=4, f0=100.0)
-    result = first_success(lambda seed: engine.clone(CloneRequest(
-        audio, SR, "", "Hi.", SynthesisOptions(seed=seed, max_length=MAX_LENGTH))))
+    result = first_success(
+        lambda seed: engine.clone(
+            CloneRequest(audio, SR, "", "Hi.", SynthesisOptions(seed=seed, max_length=MAX_LENGTH))
+        )
+    )
     assert result.transcribed and result.report.transcribed
     assert "transcription" in [row[0] for row in result.report.rows()]
     assert result.prompt_text == (engine.tokenizer.encode(audio, SR).transcript or "").strip()
@@ -221,35 +244,47 @@ def test_no_auto_transcribe_refuses_an_empty_reference_text(engine):
 
 # ---- edit --------------------------------------------------------------------------------------
 
+
 def test_edit_chains_on_kept_tokens(engine, first_clone):
     _, cloned = first_clone
     options = lambda seed: SynthesisOptions(seed=seed, max_length=MAX_LENGTH)  # noqa: E731
-    happy = first_success(lambda s: engine.edit(EditRequest.from_result(cloned, "emotion", "happy",
-                                                                        options=options(s))))
+    happy = first_success(
+        lambda s: engine.edit(EditRequest.from_result(cloned, "emotion", "happy", options=options(s)))
+    )
     assert happy.mode == "edit emotion/happy" and happy.sample_rate == 24000 and len(happy.audio)
     assert happy.report.tokens_from == "kept" and happy.text == cloned.text
     assert len(cloned.voices) == 1 and cloned.voices[0].mixed_tokens == cloned.audio_tokens
-    faster = first_success(lambda s: engine.edit(EditRequest.from_result(happy, "speed", "faster",
-                                                                         options=options(s))))
+    faster = first_success(
+        lambda s: engine.edit(EditRequest.from_result(happy, "speed", "faster", options=options(s)))
+    )
     assert faster.mode == "edit speed/faster" and faster.report.tokens_from == "kept"
     # editing the same version again reuses its kept features too
-    again = first_success(lambda s: engine.edit(EditRequest.from_result(happy, "style", "whisper",
-                                                                        options=options(s))))
+    again = first_success(
+        lambda s: engine.edit(EditRequest.from_result(happy, "style", "whisper", options=options(s)))
+    )
     assert again.report.vocoder_prompt_cached and again.report.vocoder_prompt_s == 0
 
 
 def test_edit_of_an_uploaded_clip_goes_through_the_tokenizer(engine):
     audio = voice(seed=5, f0=115.0)
-    result = first_success(lambda s: engine.edit(EditRequest(
-        audio, SR, "some words", "denoise", options=SynthesisOptions(seed=s, max_length=MAX_LENGTH))))
+    result = first_success(
+        lambda s: engine.edit(
+            EditRequest(
+                audio, SR, "some words", "denoise", options=SynthesisOptions(seed=s, max_length=MAX_LENGTH)
+            )
+        )
+    )
     assert result.report.tokens_from in ("encoded", "cache hit") and result.mode == "edit denoise"
 
 
-@pytest.mark.parametrize("task, subtask, message", [
-    ("sing", None, "unknown edit task"),
-    ("emotion", "sleepy", "needs a sub-task"),
-    ("emotion", None, "needs a sub-task"),
-])
+@pytest.mark.parametrize(
+    "task, subtask, message",
+    [
+        ("sing", None, "unknown edit task"),
+        ("emotion", "sleepy", "needs a sub-task"),
+        ("emotion", None, "needs a sub-task"),
+    ],
+)
 def test_bad_edit_task_is_refused(engine, task, subtask, message):
     with pytest.raises(OptionsError, match=message):
         engine.edit(EditRequest(voice(), SR, "words", task, subtask))
@@ -262,38 +297,48 @@ def test_paralinguistic_edit_needs_the_new_text(engine):
 
 # ---- bad input ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("audio, sr, message", [
-    (np.zeros(SR * 2, np.float32), SR, "silent"),
-    (np.full(SR * 2, np.nan, np.float32), SR, "NaN"),
-    (np.zeros(0, np.float32), SR, "empty"),
-    (voice(0.15), SR, "speech"),
-    (voice(25.0), SR, "limit is 20"),
-    (voice(), 0, "sample rate"),
-    (np.ones((2, 3, 4), np.float32), SR, "1-D or 2-D"),
-])
+
+@pytest.mark.parametrize(
+    "audio, sr, message",
+    [
+        (np.zeros(SR * 2, np.float32), SR, "silent"),
+        (np.full(SR * 2, np.nan, np.float32), SR, "NaN"),
+        (np.zeros(0, np.float32), SR, "empty"),
+        (voice(0.15), SR, "speech"),
+        (voice(25.0), SR, "limit is 20"),
+        (voice(), 0, "sample rate"),
+        (np.ones((2, 3, 4), np.float32), SR, "1-D or 2-D"),
+    ],
+)
 def test_bad_reference_audio_is_refused_with_a_reason(engine, audio, sr, message):
     with pytest.raises(AudioInputError, match=message):
         engine.clone(CloneRequest(audio, sr, "words", "Hello."))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "empty"),
-    ("   \n ", "empty"),
-    ("<audio_5><audio_77>", "only control tokens"),
-    ("x" * (DEFAULT_MAX_TEXT_CHARS + 1), f"limit is {DEFAULT_MAX_TEXT_CHARS}"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty"),
+        ("   \n ", "empty"),
+        ("<audio_5><audio_77>", "only control tokens"),
+        ("x" * (DEFAULT_MAX_TEXT_CHARS + 1), f"limit is {DEFAULT_MAX_TEXT_CHARS}"),
+    ],
+)
 def test_bad_target_text_is_refused_with_a_reason(engine, text, message):
     with pytest.raises(TextInputError, match=message):
         engine.clone(CloneRequest(voice(), SR, "words", text))
 
 
-@pytest.mark.parametrize("options, message", [
-    (SynthesisOptions(temperature=0.0), "temperature"),
-    (SynthesisOptions(top_p=1.5), "top-p"),
-    (SynthesisOptions(flow_steps=0), "flow steps"),
-    (SynthesisOptions(variant="fp8"), "unknown model variant"),
-    (SynthesisOptions(seed=-3), "seed"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (SynthesisOptions(temperature=0.0), "temperature"),
+        (SynthesisOptions(top_p=1.5), "top-p"),
+        (SynthesisOptions(flow_steps=0), "flow steps"),
+        (SynthesisOptions(variant="fp8"), "unknown model variant"),
+        (SynthesisOptions(seed=-3), "seed"),
+    ],
+)
 def test_bad_options_are_refused(engine, options, message):
     with pytest.raises(OptionsError, match=message):
         engine.clone(CloneRequest(voice(), SR, "words", "Hello.", options))
@@ -357,6 +402,7 @@ def test_missing_models_fall_back_to_the_demo_models(tmp_path, demo_models_root)
 def test_other_variant_loads_on_first_use(engine):
     assert engine.loaded_variants == ["base"] and "bnb-4bit" in engine.available_variants()
     options = lambda seed: SynthesisOptions(variant="bnb-4bit", seed=seed, max_length=MAX_LENGTH)  # noqa: E731
-    result = first_success(lambda seed: engine.clone(CloneRequest(voice(seed=13), SR, "words", "Hi.",
-                                                                  options(seed))))
+    result = first_success(
+        lambda seed: engine.clone(CloneRequest(voice(seed=13), SR, "words", "Hi.", options(seed)))
+    )
     assert result.variant == "bnb-4bit" and "bnb-4bit" in engine.status()["variants_loaded"]

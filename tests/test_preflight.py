@@ -87,7 +87,7 @@ def test_noise_and_silence_suggest_the_edit_that_fixes_them(voices, clean):
     noise = np.random.default_rng(1).standard_normal(clean.size).astype(np.float32)
     noisy = voices.preflight(clean + 0.1 * noise, SR)
     assert codes(noisy) == ["noisy"] and noisy.warnings[0].suggestion == "denoise"
-    padded = voices.preflight(np.concatenate([clean[:2 * SR], np.zeros(4 * SR, np.float32)]), SR)
+    padded = voices.preflight(np.concatenate([clean[: 2 * SR], np.zeros(4 * SR, np.float32)]), SR)
     assert codes(padded) == ["silence"] and padded.warnings[0].suggestion == "vad"
 
 

@@ -24,8 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _entry(i: int, seconds: float = 1.0, pad: int = 0) -> dict:
-    return {"vq02": [i, i + 1], "vq06": [i, i, i], "encode_seconds": seconds, "created": 0.0,
-            "transcript": None, "pad": "x" * pad}
+    return {
+        "vq02": [i, i + 1],
+        "vq06": [i, i, i],
+        "encode_seconds": seconds,
+        "created": 0.0,
+        "transcript": None,
+        "pad": "x" * pad,
+    }
 
 
 def test_hit_miss_and_time_saved_from_recorded_encode_times(tmp_path):
@@ -138,6 +144,7 @@ def _refuse_writes(monkeypatch, message: str) -> None:
 
     As root, chmod cannot make a folder read-only, so the failure is injected where SQLite raises it.
     """
+
     def refuse(*args, **kwargs):
         raise sqlite3.OperationalError(message)
 
@@ -180,7 +187,8 @@ def test_entries_on_disk_stay_readable_after_a_failed_write(tmp_path, caplog, mo
     assert cache.stats()["persistent"] is True
     reopened = PromptCache(folder)
     assert {k: reopened.get(k) is not None for k in ("before", "after", "later")} == dict.fromkeys(
-        ("before", "after", "later"), True)
+        ("before", "after", "later"), True
+    )
     assert reopened.get("before")["transcript"] == "kept in memory"
 
 
@@ -193,8 +201,9 @@ def test_pickled_rows_are_never_unpickled_and_are_removed(tmp_path):
     cache.put("big", _entry(2, pad=100_000))
     con = sqlite3.connect(str(folder / "cache.db"))
     with con:  # a tampered cache.db: pickle-mode rows, in the database and in a value file
-        con.execute("UPDATE Cache SET mode = 4, filename = NULL, value = ? WHERE key LIKE '%small'",
-                    (payload,))
+        con.execute(
+            "UPDATE Cache SET mode = 4, filename = NULL, value = ? WHERE key LIKE '%small'", (payload,)
+        )
         (filename,) = con.execute("SELECT filename FROM Cache WHERE key LIKE '%big'").fetchone()
         (folder / filename).write_bytes(payload)
         con.execute("UPDATE Cache SET mode = 4 WHERE key LIKE '%big'")
@@ -225,8 +234,9 @@ def test_a_value_file_outside_the_folder_is_neither_read_nor_deleted(tmp_path):
     cache.put("big", _entry(1, pad=100_000))
     con = sqlite3.connect(str(folder / "cache.db"))
     with con:
-        con.execute("UPDATE Cache SET filename = ? WHERE key LIKE '%big'",
-                    (os.path.join("..", outside.name),))
+        con.execute(
+            "UPDATE Cache SET filename = ? WHERE key LIKE '%big'", (os.path.join("..", outside.name),)
+        )
     assert cache.get("big") is None
     assert outside.exists() and json.loads(outside.read_text()) == _entry(5)
     con.close()
@@ -311,10 +321,12 @@ def _child_writes(folder: str, start: int, count: int) -> None:
 def test_two_processes_share_the_folder(tmp_path):
     folder = tmp_path / "shared"
     PromptCache(folder).put("parent", _entry(100))
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from prompt_cache import PromptCache; "
-            f"from pathlib import Path; c = PromptCache(Path({str(folder)!r})); "
-            "assert c.get('parent')['vq02'] == [100, 101]; "
-            "c.put('child', {'vq02': [1], 'vq06': [2], 'encode_seconds': 1.0})")
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from prompt_cache import PromptCache; "
+        f"from pathlib import Path; c = PromptCache(Path({str(folder)!r})); "
+        "assert c.get('parent')['vq02'] == [100, 101]; "
+        "c.put('child', {'vq02': [1], 'vq06': [2], 'encode_seconds': 1.0})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     assert PromptCache(folder).get("child")["vq06"] == [2]
     # concurrent writers in two processes: every entry and every merged field lands

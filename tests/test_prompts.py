@@ -66,31 +66,53 @@ def test_demo_tokenizer_has_the_real_special_layout(tok):
 def test_audio_tokens_map_to_65536_plus_n(tok):
     ids = tok.encode("ab<audio_5>cd<audio_1024><audio_0>")
     assert ids == tok.encode_text("ab") + [AUDIO_ID_OFFSET + 5] + tok.encode_text("cd") + [
-        AUDIO_ID_OFFSET + 1024, AUDIO_ID_OFFSET]
+        AUDIO_ID_OFFSET + 1024,
+        AUDIO_ID_OFFSET,
+    ]
 
 
 def test_clone_prompt_layout(tok):
     ids = build_clone_prompt(tok, "hello there", AUDIO, "How are you today?", speaker="clone_x")
-    system = CLONE_SYSTEM_PROMPT_TEMPLATE.format(speaker="clone_x", prompt_text="hello there",
-                                                 prompt_wav_tokens=AUDIO)
+    system = CLONE_SYSTEM_PROMPT_TEMPLATE.format(
+        speaker="clone_x", prompt_text="hello there", prompt_wav_tokens=AUDIO
+    )
     newline = tok.encode_text("\n")
     target = tok.encode_text("\nHow are you today?")
-    assert target[:len(newline)] == newline
-    expected = ([1, 4] + tok.encode("system\n" + system) + [3, 4] + tok.encode("human\n")
-                + target[len(newline):] + [3, 4] + tok.encode("assistant\n"))
+    assert target[: len(newline)] == newline
+    expected = (
+        [1, 4]
+        + tok.encode("system\n" + system)
+        + [3, 4]
+        + tok.encode("human\n")
+        + target[len(newline) :]
+        + [3, 4]
+        + tok.encode("assistant\n")
+    )
     assert ids == expected
     turns = split_turns(ids)
     assert len(turns) == 3
     assert turns[2] == tok.encode("assistant\n")
-    assert [i - AUDIO_ID_OFFSET for i in turns[0] if i >= AUDIO_ID_OFFSET] == [5, 900, 1024, 3000, 5119, 0,
-                                                                               1, 2000, 2001, 2002]
+    assert [i - AUDIO_ID_OFFSET for i in turns[0] if i >= AUDIO_ID_OFFSET] == [
+        5,
+        900,
+        1024,
+        3000,
+        5119,
+        0,
+        1,
+        2000,
+        2001,
+        2002,
+    ]
 
 
 def test_clone_template_is_upstreams():
     text = CLONE_SYSTEM_PROMPT_TEMPLATE.format(speaker="S", prompt_text="P", prompt_wav_tokens="T")
-    assert text == ("Generate audio with the following timbre, prosody and speaking style\n\n"
-                    "[speaker_start]\nspeaker name: S\nspeaker prompt text: \nP\n"
-                    "speaker audio tokens: \nT\n[speaker_end]\n")
+    assert text == (
+        "Generate audio with the following timbre, prosody and speaking style\n\n"
+        "[speaker_start]\nspeaker name: S\nspeaker prompt text: \nP\n"
+        "speaker audio tokens: \nT\n[speaker_end]\n"
+    )
 
 
 def test_clone_default_speaker_name_is_stable(tok):
@@ -113,14 +135,32 @@ def test_edit_task_lists_match_upstream():
         assert len(options) == len(set(options))
 
 
-@pytest.mark.parametrize(("task", "option", "expected"), [
-    ("emotion", "happy", "Make the following audio more happy. The text corresponding to the audio is: hi\n"),
-    ("emotion", "remove", "Remove any emotion in the following audio and the reference text is: hi\n"),
-    ("speed", "faster", "Make the following audio more faster. The text corresponding to the audio is: hi\n"),
-    ("style", "whisper",
-     "Make the following audio more whisper style. The text corresponding to the audio is: hi\n"),
-    ("style", "remove", "Remove any speaking styles in the following audio and the reference text is: hi\n"),
-])
+@pytest.mark.parametrize(
+    ("task", "option", "expected"),
+    [
+        (
+            "emotion",
+            "happy",
+            "Make the following audio more happy. The text corresponding to the audio is: hi\n",
+        ),
+        ("emotion", "remove", "Remove any emotion in the following audio and the reference text is: hi\n"),
+        (
+            "speed",
+            "faster",
+            "Make the following audio more faster. The text corresponding to the audio is: hi\n",
+        ),
+        (
+            "style",
+            "whisper",
+            "Make the following audio more whisper style. The text corresponding to the audio is: hi\n",
+        ),
+        (
+            "style",
+            "remove",
+            "Remove any speaking styles in the following audio and the reference text is: hi\n",
+        ),
+    ],
+)
 def test_edit_instructions(task, option, expected):
     assert edit_instruction(task, option, " hi ") == expected
 
@@ -130,17 +170,26 @@ def test_denoise_vad_paralinguistic_instructions():
     assert edit_instruction("vad", None, "x").startswith("Remove any silent portions from the given audio")
     assert edit_instruction("paralinguistic", None, "hi", "hi[Laughter]") == (
         "Add some non-verbal sounds to make the audio more natural, the new text is : hi[Laughter]\n"
-        "  The text corresponding to the audio is: hi\n")
+        "  The text corresponding to the audio is: hi\n"
+    )
 
 
 def test_edit_prompt_layout_every_option(tok):
     for task, options in EDIT_TASKS.items():
         for option in options if task != "paralinguistic" else [None]:
-            ids = build_edit_prompt(tok, "hello there", AUDIO, task, option,
-                                    new_text="hello [Laughter] there")
+            ids = build_edit_prompt(
+                tok, "hello there", AUDIO, task, option, new_text="hello [Laughter] there"
+            )
             instruction = edit_instruction(task, option, "hello there", "hello [Laughter] there")
-            expected = ([1, 4] + tok.encode("system\n" + EDIT_SYSTEM_PROMPT) + [3, 4] + tok.encode("human\n")
-                        + tok.encode(f"{instruction}\n{AUDIO}\n") + [3, 4] + tok.encode("assistant\n"))
+            expected = (
+                [1, 4]
+                + tok.encode("system\n" + EDIT_SYSTEM_PROMPT)
+                + [3, 4]
+                + tok.encode("human\n")
+                + tok.encode(f"{instruction}\n{AUDIO}\n")
+                + [3, 4]
+                + tok.encode("assistant\n")
+            )
             assert ids == expected, (task, option)
 
 
@@ -157,10 +206,23 @@ def test_edit_prompt_rejects_bad_requests(tok):
     assert build_edit_prompt(tok, "", AUDIO, "vad", None)
 
 
-@pytest.mark.parametrize("text", [
-    "<audio_12>hi", "hi<s>", "</s>hi", "<|BOT|>hi", "h<|EOT|>i", "<unk>hi", "<|reserved_17|>hi",
-    "[speaker_start]hi", "hi[speaker_end]", "<<s>/s>hi", "<<audio_1>audio_2>hi", "<AUDIO_3>hi",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<audio_12>hi",
+        "hi<s>",
+        "</s>hi",
+        "<|BOT|>hi",
+        "h<|EOT|>i",
+        "<unk>hi",
+        "<|reserved_17|>hi",
+        "[speaker_start]hi",
+        "hi[speaker_end]",
+        "<<s>/s>hi",
+        "<<audio_1>audio_2>hi",
+        "<AUDIO_3>hi",
+    ],
+)
 def test_sanitize_text_removes_control_strings(text):
     assert sanitize_text(text) == "hi"
 
@@ -170,8 +232,22 @@ def test_sanitize_keeps_ordinary_text_and_tags():
 
 
 def test_the_2026_release_tags_are_offered_beside_the_older_ones_and_survive_cleaning_and_splitting():
-    new = ["[inhale]", "[exhale]", "[chuckle]", "[giggle]", "[snort]", "[clears throat]", "[cough]",
-           "[laugh]", "[breath]", "[sigh]", "[uhm]", "[Surprise-yo]", "[Question-ah]", "[Question-en]"]
+    new = [
+        "[inhale]",
+        "[exhale]",
+        "[chuckle]",
+        "[giggle]",
+        "[snort]",
+        "[clears throat]",
+        "[cough]",
+        "[laugh]",
+        "[breath]",
+        "[sigh]",
+        "[uhm]",
+        "[Surprise-yo]",
+        "[Question-ah]",
+        "[Question-en]",
+    ]
     assert EDIT_TASKS["paralinguistic"] == list(PARALINGUISTIC_TAGS_2025) + new
     text = " ".join(f"Word {tag} here." for tag in [*new, *LANGUAGE_TAGS])
     cleaned = clean_text(text, "target text", DEFAULT_MAX_TEXT_CHARS, [])
@@ -226,8 +302,24 @@ def test_forbidden_ids_are_respelled_as_bytes(tok):
     assert tok.sp.decode(ids[1:]) == "<|EOT|>"
 
 
-_CONTROL = st.sampled_from(["<s>", "</s>", "<|BOT|>", "<|EOT|>", "<unk>", "<audio_3>", "<audio_70000>",
-                            "[speaker_start]", "[speaker_end]", "<|reserved_9|>", "\n", "human\n", "<", ">"])
+_CONTROL = st.sampled_from(
+    [
+        "<s>",
+        "</s>",
+        "<|BOT|>",
+        "<|EOT|>",
+        "<unk>",
+        "<audio_3>",
+        "<audio_70000>",
+        "[speaker_start]",
+        "[speaker_end]",
+        "<|reserved_9|>",
+        "\n",
+        "human\n",
+        "<",
+        ">",
+    ]
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -241,7 +333,7 @@ def test_target_part_never_holds_special_or_audio_ids(tok, parts):
         return
     human = ids.index(EOT_ID) + 2 + len(tok.encode("human\n"))
     end = len(ids) - 2 - len(tok.encode("assistant\n"))
-    assert ids[end:end + 2] == [EOT_ID, BOT_ID]
+    assert ids[end : end + 2] == [EOT_ID, BOT_ID]
     target = ids[human:end]
     assert target
     assert all(i < AUDIO_ID_OFFSET and i not in TURN_IDS for i in target)

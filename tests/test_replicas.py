@@ -28,16 +28,28 @@ def clip(seed: int, f0: float) -> bytes:
 
 
 def create_voice(replica: AppServer, name: str, data: bytes) -> dict:
-    response = httpx.post(replica.url + "/v1/voices", files={"file": ("v.wav", data, "audio/wav")},
-                          data={"name": name, "text": "a shared test voice"}, timeout=600)
+    response = httpx.post(
+        replica.url + "/v1/voices",
+        files={"file": ("v.wav", data, "audio/wav")},
+        data={"name": name, "text": "a shared test voice"},
+        timeout=600,
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
 
 def speak(replica: AppServer, voice: str) -> httpx.Response:
-    return httpx.post(replica.url + "/v1/audio/speech", timeout=600,
-                      json={"model": "step-audio-editx", "voice": voice, "input": "Hello from a replica.",
-                            "seed": 2, "response_format": "wav"})
+    return httpx.post(
+        replica.url + "/v1/audio/speech",
+        timeout=600,
+        json={
+            "model": "step-audio-editx",
+            "voice": voice,
+            "input": "Hello from a replica.",
+            "seed": 2,
+            "response_format": "wav",
+        },
+    )
 
 
 def health(replica: AppServer) -> dict:
@@ -60,8 +72,11 @@ def cluster(demo_models_root, tmp_path_factory):
     replicas = []
     try:
         for name in ("a", "b"):
-            replicas.append(AppServer(demo_models_root, tmp_path_factory.mktemp(f"replica_{name}"),
-                                      ["--cache-url", redis.url]))
+            replicas.append(
+                AppServer(
+                    demo_models_root, tmp_path_factory.mktemp(f"replica_{name}"), ["--cache-url", redis.url]
+                )
+            )
         for replica in replicas:
             replica.wait_ready()
         yield redis, replicas[0], replicas[1]

@@ -22,8 +22,23 @@ from lru import LRU
 
 ROOT = Path(__file__).resolve().parents[1]
 
-COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000,
-                352800, 384000)
+COMMON_RATES = (
+    8000,
+    11025,
+    12000,
+    16000,
+    22050,
+    24000,
+    32000,
+    44100,
+    48000,
+    88200,
+    96000,
+    176400,
+    192000,
+    352800,
+    384000,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +80,9 @@ def test_common_rates_keep_torchaudios_polyphase_path(monkeypatch, new_sr):
         np.testing.assert_array_equal(auto[sr], resample(x, sr, new_sr), err_msg=f"{sr} -> {new_sr}")
 
 
-@pytest.mark.parametrize(("orig", "new"), [(4411, 1600), (1601, 1600), (267, 800), (441, 160), (1, 24),
-                                           (3, 2)])
+@pytest.mark.parametrize(
+    ("orig", "new"), [(4411, 1600), (1601, 1600), (267, 800), (441, 160), (1, 24), (3, 2)]
+)
 def test_phase_kernel_holds_every_nonzero_weight_of_torchaudios_kernel(orig, new):
     """Row k of the phase kernel is the non-zero band of row k of torchaudio's kernel, bit for bit."""
     full, width = audio_resample._sinc_kernel(orig, new)
@@ -83,9 +99,19 @@ def test_phase_kernel_holds_every_nonzero_weight_of_torchaudios_kernel(orig, new
         assert not full[k, rest].any(), f"phase {k}: torchaudio weighs a tap outside the band"
 
 
-@pytest.mark.parametrize(("orig_sr", "new_sr"), [(16010, 16000), (24010, 16000), (44110, 16000),
-                                                 (8010, 24000), (22050, 24000), (44100, 16000),
-                                                 (16000, 24000), (96000, 16000)])
+@pytest.mark.parametrize(
+    ("orig_sr", "new_sr"),
+    [
+        (16010, 16000),
+        (24010, 16000),
+        (44110, 16000),
+        (8010, 24000),
+        (22050, 24000),
+        (44100, 16000),
+        (16000, 24000),
+        (96000, 16000),
+    ],
+)
 @pytest.mark.parametrize("channels", [1, 2])
 def test_phasewise_path_matches_torchaudios_polyphase_path(monkeypatch, orig_sr, new_sr, channels):
     """Same weights, another summation order: equal to float32 rounding (the brief allows 1e-5)."""
@@ -108,8 +134,9 @@ def test_short_clips_weigh_only_their_own_phases(monkeypatch, seconds):
     assert ours.shape == reference.shape and float(np.abs(ours - reference).max()) < 1e-5
 
 
-@pytest.mark.parametrize(("orig_sr", "new_sr"), [(16001, 16000), (22051, 24000), (44101, 16000),
-                                                 (1001, 24000), (16000, 22051)])
+@pytest.mark.parametrize(
+    ("orig_sr", "new_sr"), [(16001, 16000), (22051, 24000), (44101, 16000), (1001, 24000), (16000, 22051)]
+)
 @pytest.mark.parametrize("length", [0, 1, 2, 7, 157, 16002])
 def test_odd_rates_keep_the_output_length_rule(orig_sr, new_sr, length):
     x = _signal(length / orig_sr + 1e-9, orig_sr)[:length]
@@ -162,8 +189,13 @@ print(json.dumps({"growth_mb": growth_mb, "lengths": lengths, "cache_bytes": aud
 def test_odd_rates_resample_30_s_in_bounded_memory():
     """16001 / 22051 / 44101 / 383999 Hz, 30 s each, to 16 and 24 kHz: < 200 MB above the inputs, peak."""
     rates = [[sr, new] for sr in (16001, 22051, 44101, 383999) for new in (16000, 24000)]
-    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, json.dumps(rates)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, json.dumps(rates)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     for pair, (got, expected) in report["lengths"].items():

@@ -26,8 +26,11 @@ FAST = dict(max_new_tokens=25)
 
 @pytest.fixture(scope="module")
 def engine(demo_models_root, tmp_path_factory) -> CloneEngine:
-    return CloneEngine.load(demo_models_root, EngineConfig(max_reference_seconds=20.0),
-                            cache_dir=tmp_path_factory.mktemp("scores_cache"))
+    return CloneEngine.load(
+        demo_models_root,
+        EngineConfig(max_reference_seconds=20.0),
+        cache_dir=tmp_path_factory.mktemp("scores_cache"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,7 @@ def cloned(engine, reference):
 
 # ---- text rules ------------------------------------------------------------------------------------
 
+
 def test_language_comes_from_the_script_or_a_leading_language_tag():
     assert detect_language("Hello there.") == "en"
     assert detect_language("你好，世界") == "zh"
@@ -56,7 +60,18 @@ def test_language_comes_from_the_script_or_a_leading_language_tag():
 def test_normalisation_handles_width_case_punctuation_numbers_and_tags():
     assert normalize_text("ＨＥＬＬＯ,  World! [laugh]", "en") == ["hello", "world"]
     assert normalize_text("I paid 3.14 for the 21st, don't!", "en") == [
-        "i", "paid", "three", "point", "one", "four", "for", "the", "twenty", "first", "dont"]
+        "i",
+        "paid",
+        "three",
+        "point",
+        "one",
+        "four",
+        "for",
+        "the",
+        "twenty",
+        "first",
+        "dont",
+    ]
     assert normalize_text("１,000 people", "en") == ["one", "thousand", "people"]
     assert normalize_text("今天３月1日，温度50%。", "zh") == list("今天三月一日温度百分之五十")
     assert normalize_text("你好 world", "zh") == ["你", "好", "world"]
@@ -76,6 +91,7 @@ def test_error_rates_are_cer_for_chinese_wer_for_english_and_none_for_japanese_a
 
 
 # ---- scores on real audio --------------------------------------------------------------------------
+
 
 def test_similarity_of_a_clip_with_itself_is_one_and_with_another_voice_lower(engine):
     scorer = engine.scorer
@@ -112,7 +128,8 @@ def test_every_chunk_of_a_clone_is_scored_and_the_report_shows_it(cloned):
         assert [t.seed for t in chunk.takes] == [chunk.seed]
         assert chunk.takes[0].similarity == chunk.similarity and chunk.takes[0].error_rate == chunk.error_rate
     expected = sum(c.error_rate * c.reference_tokens for c in report.chunks) / sum(
-        c.reference_tokens for c in report.chunks)
+        c.reference_tokens for c in report.chunks
+    )
     assert report.error_rate == pytest.approx(expected) and report.metric == "wer"
     rows = {row[0]: row for row in report.rows()}
     assert rows["scores"][1] == f"{report.score_s:.3f}" and "similarity" in rows["scores"][2]
@@ -120,8 +137,9 @@ def test_every_chunk_of_a_clone_is_scored_and_the_report_shows_it(cloned):
 
 
 def test_an_edit_is_scored_against_the_version_it_edits(engine, cloned):
-    edited = engine.edit(EditRequest.from_result(cloned, "emotion", "happy",
-                                                 options=SynthesisOptions(seed=4, **FAST)))
+    edited = engine.edit(
+        EditRequest.from_result(cloned, "emotion", "happy", options=SynthesisOptions(seed=4, **FAST))
+    )
     assert edited.report.scored and all(c.similarity is not None for c in edited.report.chunks)
     assert [c.text for c in edited.report.chunks] == [s.text for s in cloned.segments]
     source = edited.manifest["edit"]["source"]
@@ -129,11 +147,19 @@ def test_an_edit_is_scored_against_the_version_it_edits(engine, cloned):
 
 
 def test_scores_can_be_turned_off(engine, reference):
-    off = CloneEngine(engine.tokenizer, {"base": engine.llm(None)}, engine.vocoder, engine.cache,
-                      EngineConfig(max_reference_seconds=20.0, scores=False), engine.model_root, engine.demo)
+    off = CloneEngine(
+        engine.tokenizer,
+        {"base": engine.llm(None)},
+        engine.vocoder,
+        engine.cache,
+        EngineConfig(max_reference_seconds=20.0, scores=False),
+        engine.model_root,
+        engine.demo,
+    )
     assert off.scorer is None
-    result = off.clone(CloneRequest(reference, SR, "a test voice", "Short one.",
-                                    SynthesisOptions(seed=1, **FAST)))
+    result = off.clone(
+        CloneRequest(reference, SR, "a test voice", "Short one.", SynthesisOptions(seed=1, **FAST))
+    )
     assert not result.report.scored and result.report.score_s == 0.0
     assert result.report.chunks[0].similarity is None and result.report.chunks[0].takes[0].error_rate is None
     assert dict((r[0], r[1]) for r in result.report.rows())["scores"] == "off"
@@ -142,6 +168,7 @@ def test_scores_can_be_turned_off(engine, reference):
 
 
 # ---- best of N (scores forced through the test hook: engine.scorer) --------------------------------
+
 
 class ForcedScorer:
     """Scores given in advance, one per take in the order the takes are made."""
@@ -171,44 +198,64 @@ class CountingLLM(Step1LLM):
 
 def forced_engine(engine, scores, vocoder=None) -> tuple[CloneEngine, CountingLLM]:
     llm = CountingLLM(engine.llm(None))
-    forced = CloneEngine(engine.tokenizer, {"base": llm}, vocoder or engine.vocoder, engine.cache,
-                         engine.config, engine.model_root, engine.demo)
+    forced = CloneEngine(
+        engine.tokenizer,
+        {"base": llm},
+        vocoder or engine.vocoder,
+        engine.cache,
+        engine.config,
+        engine.model_root,
+        engine.demo,
+    )
     forced.scorer = ForcedScorer(scores)
     return forced, llm
 
 
 def test_best_of_keeps_the_first_take_under_the_threshold(engine, reference):
     forced, llm = forced_engine(engine, [(0.9, 0.5), (0.2, 0.1), (0.99, 0.0)])
-    result = forced.clone(CloneRequest(reference, SR, "a test voice", "Short one.",
-                                       SynthesisOptions(seed=7, best_of=3, **FAST)))
+    result = forced.clone(
+        CloneRequest(reference, SR, "a test voice", "Short one.", SynthesisOptions(seed=7, best_of=3, **FAST))
+    )
     chunk = result.report.chunks[0]
     assert len(llm.prompts) == 2 and chunk.attempts == 2  # the third take is never made
     assert chunk.seed == chunk_seed(7, 0, 1) and chunk.error_rate == 0.1 and chunk.similarity == 0.2
     assert [(t.seed, t.error_rate) for t in chunk.takes] == [(7, 0.5), (chunk_seed(7, 0, 1), 0.1)]
     # the kept audio is that take's: the same as a single take made with its seed
-    single = forced.clone(CloneRequest(reference, SR, "a test voice", "Short one.",
-                                       SynthesisOptions(seed=7 + RETRY_SEED_STEP, **FAST)))
+    single = forced.clone(
+        CloneRequest(
+            reference, SR, "a test voice", "Short one.", SynthesisOptions(seed=7 + RETRY_SEED_STEP, **FAST)
+        )
+    )
     assert np.array_equal(result.audio, single.audio)
     assert result.audio_tokens == single.audio_tokens
 
 
 def test_best_of_keeps_the_lowest_error_rate_with_ties_broken_by_similarity(engine, reference):
     forced, llm = forced_engine(engine, [(0.9, 0.6), (0.3, 0.4), (0.8, 0.4)])
-    result = forced.clone(CloneRequest(reference, SR, "a test voice", "Short one.",
-                                       SynthesisOptions(seed=7, best_of=3, **FAST)))
+    result = forced.clone(
+        CloneRequest(reference, SR, "a test voice", "Short one.", SynthesisOptions(seed=7, best_of=3, **FAST))
+    )
     chunk = result.report.chunks[0]
     assert len(llm.prompts) == 3 and chunk.seed == chunk_seed(7, 0, 2) and chunk.similarity == 0.8
     # not scored (e.g. Japanese): the highest similarity wins
     forced.scorer = ForcedScorer([(0.5, None), (0.7, None)])
-    result = forced.clone(CloneRequest(reference, SR, "a test voice", "Short one.",
-                                       SynthesisOptions(seed=7, best_of=2, **FAST)))
+    result = forced.clone(
+        CloneRequest(reference, SR, "a test voice", "Short one.", SynthesisOptions(seed=7, best_of=2, **FAST))
+    )
     assert result.report.chunks[0].seed == chunk_seed(7, 0, 1)
 
 
 def test_best_of_never_runs_more_than_n_generations_per_chunk(engine, reference):
     forced, llm = forced_engine(engine, [(0.5, 0.9)])
-    result = forced.clone(CloneRequest(reference, SR, "a test voice", TWO_CHUNKS,
-                                       SynthesisOptions(seed=2, best_of=3, chunk_chars=40, **FAST)))
+    result = forced.clone(
+        CloneRequest(
+            reference,
+            SR,
+            "a test voice",
+            TWO_CHUNKS,
+            SynthesisOptions(seed=2, best_of=3, chunk_chars=40, **FAST),
+        )
+    )
     chunks = result.report.chunks
     assert len(chunks) == 2 and len(llm.prompts) == 6  # none good enough: exactly N takes per chunk
     for k, chunk in enumerate(chunks):
@@ -246,8 +293,17 @@ class ToneStreamVocoder:
 
 def test_in_streaming_mode_a_chunk_plays_once_its_take_is_chosen(engine, reference):
     forced, _ = forced_engine(engine, [(0.5, 0.9), (0.5, 0.3)], vocoder=ToneStreamVocoder(engine.vocoder))
-    events = list(forced.clone_stream(CloneRequest(reference, SR, "a test voice", "Short one.",
-                                                   SynthesisOptions(seed=9, best_of=2, stream=True, **FAST))))
+    events = list(
+        forced.clone_stream(
+            CloneRequest(
+                reference,
+                SR,
+                "a test voice",
+                "Short one.",
+                SynthesisOptions(seed=9, best_of=2, stream=True, **FAST),
+            )
+        )
+    )
     result = events[-1]
     pieces = [i for i, e in enumerate(events) if isinstance(e, AudioPiece)]
     second_take = next(i for i, e in enumerate(events) if isinstance(e, Progress) and e.stage == "take")
@@ -256,13 +312,22 @@ def test_in_streaming_mode_a_chunk_plays_once_its_take_is_chosen(engine, referen
     assert pieces and min(pieces) > max(llm_progress) > second_take
     assert result.report.chunks[0].seed == chunk_seed(9, 0, 1) and forced.scorer.calls == 2
     # the kept take's audio is exactly that take's, as one take streams it
-    single = list(forced.clone_stream(CloneRequest(reference, SR, "a test voice", "Short one.",
-                                                   SynthesisOptions(seed=9 + RETRY_SEED_STEP, stream=True,
-                                                                    **FAST))))
+    single = list(
+        forced.clone_stream(
+            CloneRequest(
+                reference,
+                SR,
+                "a test voice",
+                "Short one.",
+                SynthesisOptions(seed=9 + RETRY_SEED_STEP, stream=True, **FAST),
+            )
+        )
+    )
     assert np.array_equal(single[-1].audio, result.audio)
 
 
 # ---- provenance -----------------------------------------------------------------------------------
+
 
 def test_the_manifest_records_inputs_models_seeds_options_scores_and_boundaries(engine, cloned):
     m = json.loads(manifest_json(cloned.manifest))  # JSON-safe, and the same after a round trip
@@ -272,14 +337,18 @@ def test_the_manifest_records_inputs_models_seeds_options_scores_and_boundaries(
     assert m["voice"]["reference_hash"].startswith("v1-") and m["voice"]["voice_id"] is None
     assert m["model"]["variant"] == "base" and m["model"]["backend"] == "native"
     assert set(m["model"]["fingerprints"]) == {"tokenizer", "vocoder", "llm"} and all(
-        m["model"]["fingerprints"].values())
+        m["model"]["fingerprints"].values()
+    )
     assert m["options"]["seed"] == 3 and m["options"]["flow_steps"] == 10 and m["options"]["best_of"] == 1
     assert m["options"]["temperature"] == 0.7 and m["options"]["chunk_chars"] == 40
     assert [(c["start"], c["end"]) for c in m["chunks"]] == [(s.start, s.end) for s in cloned.segments]
     assert [c["seed"] for c in m["chunks"]] == [chunk_seed(3, k) for k in range(2)]
     assert m["scores"]["similarity"] == pytest.approx(cloned.report.similarity, abs=1e-6)
-    assert m["audio"] == {"sample_rate": 24000, "samples": len(cloned.audio),
-                          "sha256": audio_sha256(cloned.audio)}
+    assert m["audio"] == {
+        "sample_rate": 24000,
+        "samples": len(cloned.audio),
+        "sha256": audio_sha256(cloned.audio),
+    }
 
 
 def test_the_manifest_embedded_in_a_wav_reads_back_equal(cloned):
@@ -307,12 +376,14 @@ def test_replaying_a_manifest_reproduces_the_audio_bit_for_bit(engine, reference
 
 def test_a_library_voice_with_a_random_seed_and_an_edit_chain_replay_exactly(engine, reference):
     info = engine.voices.create_voice("Replay voice", reference, SR, "a test voice")
-    first = engine.clone(CloneRequest.from_voice(info.id, "Again please.",
-                                                 SynthesisOptions(seed=None, **FAST)))
+    first = engine.clone(
+        CloneRequest.from_voice(info.id, "Again please.", SynthesisOptions(seed=None, **FAST))
+    )
     assert first.manifest["voice"]["voice_id"] == info.id and first.manifest["options"]["seed"] is not None
     assert np.array_equal(engine.replay(first.manifest).audio, first.audio)
-    edited = engine.edit(EditRequest.from_result(first, "speed", "faster",
-                                                 options=SynthesisOptions(seed=5, **FAST)))
+    edited = engine.edit(
+        EditRequest.from_result(first, "speed", "faster", options=SynthesisOptions(seed=5, **FAST))
+    )
     replayed = engine.replay(json.loads(manifest_json(edited.manifest)))
     assert np.array_equal(replayed.audio, edited.audio)
 
@@ -326,11 +397,13 @@ def test_a_best_of_output_replays_exactly(engine, reference):
 
 # ---- tags ----------------------------------------------------------------------------------------
 
+
 def test_a_leading_dialect_tag_leads_every_chunks_prompt_and_other_tags_stay_in_place(engine, reference):
     forced, llm = forced_engine(engine, [(0.5, 0.1)])
     text = "[cantonese]First one here [chuckle]. The second [clears throat] follows."
-    result = forced.clone(CloneRequest(reference, SR, "a test voice", text,
-                                       SynthesisOptions(seed=1, chunk_chars=40, **FAST)))
+    result = forced.clone(
+        CloneRequest(reference, SR, "a test voice", text, SynthesisOptions(seed=1, chunk_chars=40, **FAST))
+    )
     chunks = [c.text for c in result.report.chunks]
     assert len(chunks) == 2 and chunks[0].startswith("[cantonese]") and "[chuckle]" in chunks[0]
     assert "[clears throat]" in chunks[1]

@@ -19,9 +19,16 @@ def test_defaults_without_flags_or_environment():
 
 
 def test_environment_fills_in_and_flags_win():
-    env = {"EDITX_MODEL_DIR": "/model", "EDITX_HOST": "0.0.0.0", "EDITX_PORT": "9000",
-           "EDITX_CACHE_MAX_MB": "64", "EDITX_ORT_THREADS": "3", "EDITX_SHARE": "yes",
-           "EDITX_NO_AUTO_TRANSCRIBE": "1", "EDITX_MAX_REFERENCE_SECONDS": "12.5"}
+    env = {
+        "EDITX_MODEL_DIR": "/model",
+        "EDITX_HOST": "0.0.0.0",
+        "EDITX_PORT": "9000",
+        "EDITX_CACHE_MAX_MB": "64",
+        "EDITX_ORT_THREADS": "3",
+        "EDITX_SHARE": "yes",
+        "EDITX_NO_AUTO_TRANSCRIBE": "1",
+        "EDITX_MAX_REFERENCE_SECONDS": "12.5",
+    }
     s = parse_settings([], environ=env)
     assert s.model_dir == Path("/model") and s.host == "0.0.0.0" and s.port == 9000
     assert s.cache_max_mb == 64 and s.ort_threads == 3 and s.share and not s.auto_transcribe
@@ -47,16 +54,19 @@ def test_cache_dir_none_means_memory_only():
     assert parse_settings([], environ={"EDITX_CACHE_DIR": "none"}).cache_dir is None
 
 
-@pytest.mark.parametrize("argv, env", [
-    (["--variant", "fp8"], {}),
-    (["--port", "0"], {}),
-    (["--port", "seven"], {}),
-    (["--dtype", "int3"], {}),
-    (["--max-text-chars", "0"], {}),
-    (["--ort-threads", "0"], {}),
-    ([], {"EDITX_SHARE": "maybe"}),
-    ([], {"EDITX_PORT": "abc"}),
-])
+@pytest.mark.parametrize(
+    "argv, env",
+    [
+        (["--variant", "fp8"], {}),
+        (["--port", "0"], {}),
+        (["--port", "seven"], {}),
+        (["--dtype", "int3"], {}),
+        (["--max-text-chars", "0"], {}),
+        (["--ort-threads", "0"], {}),
+        ([], {"EDITX_SHARE": "maybe"}),
+        ([], {"EDITX_PORT": "abc"}),
+    ],
+)
 def test_bad_values_stop_with_a_message(argv, env):
     with pytest.raises(SystemExit) as info:
         parse_settings(argv, environ=env)
@@ -66,9 +76,23 @@ def test_bad_values_stop_with_a_message(argv, env):
 
 def test_help_lists_every_flag_with_its_environment_variable():
     text = build_parser({}).format_help()
-    for flag in ("--model-dir", "--variant", "--device", "--dtype", "--cache-dir", "--cache-max-entries",
-                 "--cache-max-mb", "--ort-threads", "--host", "--port", "--share", "--no-auto-transcribe",
-                 "--max-text-chars", "--max-reference-seconds", "--demo-dir"):
+    for flag in (
+        "--model-dir",
+        "--variant",
+        "--device",
+        "--dtype",
+        "--cache-dir",
+        "--cache-max-entries",
+        "--cache-max-mb",
+        "--ort-threads",
+        "--host",
+        "--port",
+        "--share",
+        "--no-auto-transcribe",
+        "--max-text-chars",
+        "--max-reference-seconds",
+        "--demo-dir",
+    ):
         assert flag in text
         assert env_name(flag) in text
     assert env_name("--cache-max-mb") == "EDITX_CACHE_MAX_MB"
@@ -76,8 +100,10 @@ def test_help_lists_every_flag_with_its_environment_variable():
 
 @pytest.mark.parametrize("text, mib", [("0.5", 0.5), ("1.25", 1.25), ("2048", 2048.0)])
 def test_cache_max_mb_takes_fractions_from_the_flag_and_the_environment(text, mib):
-    for s in (parse_settings(["--cache-max-mb", text], environ={}),
-              parse_settings([], environ={"EDITX_CACHE_MAX_MB": text})):
+    for s in (
+        parse_settings(["--cache-max-mb", text], environ={}),
+        parse_settings([], environ={"EDITX_CACHE_MAX_MB": text}),
+    ):
         assert s.cache_max_mb == mib and s.cache_max_bytes == int(mib * 1024 * 1024)
 
 

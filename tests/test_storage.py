@@ -45,6 +45,7 @@ def _wait_for(condition, what: str) -> None:
 
 # ---- the contract, on every backend ------------------------------------------------------------
 
+
 def test_put_get_add_update_delete(store_factory):
     store = store_factory()
     _declare(store)
@@ -123,8 +124,10 @@ def _corrupt(store, location: tuple, ns: str, key: str) -> None:
     if location[0] == "disk":
         con = sqlite3.connect(str(Path(location[1]) / "cache.db"))
         with con:
-            con.execute("UPDATE Cache SET mode = 1, filename = NULL, size = 0, value = ? WHERE key = ?",
-                        (b"{not json", f"{ns}:{key}"))
+            con.execute(
+                "UPDATE Cache SET mode = 1, filename = NULL, size = 0, value = ? WHERE key = ?",
+                (b"{not json", f"{ns}:{key}"),
+            )
         con.close()
     else:
         import redis
@@ -242,6 +245,7 @@ def test_status_names_the_backend_without_paths_or_secrets(store_factory, tmp_pa
 
 # ---- memory, URLs and settings -------------------------------------------------------------------
 
+
 def test_memory_store_has_the_same_bounds_and_is_not_persistent():
     store = open_store(None, 10_000)
     assert isinstance(store, MemoryStore)
@@ -252,8 +256,14 @@ def test_memory_store_has_the_same_bounds_and_is_not_persistent():
     store.put("prompts", "big", _entry(9, pad=6_000))
     store.put("prompts", "big2", _entry(9, pad=6_000))
     assert store.usage() <= 10_000 and store.get("prompts", "big2") is not None
-    assert store.status() == {"backend": "memory", "location": "memory", "persistent": False,
-                              "connected": True, "fallback": None, "degraded": None}
+    assert store.status() == {
+        "backend": "memory",
+        "location": "memory",
+        "persistent": False,
+        "connected": True,
+        "fallback": None,
+        "degraded": None,
+    }
 
 
 def test_redis_urls_are_redacted_and_checked():
@@ -273,6 +283,7 @@ def test_counters_namespace_is_reserved():
 
 
 # ---- Redis going away and coming back -------------------------------------------------------------
+
 
 def test_redis_stopped_mid_run_falls_back_then_reconnects(caplog):
     import redis

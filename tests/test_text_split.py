@@ -22,8 +22,10 @@ def sentences(text: str) -> list[str]:
 
 
 def test_english_sentences_keep_numbers_abbreviations_initials_and_tags_whole():
-    text = ("Dr. Smith paid $3.14 for 1,000 apples at 12:30, e.g. red ones [laugh]. Then J. K. Rowling "
-            "arrived! Was it the U.S. office? It was approx. three o'clock... maybe four.")
+    text = (
+        "Dr. Smith paid $3.14 for 1,000 apples at 12:30, e.g. red ones [laugh]. Then J. K. Rowling "
+        "arrived! Was it the U.S. office? It was approx. three o'clock... maybe four."
+    )
     assert sentences(text) == [
         "Dr. Smith paid $3.14 for 1,000 apples at 12:30, e.g. red ones [laugh].",
         "Then J. K. Rowling arrived!",
@@ -34,11 +36,22 @@ def test_english_sentences_keep_numbers_abbreviations_initials_and_tags_whole():
 
 def test_chinese_japanese_korean_sentences():
     assert sentences("你好。今天天气很好！我们去公园吧？好的；走吧……") == [
-        "你好。", "今天天气很好！", "我们去公园吧？", "好的；", "走吧……"]
+        "你好。",
+        "今天天气很好！",
+        "我们去公园吧？",
+        "好的；",
+        "走吧……",
+    ]
     assert sentences("こんにちは。元気ですか？はい、元気です！") == [
-        "こんにちは。", "元気ですか？", "はい、元気です！"]
+        "こんにちは。",
+        "元気ですか？",
+        "はい、元気です！",
+    ]
     assert sentences("안녕하세요. 잘 지내세요? 네, 잘 지내요!") == [
-        "안녕하세요.", "잘 지내세요?", "네, 잘 지내요!"]
+        "안녕하세요.",
+        "잘 지내세요?",
+        "네, 잘 지내요!",
+    ]
 
 
 def test_quotes_and_repeated_marks_stay_with_their_sentence():
@@ -55,7 +68,9 @@ def test_line_breaks_end_sentences_with_a_longer_pause():
 
 def test_periods_without_a_space_are_not_sentence_ends():
     assert sentences("Open file.txt or visit example.com now. Version 2.0.1 is out.") == [
-        "Open file.txt or visit example.com now.", "Version 2.0.1 is out."]
+        "Open file.txt or visit example.com now.",
+        "Version 2.0.1 is out.",
+    ]
 
 
 def test_chunks_pack_sentences_up_to_the_limit():
@@ -101,8 +116,28 @@ def test_no_empty_chunks():
 
 
 TAGS = ["[laugh]", "[breath]", "[Surprise-yo]", "[clears throat]"]
-PIECES = st.sampled_from(["Hello", "world", "3.14", "Dr.", "e.g.", "你好", "世界", "。", "！", ",", ", ",
-                          ". ", "? ", "\n", " ", "안녕", "です", *TAGS])
+PIECES = st.sampled_from(
+    [
+        "Hello",
+        "world",
+        "3.14",
+        "Dr.",
+        "e.g.",
+        "你好",
+        "世界",
+        "。",
+        "！",
+        ",",
+        ", ",
+        ". ",
+        "? ",
+        "\n",
+        " ",
+        "안녕",
+        "です",
+        *TAGS,
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -46,8 +46,10 @@ def test_interleave_groups_and_text_form():
     vq02, vq06 = [1, 2, 3, 4, 5], [10, 11, 12, 13, 14, 15, 16]
     ids = to_llm_ids(interleave(vq02, vq06))
     assert ids == [65537, 65538, 66570, 66571, 66572, 65539, 65540, 66573, 66574, 66575]
-    assert token_str(interleave(vq02, vq06)) == ("<audio_1><audio_2><audio_1034><audio_1035><audio_1036>"
-                                                 "<audio_3><audio_4><audio_1037><audio_1038><audio_1039>")
+    assert token_str(interleave(vq02, vq06)) == (
+        "<audio_1><audio_2><audio_1034><audio_1035><audio_1036>"
+        "<audio_3><audio_4><audio_1037><audio_1038><audio_1039>"
+    )
     assert interleave([1], [1, 2, 3]) == [] and token_str(interleave([], [])) == ""
 
 
@@ -96,12 +98,17 @@ def test_hit_after_restart_skips_prep_through_the_persistent_alias(tokenizer_dir
     second = StepAudioTokenizer(tokenizer_dir, device="cpu", cache=PromptCache(tmp_path / "c"))
     calls = []
     real_prepare = tokenizer_module.prepare_for_tokenizer
-    monkeypatch.setattr(tokenizer_module, "prepare_for_tokenizer",
-                        lambda *a, **k: calls.append(1) or real_prepare(*a, **k))
+    monkeypatch.setattr(
+        tokenizer_module, "prepare_for_tokenizer", lambda *a, **k: calls.append(1) or real_prepare(*a, **k)
+    )
     hit = second.encode(audio, 24000)
     assert hit.from_cache and calls == []  # no resample / trim for a known input
-    assert (hit.cache_key, hit.vq02, hit.vq06, hit.token_str) == (cold.cache_key, cold.vq02, cold.vq06,
-                                                                  cold.token_str)
+    assert (hit.cache_key, hit.vq02, hit.vq06, hit.token_str) == (
+        cold.cache_key,
+        cold.vq02,
+        cold.vq06,
+        cold.token_str,
+    )
     np.testing.assert_array_equal(hit.audio_16k, cold.audio_16k)  # rebuilt on demand, identical
     assert calls == [1]
 
@@ -150,15 +157,20 @@ def test_fingerprint_follows_file_contents_not_paths(tokenizer_dir, tmp_path, to
     assert not out.from_cache  # other weights never return stale codes
 
 
-@pytest.mark.parametrize("damage", ["missing_onnx", "truncated_model", "truncated_centroids",
-                                    "truncated_cmvn", "truncated_config"])
+@pytest.mark.parametrize(
+    "damage", ["missing_onnx", "truncated_model", "truncated_centroids", "truncated_cmvn", "truncated_config"]
+)
 def test_missing_or_truncated_files_fail_at_start_naming_the_file(tokenizer_dir, tmp_path, damage):
     copy = tmp_path / "Step-Audio-Tokenizer"
     shutil.copytree(tokenizer_dir, copy)
     sub = copy / PARAFORMER_SUBDIR
-    target = {"missing_onnx": copy / "speech_tokenizer_v1.onnx", "truncated_model": sub / "model.pt",
-              "truncated_centroids": copy / "linguistic_tokenizer.npy", "truncated_cmvn": sub / "am.mvn",
-              "truncated_config": sub / "config.yaml"}[damage]
+    target = {
+        "missing_onnx": copy / "speech_tokenizer_v1.onnx",
+        "truncated_model": sub / "model.pt",
+        "truncated_centroids": copy / "linguistic_tokenizer.npy",
+        "truncated_cmvn": sub / "am.mvn",
+        "truncated_config": sub / "config.yaml",
+    }[damage]
     if damage.startswith("missing"):
         target.unlink()
     else:

@@ -123,21 +123,27 @@ def test_conformance_tokenizer_vq02(ref, ref_tokenizer, feats_scale, batched):
         result = ref_tokenizer.vq02.encode(arr("audio_16k"), batched=batched)
         feats, enc = arr("vq02_lfr_feats"), arr("enc_out")
         if result.lfr_feats.shape != feats.shape or result.enc_out.shape != enc.shape:
-            failures.append(f"{name}: shapes feats {result.lfr_feats.shape} vs {feats.shape}, "
-                            f"enc_out {result.enc_out.shape} vs {enc.shape}")
+            failures.append(
+                f"{name}: shapes feats {result.lfr_feats.shape} vs {feats.shape}, "
+                f"enc_out {result.enc_out.shape} vs {enc.shape}"
+            )
             continue
         d = np.abs(result.lfr_feats - feats)
         if d.size and np.mean(d <= ATOL_FEATS) < FEATS_BULK_SHARE:
-            failures.append(f"{name}/vq02_lfr_feats: {int((d > ATOL_FEATS).sum())} of {d.size} elements "
-                            f"over {ATOL_FEATS}")
+            failures.append(
+                f"{name}/vq02_lfr_feats: {int((d > ATOL_FEATS).sum())} of {d.size} elements over {ATOL_FEATS}"
+            )
         if d.size and d.max() > bound:
-            failures.append(f"{name}/vq02_lfr_feats: max diff {d.max():.3g} over {FEATS_F64_MARGIN} x the "
-                            f"reference's own float32 error {feats_scale:.3g}")
+            failures.append(
+                f"{name}/vq02_lfr_feats: max diff {d.max():.3g} over {FEATS_F64_MARGIN} x the "
+                f"reference's own float32 error {feats_scale:.3g}"
+            )
         err = float(np.abs(result.enc_out - enc).max())
         if err > ATOL_FEATS:
             failures.append(f"{name}/enc_out: max abs diff {err:.3g}")
-        _check_same_codes(result.codes, arr("vq02"), arr("vq02_margin"), VQ02_MARGIN, f"{name}/vq02",
-                          failures)
+        _check_same_codes(
+            result.codes, arr("vq02"), arr("vq02_margin"), VQ02_MARGIN, f"{name}/vq02", failures
+        )
     assert not failures, "\n".join(failures)
 
 
@@ -151,8 +157,14 @@ def test_conformance_tokenizer_vq06(ref, ref_tokenizer):
             failures.append(f"{name}/mel128: shape {mel.shape} != {expected.shape}")
         elif float(np.abs(mel - expected).max()) > ATOL_FEATS:
             failures.append(f"{name}/mel128: max abs diff {float(np.abs(mel - expected).max()):.3g}")
-        _check_same_codes(ref_tokenizer.vq06.encode(audio), arr("vq06"), arr("vq06_margin"), VQ06_MARGIN,
-                          f"{name}/vq06", failures)
+        _check_same_codes(
+            ref_tokenizer.vq06.encode(audio),
+            arr("vq06"),
+            arr("vq06_margin"),
+            VQ06_MARGIN,
+            f"{name}/vq06",
+            failures,
+        )
     assert not failures, "\n".join(failures)
 
 

@@ -284,4 +284,3 @@ def test_stream_option_unity_crossfade_keeps_the_level_across_joins():
         level[unity] = second[0, :SOURCE_CACHE_SAMPLES]
     assert float(level[False].max()) == pytest.approx(1.08, abs=1e-3)
     torch.testing.assert_close(level[True], torch.ones(SOURCE_CACHE_SAMPLES), rtol=0, atol=1e-6)
-

@@ -151,8 +151,14 @@ def replay(ref: dict, case: str, vocoder: Vocoder, n_steps: int) -> Replay:
     records: list[StreamChunk] = []
     prompt = PromptFeatures(mel=ref[p + "prompt_feat"][0], speaker_embedding=ref[p + "embedding"][0])
     stream = vocoder.stream(
-        prompt_tokens, prompt, n_steps, seed=0, options=REFERENCE_OPTIONS,
-        noise=noise, sine_draws=sine_draws, on_chunk=records.append,
+        prompt_tokens,
+        prompt,
+        n_steps,
+        seed=0,
+        options=REFERENCE_OPTIONS,
+        noise=noise,
+        sine_draws=sine_draws,
+        on_chunk=records.append,
     )
     outputs, fed = [], 0
     for size, last in zip(sizes, lasts, strict=True):

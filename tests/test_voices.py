@@ -27,14 +27,22 @@ def _flac(seconds: float = 0.5, seed: int = 0) -> bytes:
 
 def _features(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    features = PromptFeatures(mel=rng.standard_normal((20, 80)).astype(np.float32),
-                              speaker_embedding=rng.standard_normal(192).astype(np.float32))
+    features = PromptFeatures(
+        mel=rng.standard_normal((20, 80)).astype(np.float32),
+        speaker_embedding=rng.standard_normal(192).astype(np.float32),
+    )
     return encode_features(features, audio_digest(features.mel.ravel(), SR), 0.25)
 
 
 def _create(library: VoiceLibrary, name: str = "Calm narrator", seed: int = 0, **overrides):
-    args = {"text": "a calm sentence", "audio_flac": _flac(seed=seed), "vq02": [1, 2, 3], "vq06": [4, 5, 6],
-            "vocoder_features": _features(seed), "fingerprints": FINGERPRINTS}
+    args = {
+        "text": "a calm sentence",
+        "audio_flac": _flac(seed=seed),
+        "vq02": [1, 2, 3],
+        "vq06": [4, 5, 6],
+        "vocoder_features": _features(seed),
+        "fingerprints": FINGERPRINTS,
+    }
     args.update(overrides)
     return library.create(name, **args)
 
@@ -65,8 +73,13 @@ def test_create_get_list_rename_update_delete(store_factory):
     renamed = library.rename("calm-narrator", "Calm narrator, take two")
     assert renamed.name == "Calm narrator, take two" and renamed.id == "calm-narrator"  # links keep working
     assert library.get("calm-narrator").name == "Calm narrator, take two"
-    updated = library.update("calm-narrator-2", vq02=[7], vq06=[8, 9], vocoder_features=None,
-                             fingerprints={"tokenizer": "tok-2", "vocoder": "voc-1"})
+    updated = library.update(
+        "calm-narrator-2",
+        vq02=[7],
+        vq06=[8, 9],
+        vocoder_features=None,
+        fingerprints={"tokenizer": "tok-2", "vocoder": "voc-1"},
+    )
     assert (updated.vq02, updated.vq06, updated.vocoder_features) == ([7], [8, 9], None)
     assert updated.text == "a calm sentence" and updated.audio_flac == _flac(seed=2)
     assert library.delete("calm-narrator-3") is True and library.delete("calm-narrator-3") is False

@@ -29,8 +29,9 @@ def run_job(llm: VLLMStep1LLM, job: dict) -> dict:
     prompt = job["prompt_ids"]
 
     def once(seed: int | None) -> dict:
-        options = GenerationOptions(temperature=job.get("temperature", 0.0), seed=seed,
-                                    max_length=job["max_length"])
+        options = GenerationOptions(
+            temperature=job.get("temperature", 0.0), seed=seed, max_length=job["max_length"]
+        )
         ids, used = llm.generate_ids(prompt, options)
         out = {"ids": ids, "seed": used}
         if job.get("stream"):

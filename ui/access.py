@@ -39,13 +39,18 @@ class AdminGate:
         if self.api_key:
             if key and hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
                 return
-            raise AccessError(f"to {action} on a server open to the network, type the admin key (the "
-                              "--api-key the server was started with) in the admin key field", status=403)
+            raise AccessError(
+                f"to {action} on a server open to the network, type the admin key (the "
+                "--api-key the server was started with) in the admin key field",
+                status=403,
+            )
         if _from_loopback(request):
             return
-        raise AccessError(f"to {action} on a server open to the network, start it with --api-key and type "
-                          "that key in the admin key field (or do it on the server machine itself)",
-                          status=403)
+        raise AccessError(
+            f"to {action} on a server open to the network, start it with --api-key and type "
+            "that key in the admin key field (or do it on the server machine itself)",
+            status=403,
+        )
 
 
 def _from_loopback(request: gr.Request | None) -> bool:

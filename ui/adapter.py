@@ -62,9 +62,16 @@ EDIT_SOURCE_UPLOAD = "my own clip"
 PCM16_MAX = 32767
 
 
-def synthesis_options(variant: str | None, seed: float | None, temperature: float, top_p: float,
-                      flow_steps: float, max_new_tokens: float | None = None,
-                      stream: bool = False, best_of: float | None = 1) -> SynthesisOptions:
+def synthesis_options(
+    variant: str | None,
+    seed: float | None,
+    temperature: float,
+    top_p: float,
+    flow_steps: float,
+    max_new_tokens: float | None = None,
+    stream: bool = False,
+    best_of: float | None = 1,
+) -> SynthesisOptions:
     """UI numbers (floats, maybe blank) -> validated ``SynthesisOptions``; a blank seed or -1 = random,
     a blank or 0 max-new-tokens = no cap, a blank best-of = 1 take."""
     if seed is not None and (isinstance(seed, str) or not math.isfinite(float(seed))):
@@ -79,10 +86,16 @@ def synthesis_options(variant: str | None, seed: float | None, temperature: floa
         if not math.isfinite(float(max_new_tokens)) or float(max_new_tokens) != int(float(max_new_tokens)):
             raise OptionsError(f"max new tokens must be a whole number, got {max_new_tokens}")
         cap = int(float(max_new_tokens))
-    return SynthesisOptions(variant=variant or None, seed=None if random_seed else int(seed),
-                            temperature=float(temperature), top_p=float(top_p),
-                            flow_steps=int(round(float(flow_steps))), max_new_tokens=cap,
-                            stream=stream, best_of=int(round(float(best_of or 1)))).validated()
+    return SynthesisOptions(
+        variant=variant or None,
+        seed=None if random_seed else int(seed),
+        temperature=float(temperature),
+        top_p=float(top_p),
+        flow_steps=int(round(float(flow_steps))),
+        max_new_tokens=cap,
+        stream=stream,
+        best_of=int(round(float(best_of or 1))),
+    ).validated()
 
 
 def to_pcm16(audio: np.ndarray, sample_rate: int) -> tuple[int, np.ndarray]:
@@ -111,8 +124,9 @@ def status_html(text: str, state: str = "idle") -> str:
     """The line under the Clone / Edit button (the page's one progress and outcome indicator)."""
     import html
 
-    return (f'<div class="run-status" data-state="{state}" data-at="{time.time():.3f}">'
-            f"{html.escape(text)}</div>")
+    return (
+        f'<div class="run-status" data-state="{state}" data-at="{time.time():.3f}">{html.escape(text)}</div>'
+    )
 
 
 def public_error(what: str, exc: BaseException) -> gr.Error:
@@ -127,15 +141,20 @@ def public_error(what: str, exc: BaseException) -> gr.Error:
         log.warning("%s refused: %s", what, exc)
         return gr.Error(public_message(exc), title="Not done", print_exception=False)
     log.error("%s failed", what, exc_info=exc)
-    return gr.Error("Something went wrong inside the app; the server log has the details. Try again, or "
-                    "try another clip.", title="Internal error", print_exception=False)
+    return gr.Error(
+        "Something went wrong inside the app; the server log has the details. Try again, or "
+        "try another clip.",
+        title="Internal error",
+        print_exception=False,
+    )
 
 
 class EngineAdapter:
     """Gradio event handlers over one ``CloneEngine`` and the output store it shares with the API."""
 
-    def __init__(self, engine: CloneEngine, outputs: OutputStore | None = None,
-                 gate: AdminGate | None = None):
+    def __init__(
+        self, engine: CloneEngine, outputs: OutputStore | None = None, gate: AdminGate | None = None
+    ):
         self.engine = engine
         self.outputs = outputs if outputs is not None else OutputStore()
         self.gate = gate or AdminGate()
@@ -158,37 +177,64 @@ class EngineAdapter:
         del reference_text
         max_chars = self.engine.config.max_text_chars
         words = (text or "").strip()
-        text_ok = gr.validate(bool(words) and len(text or "") <= max_chars,
-                              "Type the text to speak." if not words else
-                              f"The text has {len(text)} characters; the limit is {max_chars}.")
+        text_ok = gr.validate(
+            bool(words) and len(text or "") <= max_chars,
+            "Type the text to speak."
+            if not words
+            else f"The text has {len(text)} characters; the limit is {max_chars}.",
+        )
         library = bool(voice) and voice != NEW_VOICE
-        audio_ok = gr.validate(library or reference_audio is not None,
-                               "Upload or record a reference clip (3 to 30 s of speech), or pick a library "
-                               "voice.")
+        audio_ok = gr.validate(
+            library or reference_audio is not None,
+            "Upload or record a reference clip (3 to 30 s of speech), or pick a library voice.",
+        )
         return [text_ok, gr.validate(True, ""), audio_ok] + [gr.validate(True, "")] * (1 + len(options))
 
     def check_edit(self, version, clip, clip_text, task, subtask, new_text, *options):
         """Validator of /edit."""
         del clip_text, subtask
-        source_ok = gr.validate(bool(version) or clip is not None,
-                                "Pick a version to edit (clone something first), or choose "
-                                f"'{EDIT_SOURCE_UPLOAD}' and upload a clip.")
-        text_ok = gr.validate(task != "paralinguistic" or bool((new_text or "").strip()),
-                              "Type the new text with tags such as [Laughter].")
-        return [source_ok, gr.validate(True, ""), gr.validate(True, ""), gr.validate(True, ""),
-                gr.validate(True, ""), text_ok] + [gr.validate(True, "")] * len(options)
+        source_ok = gr.validate(
+            bool(version) or clip is not None,
+            "Pick a version to edit (clone something first), or choose "
+            f"'{EDIT_SOURCE_UPLOAD}' and upload a clip.",
+        )
+        text_ok = gr.validate(
+            task != "paralinguistic" or bool((new_text or "").strip()),
+            "Type the new text with tags such as [Laughter].",
+        )
+        return [
+            source_ok,
+            gr.validate(True, ""),
+            gr.validate(True, ""),
+            gr.validate(True, ""),
+            gr.validate(True, ""),
+            text_ok,
+        ] + [gr.validate(True, "")] * len(options)
 
     # ---- clone and edit (the API endpoints /clone and /edit) ------------------------------------
 
-    def clone(self, text, voice=None, reference_audio=None, reference_text=None, variant=None, seed=None,
-              temperature=0.7, top_p=1.0, flow_steps=10, max_new_tokens=None, best_of=1,
-              request: gr.Request = None):
+    def clone(
+        self,
+        text,
+        voice=None,
+        reference_audio=None,
+        reference_text=None,
+        variant=None,
+        seed=None,
+        temperature=0.7,
+        top_p=1.0,
+        flow_steps=10,
+        max_new_tokens=None,
+        best_of=1,
+        request: gr.Request = None,
+    ):
         """Clone button -> yields (audio piece, progress) while running, then (whole file, details);
         ``best_of`` N > 1 makes up to N takes of each text chunk and keeps the best-scored one."""
         warnings: list[str] = []
         try:
-            options = synthesis_options(variant, seed, temperature, top_p, flow_steps, max_new_tokens,
-                                        self.streams, best_of)
+            options = synthesis_options(
+                variant, seed, temperature, top_p, flow_steps, max_new_tokens, self.streams, best_of
+            )
             if voice and voice != NEW_VOICE:
                 voice_name = self.engine.voices.voice_info(voice).name
                 clone_request = CloneRequest.from_voice(voice, text or "", options)
@@ -200,16 +246,37 @@ class EngineAdapter:
                 clone_request = CloneRequest(audio, sr, reference_text or "", text or "", options)
         except Exception as exc:
             raise public_error("clone", exc) from None
-        yield from self._run("clone", lambda cancel: self.engine.clone_stream(clone_request, cancel),
-                             voice_name, None, warnings, request)
+        yield from self._run(
+            "clone",
+            lambda cancel: self.engine.clone_stream(clone_request, cancel),
+            voice_name,
+            None,
+            warnings,
+            request,
+        )
 
-    def edit(self, version=None, clip=None, clip_text=None, task="emotion", subtask=None, new_text=None,
-             variant=None, seed=None, temperature=0.7, top_p=1.0, flow_steps=10, max_new_tokens=None,
-             best_of=1, request: gr.Request = None):
+    def edit(
+        self,
+        version=None,
+        clip=None,
+        clip_text=None,
+        task="emotion",
+        subtask=None,
+        new_text=None,
+        variant=None,
+        seed=None,
+        temperature=0.7,
+        top_p=1.0,
+        flow_steps=10,
+        max_new_tokens=None,
+        best_of=1,
+        request: gr.Request = None,
+    ):
         """Edit button -> like ``clone``; ``version`` is an output id (from the page or the REST API)."""
         try:
-            options = synthesis_options(variant, seed, temperature, top_p, flow_steps, max_new_tokens,
-                                        self.streams, best_of)
+            options = synthesis_options(
+                variant, seed, temperature, top_p, flow_steps, max_new_tokens, self.streams, best_of
+            )
             if version:
                 source = self.outputs.get(version)
                 edit_request = EditRequest.from_result(source, task, subtask, new_text or "", options)
@@ -220,11 +287,24 @@ class EngineAdapter:
                 source_id, voice_name = None, Path(str(clip)).stem
         except Exception as exc:
             raise public_error("edit", exc) from None
-        yield from self._run("edit", lambda cancel: self.engine.edit_stream(edit_request, cancel),
-                             voice_name, source_id, [], request)
+        yield from self._run(
+            "edit",
+            lambda cancel: self.engine.edit_stream(edit_request, cancel),
+            voice_name,
+            source_id,
+            [],
+            request,
+        )
 
-    def _run(self, what: str, start: Callable, voice: str, source_id: str | None, warnings: list[str],
-             request: gr.Request | None) -> Iterator[tuple]:
+    def _run(
+        self,
+        what: str,
+        start: Callable,
+        voice: str,
+        source_id: str | None,
+        warnings: list[str],
+        request: gr.Request | None,
+    ) -> Iterator[tuple]:
         """Drive one engine stream: pieces and throttled progress out, then the finished version."""
         rate = self.engine.vocoder.sample_rate
         result, last = None, 0.0
@@ -238,8 +318,12 @@ class EngineAdapter:
                             where["played_s"] += event.audio.size / rate
                             yield to_pcm16(event.audio, rate), running_details(**where)
                         elif isinstance(event, Progress):
-                            where.update(chunk=event.chunk, chunks=event.chunks, audio_s=event.audio_s,
-                                         stage=event.stage)
+                            where.update(
+                                chunk=event.chunk,
+                                chunks=event.chunks,
+                                audio_s=event.audio_s,
+                                stage=event.stage,
+                            )
                             now = time.monotonic()
                             if now - last >= PROGRESS_EVERY_S or event.stage != "llm":
                                 last = now
@@ -248,8 +332,14 @@ class EngineAdapter:
                             result = event
             except GenerationCancelled:
                 gr.Info("Stopped before any audio was made.")
-                yield None, {"status": "stopped", "version_id": None,
-                             "message": "Stopped before any audio was made."}
+                yield (
+                    None,
+                    {
+                        "status": "stopped",
+                        "version_id": None,
+                        "message": "Stopped before any audio was made.",
+                    },
+                )
                 return
             except Exception as exc:
                 raise public_error(what, exc) from None
@@ -261,8 +351,13 @@ class EngineAdapter:
         path = self.files / f"{version_id}.wav"
         # the WAV the page offers carries its provenance record, as the REST API's does
         path.write_bytes(write_wav(result.audio, result.sample_rate, manifest_json(result.manifest)))
-        log.info("%s: version %s (%.2f s of audio%s)", what, version_id, result.seconds,
-                 ", stopped" if result.stopped else "")
+        log.info(
+            "%s: version %s (%.2f s of audio%s)",
+            what,
+            version_id,
+            result.seconds,
+            ", stopped" if result.stopped else "",
+        )
         try:
             yield str(path), details
         finally:
@@ -274,19 +369,36 @@ class EngineAdapter:
         """-> (status, timing table, history, version dropdown, cache rows, Edit button, Edit hint)."""
         if not details or not details.get("version_id"):
             text = (details or {}).get("message") or "Nothing was made."
-            return (status_html(text, "stopped"), "", history, gr.skip(), self.cache_rows(), gr.skip(),
-                    gr.skip())
+            return (
+                status_html(text, "stopped"),
+                "",
+                history,
+                gr.skip(),
+                self.cache_rows(),
+                gr.skip(),
+                gr.skip(),
+            )
         history = add_version(history, details)
         record = history[-1]
         report = self._report(details["version_id"])
         # the clip prepared at upload is the one cloned (Gradio's cache copy keeps the file name)
-        same_clip = (voice in (None, "", NEW_VOICE) and upload and reference_audio
-                     and upload.get("name") == Path(str(reference_audio)).name)
+        same_clip = (
+            voice in (None, "", NEW_VOICE)
+            and upload
+            and reference_audio
+            and upload.get("name") == Path(str(reference_audio)).name
+        )
         encode = UploadEncode(**{k: v for k, v in upload.items() if k != "name"}) if same_clip else None
         value = record["id"] if edit_source != EDIT_SOURCE_UPLOAD else None
-        return (self._outcome(record, details), timing_html(report, encode), history,
-                gr.update(choices=version_choices(history), value=value), self.cache_rows(),
-                gr.update(interactive=True), gr.update(visible=False))
+        return (
+            self._outcome(record, details),
+            timing_html(report, encode),
+            history,
+            gr.update(choices=version_choices(history), value=value),
+            self.cache_rows(),
+            gr.update(interactive=True),
+            gr.update(visible=False),
+        )
 
     def edit_finished(self, details, history, clip):
         """-> (status, timing table, history, version dropdown, A (before) audio, cache rows)."""
@@ -301,16 +413,22 @@ class EngineAdapter:
         record = history[-1]
         before = self._audio_of(source_id) if source_id else clip
         label = f"Before (v{source['number']})" if source else "Before (your clip)"
-        return (self._outcome(record, details), timing_html(self._report(details["version_id"])), history,
-                gr.update(choices=version_choices(history), value=record["id"]),
-                gr.update(value=before, label=label), self.cache_rows())
+        return (
+            self._outcome(record, details),
+            timing_html(self._report(details["version_id"])),
+            history,
+            gr.update(choices=version_choices(history), value=record["id"]),
+            gr.update(value=before, label=label),
+            self.cache_rows(),
+        )
 
     def _outcome(self, record: dict, details: dict) -> str:
         audio_s, total = details.get("audio_s", 0.0), details.get("timings", {}).get("total_s", 0.0)
         if record["stopped"]:
             gr.Info(f"Stopped: the {audio_s:.1f} s made so far are kept as v{record['number']}.")
-            return status_html(f"Stopped: kept {audio_s:.1f} s of audio as v{record['number']} (stopped).",
-                               "stopped")
+            return status_html(
+                f"Stopped: kept {audio_s:.1f} s of audio as v{record['number']} (stopped).", "stopped"
+            )
         return status_html(f"Done: v{record['number']}, {audio_s:.1f} s of audio in {total:.1f} s.", "done")
 
     def _report(self, version_id: str) -> StageReport | None:
@@ -346,8 +464,9 @@ class EngineAdapter:
             result = self.outputs.get(version_id)
         except NotFoundError:
             return None, "That version is no longer kept on the server (only the most recent ones are)."
-        return to_pcm16(result.audio, result.sample_rate), version_summary(find_version(history, version_id),
-                                                                          result.text)
+        return to_pcm16(result.audio, result.sample_rate), version_summary(
+            find_version(history, version_id), result.text
+        )
 
     @staticmethod
     def edit_source_changed(source, history):
@@ -355,8 +474,13 @@ class EngineAdapter:
         own = source == EDIT_SOURCE_UPLOAD
         newest = history[-1]["id"] if history else None
         ready = own or bool(history)
-        return (gr.update(visible=not own), gr.update(visible=own), None if own else newest,
-                gr.update(interactive=ready), gr.update(visible=not ready))
+        return (
+            gr.update(visible=not own),
+            gr.update(visible=own),
+            None if own else newest,
+            gr.update(interactive=ready),
+            gr.update(visible=not ready),
+        )
 
     def cache_rows(self) -> list[list[str]]:
         return cache_table(self.engine.cache_stats())
@@ -374,8 +498,10 @@ class EngineAdapter:
         counters = removed.get("counters") or {}
         hits, misses = int(counters.get("hits", 0)), int(counters.get("misses", 0))
         size = removed["bytes"] / 1e6
-        gr.Info(f"Prompt cache cleared: removed {removed['entries']} entries ({size:.2f} MB) "
-                f"and reset the counters (hits {hits}, misses {misses}). Library voices are kept.")
+        gr.Info(
+            f"Prompt cache cleared: removed {removed['entries']} entries ({size:.2f} MB) "
+            f"and reset the counters (hits {hits}, misses {misses}). Library voices are kept."
+        )
         return self.cache_rows()
 
     # ---- helpers --------------------------------------------------------------------------------

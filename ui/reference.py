@@ -45,9 +45,11 @@ def reference_warning(audio: np.ndarray, sr: int) -> str | None:
         return None
     if seconds >= RECOMMENDED_REFERENCE_S:
         return None
-    return (f"the reference holds only {seconds:.1f} s of speech; 3 to 30 s clones better: with less, the "
-            "model hears too little of the voice to copy its timbre and rhythm, so the clone sounds less "
-            "like it")
+    return (
+        f"the reference holds only {seconds:.1f} s of speech; 3 to 30 s clones better: with less, the "
+        "model hears too little of the voice to copy its timbre and rhythm, so the clone sounds less "
+        "like it"
+    )
 
 
 FILE_TYPES = ["audio", "video", ".webm", ".m4a", ".mp4", ".mov", ".mkv", ".opus"]  # the any-file button
@@ -84,8 +86,9 @@ class ReferencePanel:
         try:
             return self.as_wav(path)
         except InputError as exc:
-            raise gr.Error(public_message(exc), title="Please check the input",
-                           print_exception=False) from None
+            raise gr.Error(
+                public_message(exc), title="Please check the input", print_exception=False
+            ) from None
 
     def prepare_reference(self, reference_audio, reference_text, owner):
         """After an upload or a recording: encode the clip now (a cache hit when Clone is pressed).
@@ -104,9 +107,13 @@ class ReferencePanel:
             audio, sr = read_audio(reference_audio, max_seconds=self.engine.config.max_reference_seconds)
             report = StageReport()
             new_text = self.engine.prepare_reference(audio, sr, text, report=report)
-            upload = {"name": Path(str(reference_audio)).name, "tokenizer_s": report.tokenizer_s,
-                      "vocoder_prompt_s": report.vocoder_prompt_s, "tokens_from": report.tokens_from,
-                      "transcribed": report.transcribed}
+            upload = {
+                "name": Path(str(reference_audio)).name,
+                "tokenizer_s": report.tokenizer_s,
+                "vocoder_prompt_s": report.vocoder_prompt_s,
+                "tokens_from": report.tokens_from,
+                "transcribed": report.transcribed,
+            }
             warning = reference_warning(audio, sr)
             if warning:
                 gr.Warning(public_message(warning))
@@ -118,19 +125,38 @@ class ReferencePanel:
             if not isinstance(exc, InputError):
                 log.error("reference prep failed", exc_info=exc)
             new_text = text
-            notes.append("⛔ " + (public_message(exc) if isinstance(exc, InputError) else
-                                  "This clip could not be prepared; the server log has the details.")
-                         .rstrip(".") + ".")
+            notes.append(
+                "⛔ "
+                + (
+                    public_message(exc)
+                    if isinstance(exc, InputError)
+                    else "This clip could not be prepared; the server log has the details."
+                ).rstrip(".")
+                + "."
+            )
         if stale:
-            notes.insert(0, "The reference text was typed for another clip, so it was replaced by a "
-                            "transcript of this one: check it." if new_text else
-                            "The reference text was typed for another clip and was cleared: type what this "
-                            "clip says.")
+            notes.insert(
+                0,
+                "The reference text was typed for another clip, so it was replaced by a "
+                "transcript of this one: check it."
+                if new_text
+                else "The reference text was typed for another clip and was cleared: type what this "
+                "clip says.",
+            )
         elif upload and upload["transcribed"]:
-            notes.insert(0, "Transcribed automatically: check the reference text." if new_text else
-                         "The transcription found no words: type what the clip says.")
-        return (gr.update(value=new_text, interactive=True), "\n\n".join(notes), reference_audio, upload,
-                NEW_VOICE)
+            notes.insert(
+                0,
+                "Transcribed automatically: check the reference text."
+                if new_text
+                else "The transcription found no words: type what the clip says.",
+            )
+        return (
+            gr.update(value=new_text, interactive=True),
+            "\n\n".join(notes),
+            reference_audio,
+            upload,
+            NEW_VOICE,
+        )
 
     @staticmethod
     def text_typed(reference_text, reference_audio) -> str:

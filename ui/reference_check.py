@@ -74,20 +74,34 @@ class ReferenceCheck:
             log.error("reference check failed", exc_info=exc)
             return "", hidden, hidden
         suggested = {w.suggestion for w in check.warnings if w.suggestion}
-        buttons = [gr.update(visible=check.usable, variant="primary" if task in suggested else "secondary")
-                   for task in FIXES]
+        buttons = [
+            gr.update(visible=check.usable, variant="primary" if task in suggested else "secondary")
+            for task in FIXES
+        ]
         return check_markdown(check), *buttons
 
-    def fix(self, task, reference_audio, reference_text, variant=None, seed=None, temperature=0.7, top_p=1.0,
-            flow_steps=10, max_new_tokens=None, best_of=1):
+    def fix(
+        self,
+        task,
+        reference_audio,
+        reference_text,
+        variant=None,
+        seed=None,
+        temperature=0.7,
+        top_p=1.0,
+        flow_steps=10,
+        max_new_tokens=None,
+        best_of=1,
+    ):
         """Run the ``task`` edit ("denoise" or "vad") on the clip -> (the cleaned clip, which becomes
         the reference, the text owner: the text stays, it was typed for the same words)."""
         try:
             if reference_audio is None:
                 raise InputError("upload or record a clip first")
             audio, sr = read_audio(reference_audio, max_seconds=self.engine.config.max_reference_seconds)
-            options = synthesis_options(variant, seed, temperature, top_p, flow_steps, max_new_tokens,
-                                        best_of=best_of)
+            options = synthesis_options(
+                variant, seed, temperature, top_p, flow_steps, max_new_tokens, best_of=best_of
+            )
             result = self._edit(EditRequest(audio, sr, reference_text or "", task, None, "", options))
         except Exception as exc:
             raise public_error(task, exc) from None

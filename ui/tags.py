@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from models.prompts import LANGUAGE_TAGS, PARALINGUISTIC_TAGS, split_language_tag
 
-TAG_CHOICES = ([(f"{tag} (language, goes first)", tag) for tag in LANGUAGE_TAGS]
-               + [(f"{tag} (sound)", tag) for tag in PARALINGUISTIC_TAGS])
+TAG_CHOICES = [(f"{tag} (language, goes first)", tag) for tag in LANGUAGE_TAGS] + [
+    (f"{tag} (sound)", tag) for tag in PARALINGUISTIC_TAGS
+]
 
 
 def insert_tag(tag: str | None, text: str | None) -> str:

@@ -17,11 +17,33 @@ from dataclasses import dataclass, fields
 from reports import StageReport
 
 # StageReport fields shown by the explicit rows below; any other "<name>_s" field gets a row of its own
-KNOWN_FIELDS = frozenset({
-    "prep_s", "tokenizer_s", "tokens_from", "cache_hit", "encode_s_saved", "transcribed", "vocoder_prompt_s",
-    "vocoder_prompt_cached", "llm_s", "prompt_tokens", "new_tokens", "tokens_per_s", "dropped_tokens", "seed",
-    "vocoder_s", "total_s", "audio_s", "ttfa_s", "stream", "stopped", "chunks", "score_s", "scored",
-})
+KNOWN_FIELDS = frozenset(
+    {
+        "prep_s",
+        "tokenizer_s",
+        "tokens_from",
+        "cache_hit",
+        "encode_s_saved",
+        "transcribed",
+        "vocoder_prompt_s",
+        "vocoder_prompt_cached",
+        "llm_s",
+        "prompt_tokens",
+        "new_tokens",
+        "tokens_per_s",
+        "dropped_tokens",
+        "seed",
+        "vocoder_s",
+        "total_s",
+        "audio_s",
+        "ttfa_s",
+        "stream",
+        "stopped",
+        "chunks",
+        "score_s",
+        "scored",
+    }
+)
 SCORE_FIELDS = ("similarity", "error_rate")  # output checks, shown when the report has them
 MIN_SHOWN_S = 0.0005  # a lookup under half a millisecond did not really run (reused features)
 
@@ -49,13 +71,29 @@ def timing_rows(report: StageReport, upload: UploadEncode | None = None) -> list
     rows.append(("prep", report.prep_s, prep_detail))
     rows += _token_rows(report, upload)
     if report.vocoder_prompt_s >= MIN_SHOWN_S and report.tokens_from != "voice":
-        rows.append(("vocoder prompt", report.vocoder_prompt_s,
-                     "mel + speaker embedding" + (" (cache hit)" if report.vocoder_prompt_cached else "")))
+        rows.append(
+            (
+                "vocoder prompt",
+                report.vocoder_prompt_s,
+                "mel + speaker embedding" + (" (cache hit)" if report.vocoder_prompt_cached else ""),
+            )
+        )
     chunks = f", {len(report.chunks)} text chunks" if len(report.chunks) > 1 else ""
-    rows.append(("LLM", report.llm_s, f"{report.new_tokens} tokens at {report.tokens_per_s:.1f} tok/s, "
-                 f"prompt {report.prompt_tokens} tokens{chunks}"))
-    rows.append(("vocoder", report.vocoder_s, f"{report.audio_s:.2f} s of 24 kHz audio"
-                 + (", streamed" if report.stream else "")))
+    rows.append(
+        (
+            "LLM",
+            report.llm_s,
+            f"{report.new_tokens} tokens at {report.tokens_per_s:.1f} tok/s, "
+            f"prompt {report.prompt_tokens} tokens{chunks}",
+        )
+    )
+    rows.append(
+        (
+            "vocoder",
+            report.vocoder_s,
+            f"{report.audio_s:.2f} s of 24 kHz audio" + (", streamed" if report.stream else ""),
+        )
+    )
     score = score_row(report)
     if score is not None:
         rows.append(score)
@@ -64,8 +102,13 @@ def timing_rows(report: StageReport, upload: UploadEncode | None = None) -> list
         if f.name.endswith("_s") and f.name not in KNOWN_FIELDS and isinstance(value, int | float):
             rows.append((f.name[:-2].replace("_", " "), float(value), ""))
     rtf = f"real-time factor {report.rtf:.2f}" if report.audio_s > 0 else "no audio"
-    rows.append(("total", report.total_s, f"{rtf}, first audio after {report.ttfa_s:.2f} s"
-                 + (" (stopped)" if report.stopped else "")))
+    rows.append(
+        (
+            "total",
+            report.total_s,
+            f"{rtf}, first audio after {report.ttfa_s:.2f} s" + (" (stopped)" if report.stopped else ""),
+        )
+    )
     return rows
 
 
@@ -83,14 +126,15 @@ def score_row(report: StageReport) -> tuple[str, float, str] | None:
         parts.append(f"{metric} {float(values['error_rate']):.1%}")
     else:
         reason = next((c.score_note for c in report.chunks if getattr(c, "score_note", "")), "")
-        parts.append(reason if "not scored" in reason else
-                     f"not scored ({reason})" if reason else "not scored")
+        parts.append(
+            reason if "not scored" in reason else f"not scored ({reason})" if reason else "not scored"
+        )
     parts += take_notes(report)
     return "scores", float(getattr(report, "score_s", 0.0) or 0.0), ", ".join(parts)
 
 
 def take_notes(report: StageReport) -> list[str]:
-    """"take 2 of 3 kept" for each text chunk that had more than one take (best-of-N)."""
+    """ "take 2 of 3 kept" for each text chunk that had more than one take (best-of-N)."""
     notes = []
     for number, chunk in enumerate(report.chunks, 1):
         takes = list(getattr(chunk, "takes", None) or [])
@@ -109,9 +153,12 @@ def timing_html(report: StageReport | None, upload: UploadEncode | None = None) 
     body = "".join(
         f'<tr><td class="stage">{html.escape(stage)}</td><td class="seconds">{seconds:.3f}</td>'
         f'<td class="detail">{html.escape(detail)}</td></tr>'
-        for stage, seconds, detail in timing_rows(report, upload))
-    return ('<table class="timing-table"><caption>Time per stage</caption><thead><tr><th>stage</th>'
-            f'<th class="seconds">seconds</th><th>detail</th></tr></thead><tbody>{body}</tbody></table>')
+        for stage, seconds, detail in timing_rows(report, upload)
+    )
+    return (
+        '<table class="timing-table"><caption>Time per stage</caption><thead><tr><th>stage</th>'
+        f'<th class="seconds">seconds</th><th>detail</th></tr></thead><tbody>{body}</tbody></table>'
+    )
 
 
 def _token_rows(report: StageReport, upload: UploadEncode | None) -> list[tuple[str, float, str]]:
@@ -127,9 +174,14 @@ def _token_rows(report: StageReport, upload: UploadEncode | None) -> list[tuple[
         return [(label, report.tokenizer_s, detail)]
     rows = []
     if upload is not None and upload.tokens_from == "encoded":
-        rows.append(("reference encode (at upload)", upload.seconds,
-                     "tokens + vocoder prompt, made when the clip was uploaded"
-                     + (with_text if upload.transcribed else "")))
+        rows.append(
+            (
+                "reference encode (at upload)",
+                upload.seconds,
+                "tokens + vocoder prompt, made when the clip was uploaded"
+                + (with_text if upload.transcribed else ""),
+            )
+        )
         detail = "tokens encoded at upload"
     else:
         detail = f"used before: saved {report.encode_s_saved:.2f} s of encoding"

@@ -42,29 +42,48 @@ def chunk_details(result: SynthesisResult) -> list[dict]:
     for i, segment in enumerate(segments):
         samples = segment.end - segment.start
         pause = segments[i + 1].start - segment.end + fade if i + 1 < len(segments) else 0
-        out.append({"text": segment.text, "samples": samples,
-                    "seconds": round(samples / result.sample_rate, 4),
-                    "start_s": round(segment.start / result.sample_rate, 4), "pause_after_samples": pause})
+        out.append(
+            {
+                "text": segment.text,
+                "samples": samples,
+                "seconds": round(samples / result.sample_rate, 4),
+                "start_s": round(segment.start / result.sample_rate, 4),
+                "pause_after_samples": pause,
+            }
+        )
     return out
 
 
 def report_fields(report: StageReport) -> dict:
     """Every scalar field of the report (fields added later appear on their own), plus the scores."""
-    out = {f.name: getattr(report, f.name) for f in fields(report)
-           if isinstance(getattr(report, f.name), bool | int | float | str | type(None))}
+    out = {
+        f.name: getattr(report, f.name)
+        for f in fields(report)
+        if isinstance(getattr(report, f.name), bool | int | float | str | type(None))
+    }
     for name in ("similarity", "error_rate", "metric"):  # properties of reports that carry output scores
         value = getattr(report, name, None)
         if value is not None:
             out[name] = value
-    out["chunks"] = [{f.name: getattr(c, f.name) for f in fields(c)
-                      if isinstance(getattr(c, f.name), bool | int | float | str | type(None))}
-                     | {"takes": [asdict(t) for t in getattr(c, "takes", None) or []]}  # best-of-N takes
-                     for c in report.chunks]
+    out["chunks"] = [
+        {
+            f.name: getattr(c, f.name)
+            for f in fields(c)
+            if isinstance(getattr(c, f.name), bool | int | float | str | type(None))
+        }
+        | {"takes": [asdict(t) for t in getattr(c, "takes", None) or []]}  # best-of-N takes
+        for c in report.chunks
+    ]
     return out
 
 
-def result_details(result: SynthesisResult, version_id: str, voice: str, source_id: str | None = None,
-                   warnings: list[str] | None = None) -> dict:
+def result_details(
+    result: SynthesisResult,
+    version_id: str,
+    voice: str,
+    source_id: str | None = None,
+    warnings: list[str] | None = None,
+) -> dict:
     """The JSON the page and the API return with a finished (or stopped) clone or edit."""
     report = result.report
     return {
@@ -90,20 +109,28 @@ def result_details(result: SynthesisResult, version_id: str, voice: str, source_
     }
 
 
-def running_details(chunk: int, chunks: int, audio_s: float, stage: str, pieces: int,
-                    played_s: float) -> dict:
+def running_details(
+    chunk: int, chunks: int, audio_s: float, stage: str, pieces: int, played_s: float
+) -> dict:
     """What a clone or edit reports while it runs: text chunk ``chunk`` of ``chunks``, the seconds of
     audio the LLM has made tokens for, the stage ("llm", "vocoder", "retry") and the audio pieces sent
     so far (the page's progress line and live player read it)."""
-    return {"status": "running", "chunk": chunk, "chunks": chunks, "audio_s": round(audio_s, 2),
-            "stage": stage, "pieces": pieces, "pieces_s": round(played_s, 2)}
+    return {
+        "status": "running",
+        "chunk": chunk,
+        "chunks": chunks,
+        "audio_s": round(audio_s, 2),
+        "stage": stage,
+        "pieces": pieces,
+        "pieces_s": round(played_s, 2),
+    }
 
 
 def edit_name(mode: str) -> str:
-    """"edit emotion/happy" -> "emotion: happy"; "clone" stays."""
+    """ "edit emotion/happy" -> "emotion: happy"; "clone" stays."""
     if not mode.startswith("edit "):
         return mode
-    task, _, sub = mode[len("edit "):].partition("/")
+    task, _, sub = mode[len("edit ") :].partition("/")
     return f"{task}: {sub}" if sub else task
 
 
@@ -112,16 +139,23 @@ def add_version(history: list[dict] | None, details: dict) -> list[dict]:
     history = list(history or [])
     number = history[-1]["number"] + 1 if history else 1
     source = next((v for v in history if v["id"] == details.get("source_version_id")), None)
-    record = {"id": details["version_id"], "number": number, "mode": details["mode"],
-              "voice": details.get("voice") or "", "seed": details.get("seed"),
-              "time": details.get("finished_at", ""), "seconds": details.get("audio_s", 0.0),
-              "text": details.get("text", ""), "stopped": details.get("status") == "stopped",
-              "source": f"v{source['number']}" if source else details.get("source_version_id")}
+    record = {
+        "id": details["version_id"],
+        "number": number,
+        "mode": details["mode"],
+        "voice": details.get("voice") or "",
+        "seed": details.get("seed"),
+        "time": details.get("finished_at", ""),
+        "seconds": details.get("audio_s", 0.0),
+        "text": details.get("text", ""),
+        "stopped": details.get("status") == "stopped",
+        "source": f"v{source['number']}" if source else details.get("source_version_id"),
+    }
     return (history + [record])[-MAX_HISTORY:]
 
 
 def version_label(record: dict) -> str:
-    """"v3 · clone · voice my_voice · seed 0 · 14:02:11 · 3.4 s" (edits say which edit of which version)."""
+    """ "v3 · clone · voice my_voice · seed 0 · 14:02:11 · 3.4 s" (edits say which edit of which version)."""
     what = edit_name(record["mode"])
     if record["mode"] != "clone" and record.get("source"):
         what += f" of {record['source']}"

@@ -44,8 +44,10 @@ class VoicePanel:
 
     def library_rows(self) -> list[list[str]]:
         """[name, id, text] rows of the library panel."""
-        return [[v.name, v.id, v.text if len(v.text) <= 60 else v.text[:57] + "..."]
-                for v in self.engine.voices.list_voices()]
+        return [
+            [v.name, v.id, v.text if len(v.text) <= 60 else v.text[:57] + "..."]
+            for v in self.engine.voices.list_voices()
+        ]
 
     def picked(self, voice_id):
         """Voice dropdown changed -> (reference clip, reference text, text owner, name field, note)."""
@@ -58,8 +60,9 @@ class VoicePanel:
         except Exception as exc:
             raise public_error("voice", exc) from None
         owner = f"voice:{voice_id}"
-        note = (f"Library voice **{info.name}**: its own clip and text are used (upload a clip for a new "
-                "voice).")
+        note = (
+            f"Library voice **{info.name}**: its own clip and text are used (upload a clip for a new voice)."
+        )
         return str(path), gr.update(value=info.text, interactive=False), owner, info.name, note
 
     def save(self, name, reference_audio, reference_text, voice):
@@ -76,8 +79,13 @@ class VoicePanel:
             raise public_error("save voice", exc) from None
         gr.Info(f"Saved the voice '{info.name}' in the library.")
         note = f"Saved as library voice **{info.name}** (id `{info.id}`)."
-        return (self.choices(info.id), self.library_rows(), gr.update(value=info.text, interactive=False),
-                f"voice:{info.id}", note)
+        return (
+            self.choices(info.id),
+            self.library_rows(),
+            gr.update(value=info.text, interactive=False),
+            f"voice:{info.id}",
+            note,
+        )
 
     def rename(self, voice_id, name):
         """Rename -> (Voice dropdown, library rows)."""

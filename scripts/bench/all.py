@@ -26,25 +26,45 @@ from typing import Any
 log = logging.getLogger("bench.all")
 
 STAGES = ("tokenizer", "llm", "vocoder", "clone", "scores")
-VERSIONED_PACKAGES = ("torch", "onnxruntime-gpu", "onnxruntime", "transformers", "funasr", "bitsandbytes",
-                      "gradio", "numpy", "librosa", "diskcache", "huggingface_hub")
+VERSIONED_PACKAGES = (
+    "torch",
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "transformers",
+    "funasr",
+    "bitsandbytes",
+    "gradio",
+    "numpy",
+    "librosa",
+    "diskcache",
+    "huggingface_hub",
+)
 # --quick: a stage's own --quick flag if it has one (it knows which of its settings may shrink),
 # else these common flags when it has them.
 QUICK_OVERRIDES = {"repeats": 1, "skip_real": True}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("report.md"),
-                        help="Markdown report path (the JSON report goes next to it, .json)")
-    parser.add_argument("--stages", default=",".join(STAGES),
-                        help="comma-separated subset of: " + ", ".join(STAGES))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("report.md"),
+        help="Markdown report path (the JSON report goes next to it, .json)",
+    )
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help="comma-separated subset of: " + ", ".join(STAGES)
+    )
     parser.add_argument("--quick", action="store_true", help="ask each stage for its fastest settings")
-    parser.add_argument("--device", default=None,
-                        help="pass this --device to every stage that has one (default: each stage's own)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="pass this --device to every stage that has one (default: each stage's own)",
+    )
 
 
-def stage_namespace(module: Any, model_dir: Path | None, device: str | None,
-                    quick: bool) -> argparse.Namespace:
+def stage_namespace(
+    module: Any, model_dir: Path | None, device: str | None, quick: bool
+) -> argparse.Namespace:
     """The stage's own defaults (from its add_arguments), with model_dir and the shared overrides."""
     from scripts.benchmark import add_common_arguments
 
@@ -87,8 +107,12 @@ def run_stage(stage: str, model_dir: Path | None, device: str | None, quick: boo
 
 def machine_info() -> dict:
     """CPU model, cores, memory and OS of this machine."""
-    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
-                            "cpu_model": _cpu_model(), "logical_cores": os.cpu_count()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+    }
     try:
         import psutil
 
@@ -122,9 +146,14 @@ def device_info() -> dict:
     info["torch_cuda_build"] = torch.version.cuda
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(cuda_available=True, device=torch.cuda.get_device_name(0),
-                    device_count=torch.cuda.device_count(), memory_gb=round(props.total_memory / 1e9, 1),
-                    capability=f"{props.major}.{props.minor}", cudnn=torch.backends.cudnn.version())
+        info.update(
+            cuda_available=True,
+            device=torch.cuda.get_device_name(0),
+            device_count=torch.cuda.device_count(),
+            memory_gb=round(props.total_memory / 1e9, 1),
+            capability=f"{props.major}.{props.minor}",
+            cudnn=torch.backends.cudnn.version(),
+        )
     try:
         import onnxruntime
 
@@ -171,10 +200,15 @@ def _format(value: Any) -> str:
 
 def render_markdown(report: dict) -> str:
     """The report as Markdown: summary, machine, device, versions, then each stage's figures."""
-    lines = ["# EditX Studio benchmark report", "",
-             f"Generated {report['generated']} with `{report['command']}`"
-             f"{' (quick settings)' if report['quick'] else ''}.", "",
-             "| stage | status | wall time (s) |", "|---|---|---|"]
+    lines = [
+        "# EditX Studio benchmark report",
+        "",
+        f"Generated {report['generated']} with `{report['command']}`"
+        f"{' (quick settings)' if report['quick'] else ''}.",
+        "",
+        "| stage | status | wall time (s) |",
+        "|---|---|---|",
+    ]
     for entry in report["stages"]:
         status = "ok" if entry["ok"] else f"FAILED: {_format(entry['error'])}"
         lines.append(f"| {entry['stage']} | {status} | {entry['seconds']:.1f} |")
@@ -184,8 +218,13 @@ def render_markdown(report: dict) -> str:
     for entry in report["stages"]:
         lines += ["", f"## Stage: {entry['stage']}", ""]
         if not entry["ok"]:
-            lines += [f"**Failed** after {entry['seconds']:.1f} s: `{entry['error']}`", "", "```",
-                      *entry.get("traceback", []), "```"]
+            lines += [
+                f"**Failed** after {entry['seconds']:.1f} s: `{entry['error']}`",
+                "",
+                "```",
+                *entry.get("traceback", []),
+                "```",
+            ]
             continue
         ratios = [(k, v) for k, v in flatten(entry["result"]) if _is_ratio(k)]
         if ratios:
@@ -211,7 +250,8 @@ def run(args: argparse.Namespace) -> dict:
     report: dict[str, Any] = {
         "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", "scripts/benchmark.py", "all", *sys.argv[2:]])
-        if sys.argv and sys.argv[0].endswith("benchmark.py") else "scripts/bench/all.run",
+        if sys.argv and sys.argv[0].endswith("benchmark.py")
+        else "scripts/bench/all.run",
         "quick": bool(args.quick),
         "model_dir": str(args.model_dir) if args.model_dir else None,
         "machine": machine_info(),
@@ -225,6 +265,12 @@ def run(args: argparse.Namespace) -> dict:
     out.write_text(render_markdown(report))
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     failed = [e["stage"] for e in report["stages"] if not e["ok"]]
-    log.info("report written to %s and %s in %.1f s (%d stage(s) failed%s)", out, out.with_suffix(".json"),
-             report["seconds"], len(failed), f": {', '.join(failed)}" if failed else "")
+    log.info(
+        "report written to %s and %s in %.1f s (%d stage(s) failed%s)",
+        out,
+        out.with_suffix(".json"),
+        report["seconds"],
+        len(failed),
+        f": {', '.join(failed)}" if failed else "",
+    )
     return report

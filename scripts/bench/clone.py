@@ -25,14 +25,22 @@ STAGES = ("prep_s", "tokenizer_s", "vocoder_prompt_s", "llm_s", "vocoder_s", "to
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reference", type=Path, default=None,
-                        help="reference clip (default: a 10 s espeak-ng or synthetic voice)")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="reference clip (default: a 10 s espeak-ng or synthetic voice)",
+    )
     parser.add_argument("--reference-text", default=None, help="what the clip says (default: its known text)")
     parser.add_argument("--text", default=DEFAULT_TEXT, help="target text to speak")
     parser.add_argument("--repeats", type=int, default=3, help="cached clones after the cold one")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="LLM total length cap (default: 8192; 1024 on demo models, which rarely stop)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="LLM total length cap (default: 8192; 1024 on demo models, which rarely stop)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--variant", default="base")
     parser.add_argument("--quick", action="store_true", help="one cached repeat, a 5 s reference")
@@ -55,8 +63,20 @@ def _reference(args: argparse.Namespace, scratch: Path):
         voice = VOICES[0]
         words = (voice.reference_text + " ") * 3
         path = scratch / "reference.wav"
-        subprocess.run(["espeak-ng", "-v", voice.espeak_voice, "-s", str(voice.words_per_minute), "-w",
-                        str(path), words], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "espeak-ng",
+                "-v",
+                voice.espeak_voice,
+                "-s",
+                str(voice.words_per_minute),
+                "-w",
+                str(path),
+                words,
+            ],
+            check=True,
+            capture_output=True,
+        )
         audio, sr = load_audio(path)
         return audio[:, : int(seconds * sr)], sr, args.reference_text or voice.reference_text
     sr = 24000
@@ -77,9 +97,11 @@ def run(args: argparse.Namespace) -> dict:
         else:
             root = locate_models(model_dir)
         t0 = time.perf_counter()
-        engine = CloneEngine.load(root.path, EngineConfig(variant=args.variant, device=args.device,
-                                                          max_reference_seconds=60.0),
-                                  cache_dir=scratch / "cache")
+        engine = CloneEngine.load(
+            root.path,
+            EngineConfig(variant=args.variant, device=args.device, max_reference_seconds=60.0),
+            cache_dir=scratch / "cache",
+        )
         load_s = time.perf_counter() - t0
         audio, sr, ref_text = _reference(args, scratch)
         max_length = args.max_length or (1024 if root.demo else 8192)
@@ -92,9 +114,14 @@ def run(args: argparse.Namespace) -> dict:
 
     def stages(report) -> dict:
         out = {name: round(getattr(report, name), 4) for name in STAGES}
-        out.update(tokens_from=report.tokens_from, vocoder_prompt_cached=report.vocoder_prompt_cached,
-                   new_tokens=report.new_tokens, tokens_per_s=round(report.tokens_per_s, 1),
-                   audio_s=round(report.audio_s, 3), rtf=round(report.rtf, 3))
+        out.update(
+            tokens_from=report.tokens_from,
+            vocoder_prompt_cached=report.vocoder_prompt_cached,
+            new_tokens=report.new_tokens,
+            tokens_per_s=round(report.tokens_per_s, 1),
+            audio_s=round(report.audio_s, 3),
+            rtf=round(report.rtf, 3),
+        )
         return out
 
     median = {name: round(statistics.median(getattr(r, name) for r in cached), 4) for name in STAGES}
@@ -118,7 +145,13 @@ def run(args: argparse.Namespace) -> dict:
         "total_saved_s": round(cold.total_s - median["total_s"], 4),
         "same_generation": all(r.new_tokens == cold.new_tokens for r in cached),
     }
-    log.info("clone bench (%s models): cold prompt stage %.3f s, hit %.2f ms (x%s); total %.3f s -> %.3f s",
-             result["models"], prompt_cold, prompt_hit * 1e3, result["prompt_stage_speedup"], cold.total_s,
-             median["total_s"])
+    log.info(
+        "clone bench (%s models): cold prompt stage %.3f s, hit %.2f ms (x%s); total %.3f s -> %.3f s",
+        result["models"],
+        prompt_cold,
+        prompt_hit * 1e3,
+        result["prompt_stage_speedup"],
+        cold.total_s,
+        median["total_s"],
+    )
     return result

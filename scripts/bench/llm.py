@@ -34,24 +34,38 @@ from models.step1 import Step1Config
 log = logging.getLogger("bench.llm")
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--prompt-groups", type=int, default=60,
-                        help="reference audio groups in the clone prompt (5 tokens each)")
+    parser.add_argument(
+        "--prompt-groups",
+        type=int,
+        default=60,
+        help="reference audio groups in the clone prompt (5 tokens each)",
+    )
     parser.add_argument("--decode-tokens", type=int, default=64)
-    parser.add_argument("--real-layers", type=int, default=1,
-                        help="layers of the real-shape model for the memory ratio (0 skips it)")
+    parser.add_argument(
+        "--real-layers",
+        type=int,
+        default=1,
+        help="layers of the real-shape model for the memory ratio (0 skips it)",
+    )
     parser.add_argument("--real-decode-tokens", type=int, default=4)
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer tokens and no real-shape model (seconds instead of about 1.5 min on CPU)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer tokens and no real-shape model (seconds instead of about 1.5 min on CPU)",
+    )
 
 
 def _clone_prompt(llm: Step1LLM, groups: int) -> list[int]:
     codes = [c for g in range(groups) for c in (g % 1024, (7 * g) % 1024, 1024 + g, 2048 + g, 3072 + g)]
-    return build_clone_prompt(llm.tokenizer, "This is the reference sentence.", token_str(codes),
-                              "And this is the sentence to say in that voice.")
+    return build_clone_prompt(
+        llm.tokenizer,
+        "This is the reference sentence.",
+        token_str(codes),
+        "And this is the sentence to say in that voice.",
+    )
 
 
 def time_prefill_decode(llm: Step1LLM, prompt: list[int], decode_tokens: int, repeats: int = 3) -> dict:
@@ -75,19 +89,34 @@ def time_prefill_decode(llm: Step1LLM, prompt: list[int], decode_tokens: int, re
             torch.cuda.synchronize()
         decode = time.perf_counter() - start
     p = statistics.median(prefill)
-    return {"prompt_tokens": len(prompt), "prefill_s": round(p, 4),
-            "prefill_tokens_per_s": round(len(prompt) / p, 1), "decode_tokens": decode_tokens,
-            "decode_tokens_per_s": round(decode_tokens / decode, 2)}
+    return {
+        "prompt_tokens": len(prompt),
+        "prefill_s": round(p, 4),
+        "prefill_tokens_per_s": round(len(prompt) / p, 1),
+        "decode_tokens": decode_tokens,
+        "decode_tokens_per_s": round(decode_tokens / decode, 2),
+    }
 
 
-def bench_variant(model_dir: Path, variant: str, args: argparse.Namespace, dtype: str = "auto",
-                  sample: bool = True, decode_tokens: int | None = None, groups: int | None = None) -> dict:
+def bench_variant(
+    model_dir: Path,
+    variant: str,
+    args: argparse.Namespace,
+    dtype: str = "auto",
+    sample: bool = True,
+    decode_tokens: int | None = None,
+    groups: int | None = None,
+) -> dict:
     start = time.perf_counter()
     llm = Step1LLM.load(model_dir, variant=variant, device=args.device, dtype=dtype)
     load_s = time.perf_counter() - start
     prompt = _clone_prompt(llm, groups if groups is not None else args.prompt_groups)
-    out = {"variant": llm.variant, "dtype": str(llm.model.dtype).replace("torch.", ""),
-           "load_s": round(load_s, 2), "weight_bytes": measured_weight_bytes(llm.model)}
+    out = {
+        "variant": llm.variant,
+        "dtype": str(llm.model.dtype).replace("torch.", ""),
+        "load_s": round(load_s, 2),
+        "weight_bytes": measured_weight_bytes(llm.model),
+    }
     out.update(time_prefill_decode(llm, prompt, decode_tokens or args.decode_tokens))
     if sample:
         options = GenerationOptions(seed=0, max_length=len(prompt) + args.decode_tokens)
@@ -109,20 +138,37 @@ def write_real_shape_model(out: Path, layers: int, seed: int = 0) -> Step1Config
     def randn(*shape: int, std: float) -> torch.Tensor:
         return (torch.randn(*shape, generator=g, dtype=torch.bfloat16) * std).contiguous()
 
-    w = {"model.embed_tokens.weight": randn(v, h, std=1.0),
-         "model.norm.weight": torch.ones(h, dtype=torch.bfloat16),
-         "lm_head.weight": randn(v, h, std=h ** -0.5)}
+    w = {
+        "model.embed_tokens.weight": randn(v, h, std=1.0),
+        "model.norm.weight": torch.ones(h, dtype=torch.bfloat16),
+        "lm_head.weight": randn(v, h, std=h**-0.5),
+    }
     for n in range(layers):
         p = f"model.layers.{n}."
         w[p + "input_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
         w[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
-        for name, shape in (("self_attn.q_proj", (h, h)), ("self_attn.k_proj", (kv, h)),
-                            ("self_attn.v_proj", (kv, h)), ("self_attn.o_proj", (h, h)),
-                            ("mlp.gate_proj", (i, h)), ("mlp.up_proj", (i, h)), ("mlp.down_proj", (h, i))):
+        for name, shape in (
+            ("self_attn.q_proj", (h, h)),
+            ("self_attn.k_proj", (kv, h)),
+            ("self_attn.v_proj", (kv, h)),
+            ("self_attn.o_proj", (h, h)),
+            ("mlp.gate_proj", (i, h)),
+            ("mlp.up_proj", (i, h)),
+            ("mlp.down_proj", (h, i)),
+        ):
             w[p + name + ".weight"] = randn(*shape, std=shape[1] ** -0.5)
-    raw = {"architectures": ["Step1ForCausalLM"], "model_type": "step1", **REAL_SHAPES,
-           "num_hidden_layers": layers, "max_seq_len": 32768, "rms_norm_eps": 1e-5, "bos_token_id": 1,
-           "pad_token_id": 0, "eos_token_id": 3, "torch_dtype": "bfloat16"}
+    raw = {
+        "architectures": ["Step1ForCausalLM"],
+        "model_type": "step1",
+        **REAL_SHAPES,
+        "num_hidden_layers": layers,
+        "max_seq_len": 32768,
+        "rms_norm_eps": 1e-5,
+        "bos_token_id": 1,
+        "pad_token_id": 0,
+        "eos_token_id": 3,
+        "torch_dtype": "bfloat16",
+    }
     write_checkpoint(out, w, raw)
     return config
 
@@ -144,8 +190,13 @@ def _run(args: argparse.Namespace, tmp: Path) -> dict:
         root = write_demo_models(tmp / "demo", ("llm",))
         log.info("no %s under %s: benchmarking the demo LLM", LLM_FOLDER, args.model_dir)
     model_dir = root / LLM_FOLDER
-    result: dict = {"model_dir": str(model_dir), "demo_models": is_demo_models(root),
-                    "torch_threads": torch.get_num_threads(), "device": args.device, "variants": {}}
+    result: dict = {
+        "model_dir": str(model_dir),
+        "demo_models": is_demo_models(root),
+        "torch_threads": torch.get_num_threads(),
+        "device": args.device,
+        "variants": {},
+    }
     for variant in ("base", "bnb-4bit"):
         result["variants"][variant] = bench_variant(model_dir, variant, args)
     v = result["variants"]
@@ -157,12 +208,22 @@ def _run(args: argparse.Namespace, tmp: Path) -> dict:
         config = write_real_shape_model(real_dir, args.real_layers)
         # The tokenizer of the benchmarked model serves for the prompt (ids are all the forward needs).
         (real_dir / "tokenizer.model").write_bytes((model_dir / "tokenizer.model").read_bytes())
-        log.info("real-shape model with %d layer(s) written in %.1f s", args.real_layers,
-                 time.perf_counter() - start)
+        log.info(
+            "real-shape model with %d layer(s) written in %.1f s",
+            args.real_layers,
+            time.perf_counter() - start,
+        )
         real: dict = {"layers": args.real_layers, **REAL_SHAPES, "variants": {}}
         for variant in ("base", "bnb-4bit"):
-            real["variants"][variant] = bench_variant(real_dir, variant, args, dtype="bf16", sample=False,
-                                                      decode_tokens=args.real_decode_tokens, groups=20)
+            real["variants"][variant] = bench_variant(
+                real_dir,
+                variant,
+                args,
+                dtype="bf16",
+                sample=False,
+                decode_tokens=args.real_decode_tokens,
+                groups=20,
+            )
         rv = real["variants"]
         real["measured_ratio"] = round(rv["bnb-4bit"]["weight_bytes"] / rv["base"]["weight_bytes"], 4)
         real["estimated_bytes"] = {k: estimate_weight_bytes(config, k) for k in ("base", "bnb-4bit")}

@@ -53,15 +53,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", default="1,8", help="comma-separated concurrency levels")
     parser.add_argument("--requests", type=int, default=24, help="requests per level (same set at each)")
     parser.add_argument("--new-tokens", type=int, default=128, help="cap on new tokens per request")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of every level, interleaved; each level reports its fastest run")
-    parser.add_argument("--latency-requests", type=int, default=5,
-                        help="streamed single requests for the first-token / first-chunk latency")
-    parser.add_argument("--prompt-groups", type=int, default=60,
-                        help="reference audio groups in the clone prompt (5 tokens each)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of every level, interleaved; each level reports its fastest run",
+    )
+    parser.add_argument(
+        "--latency-requests",
+        type=int,
+        default=5,
+        help="streamed single requests for the first-token / first-chunk latency",
+    )
+    parser.add_argument(
+        "--prompt-groups",
+        type=int,
+        default=60,
+        help="reference audio groups in the clone prompt (5 tokens each)",
+    )
     parser.add_argument("--device", default="auto", help="native backend device")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads of the native backend (vLLM's CPU engine uses 1 on 2 cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads of the native backend (vLLM's CPU engine uses 1 on 2 cores)",
+    )
     parser.add_argument("--vllm-python", default=None, help=f"the vLLM venv's python (default ${PYTHON_ENV})")
     parser.add_argument("--llm-url", default=None, help="a running vLLM server to use instead")
     parser.add_argument("--enforce-eager", action="store_true", help="start vLLM without torch.compile")
@@ -70,12 +86,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _clone_prompt(llm: Step1LLM | VLLMStep1LLM, groups: int) -> list[int]:
     codes = [c for g in range(groups) for c in (g % 1024, (7 * g) % 1024, 1024 + g, 2048 + g, 3072 + g)]
-    return build_clone_prompt(llm.tokenizer, "This is the reference sentence.", token_str(codes),
-                              "And this is the sentence to say in that voice.")
+    return build_clone_prompt(
+        llm.tokenizer,
+        "This is the reference sentence.",
+        token_str(codes),
+        "And this is the sentence to say in that voice.",
+    )
 
 
-def measure_level(llm: Step1LLM | VLLMStep1LLM, prompt: list[int], concurrency: int, requests: int,
-                  new_tokens: int, first_seed: int = 0) -> dict:
+def measure_level(
+    llm: Step1LLM | VLLMStep1LLM,
+    prompt: list[int],
+    concurrency: int,
+    requests: int,
+    new_tokens: int,
+    first_seed: int = 0,
+) -> dict:
     """``requests`` seeded generations through ``concurrency`` threads: tokens/s and requests/s."""
     # The native backend generates one request at a time per instance (clone/edit hold its lock).
     serial = threading.Lock() if isinstance(llm, Step1LLM) else None
@@ -91,9 +117,14 @@ def measure_level(llm: Step1LLM | VLLMStep1LLM, prompt: list[int], concurrency: 
     with ThreadPoolExecutor(concurrency) as pool:
         counts = list(pool.map(one, range(first_seed, first_seed + requests)))
     wall = time.perf_counter() - start
-    return {"concurrency": concurrency, "requests": requests, "new_tokens": sum(counts),
-            "wall_s": round(wall, 3), "tokens_per_s": round(sum(counts) / wall, 1),
-            "requests_per_s": round(requests / wall, 3)}
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "new_tokens": sum(counts),
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(sum(counts) / wall, 1),
+        "requests_per_s": round(requests / wall, 3),
+    }
 
 
 FIRST_CHUNK_TOKENS = mixed_token_count(CHUNK_FRAMES[0]) + LOOKAHEAD_TOKENS  # what the 1st vocoder call needs
@@ -113,31 +144,42 @@ def measure_latency(llm: Step1LLM | VLLMStep1LLM, prompt: list[int], requests: i
             if count == FIRST_CHUNK_TOKENS:
                 chunks.append(time.perf_counter() - start)
                 break
-    return {"first_token_s": round(statistics.median(firsts), 4) if firsts else None,
-            "first_chunk_tokens": FIRST_CHUNK_TOKENS,
-            "first_chunk_tokens_s": round(statistics.median(chunks), 4) if chunks else None,
-            "latency_requests": len(firsts)}
+    return {
+        "first_token_s": round(statistics.median(firsts), 4) if firsts else None,
+        "first_chunk_tokens": FIRST_CHUNK_TOKENS,
+        "first_chunk_tokens_s": round(statistics.median(chunks), 4) if chunks else None,
+        "latency_requests": len(firsts),
+    }
 
 
 def bench_backend(llm: Step1LLM | VLLMStep1LLM, levels: list[int], args: argparse.Namespace) -> dict:
     prompt = _clone_prompt(llm, args.prompt_groups)
     measure_level(llm, prompt, 1, 1, min(8, args.new_tokens), first_seed=10_000)  # warm-up
-    out: dict = {"prompt_tokens": len(prompt), "levels": {},
-                 "latency": measure_latency(llm, prompt, args.latency_requests)}
+    out: dict = {
+        "prompt_tokens": len(prompt),
+        "levels": {},
+        "latency": measure_latency(llm, prompt, args.latency_requests),
+    }
     runs: dict[int, list[dict]] = {level: [] for level in levels}
     # Interleaved repeats, best run per level: other load on the machine hits every level alike.
     for _ in range(max(1, args.repeats)):
         for level in levels:
             figures = measure_level(llm, prompt, level, args.requests, args.new_tokens)
-            log.info("%s: %d concurrent: %.1f tokens/s, %.3f requests/s", type(llm).__name__, level,
-                     figures["tokens_per_s"], figures["requests_per_s"])
+            log.info(
+                "%s: %d concurrent: %.1f tokens/s, %.3f requests/s",
+                type(llm).__name__,
+                level,
+                figures["tokens_per_s"],
+                figures["requests_per_s"],
+            )
             runs[level].append(figures)
     for level in levels:
         best = max(runs[level], key=lambda f: f["tokens_per_s"])
         out["levels"][str(level)] = {**best, "tokens_per_s_runs": [f["tokens_per_s"] for f in runs[level]]}
     lowest, highest = str(min(levels)), str(max(levels))
     out[f"ratio_{highest}_vs_{lowest}"] = round(
-        out["levels"][highest]["tokens_per_s"] / out["levels"][lowest]["tokens_per_s"], 2)
+        out["levels"][highest]["tokens_per_s"] / out["levels"][lowest]["tokens_per_s"], 2
+    )
     return out
 
 
@@ -164,14 +206,23 @@ def _run(args: argparse.Namespace, tmp: Path) -> dict:
     unknown = set(backends) - set(BACKENDS)
     if unknown:
         raise SystemExit(f"unknown backends {sorted(unknown)}; choose from {', '.join(BACKENDS)}")
-    result: dict = {"model_dir": str(model_dir), "demo_models": is_demo_models(root), "new_tokens_cap":
-                    args.new_tokens, "requests": args.requests, "cpu_count": os.cpu_count(),
-                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "backends": {}}
+    result: dict = {
+        "model_dir": str(model_dir),
+        "demo_models": is_demo_models(root),
+        "new_tokens_cap": args.new_tokens,
+        "requests": args.requests,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "backends": {},
+    }
     if "native" in backends:
         llm = Step1LLM.load(model_dir, variant="base", device=args.device)
-        result["backends"]["native"] = {"device": str(llm.device), "dtype": str(llm.model.dtype),
-                                        "torch_threads": torch.get_num_threads(),
-                                        **bench_backend(llm, levels, args)}
+        result["backends"]["native"] = {
+            "device": str(llm.device),
+            "dtype": str(llm.model.dtype),
+            "torch_threads": torch.get_num_threads(),
+            **bench_backend(llm, levels, args),
+        }
         del llm
     if "vllm" in backends:
         result["backends"]["vllm"] = _bench_vllm(model_dir, levels, args, tmp)
@@ -192,7 +243,11 @@ def _bench_vllm(model_dir: Path, levels: list[int], args: argparse.Namespace, tm
     started = time.perf_counter() - start
     try:
         with VLLMStep1LLM.connect(server.url, model_dir) as llm:
-            return {"server_start_s": round(started, 1), "enforce_eager": args.enforce_eager,
-                    "repetition_rule": llm.repetition_rule, **bench_backend(llm, levels, args)}
+            return {
+                "server_start_s": round(started, 1),
+                "enforce_eager": args.enforce_eager,
+                "repetition_rule": llm.repetition_rule,
+                **bench_backend(llm, levels, args),
+            }
     finally:
         server.stop()

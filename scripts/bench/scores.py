@@ -33,8 +33,10 @@ from pathlib import Path
 
 log = logging.getLogger("bench.scores")
 
-DEFAULT_TEXT = ("The quick brown fox jumps over the lazy dog. A second sentence follows, so the long "
-                "text is spoken in two chunks and scored chunk by chunk.")
+DEFAULT_TEXT = (
+    "The quick brown fox jumps over the lazy dog. A second sentence follows, so the long "
+    "text is spoken in two chunks and scored chunk by chunk."
+)
 AUDIO_TOKENS_PER_SECOND = 25 * 5 / 3  # mixed tokens: 3 frames of 25 Hz per 5-token group
 REFERENCE_SECONDS = 10.0  # the reference clip of the real-shape clone prompt
 FULL_LAYERS = 32
@@ -53,8 +55,11 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_scores_") as scratch:
         scratch = Path(scratch)
         engine, root = _engine(args, scratch)
-        result: dict = {"models": "demo" if root.demo else "real", "device": engine.status()["device"],
-                        "given_model": _given_model(engine, args)}
+        result: dict = {
+            "models": "demo" if root.demo else "real",
+            "device": engine.status()["device"],
+            "given_model": _given_model(engine, args),
+        }
         if not args.quick:
             result["real_shapes"] = _real_shapes(engine, args, scratch)
     log.info("scores bench: %s", {k: v.get("score_share") for k, v in result.items() if isinstance(v, dict)})
@@ -72,8 +77,9 @@ def _engine(args: argparse.Namespace, scratch: Path):
         root = locate_models(scratch / "none", scratch / "demo_models", write_demo_models)
     else:
         root = locate_models(model_dir)
-    engine = CloneEngine.load(root.path, EngineConfig(device=args.device, max_reference_seconds=60.0),
-                              cache_dir=scratch / "cache")
+    engine = CloneEngine.load(
+        root.path, EngineConfig(device=args.device, max_reference_seconds=60.0), cache_dir=scratch / "cache"
+    )
     return engine, root
 
 
@@ -85,17 +91,28 @@ def _given_model(engine, args: argparse.Namespace) -> dict:
     sr = 24000
     reference = synthetic_voice(5.0, sr, f0=130.0, seed=0)
     max_length = 1024 if engine.demo else 8192
-    request = CloneRequest(reference, sr, "a calm test voice", args.text,
-                           SynthesisOptions(seed=0, max_length=max_length, chunk_chars=80))
+    request = CloneRequest(
+        reference,
+        sr,
+        "a calm test voice",
+        args.text,
+        SynthesisOptions(seed=0, max_length=max_length, chunk_chars=80),
+    )
     engine.clone(request)  # warm-up: first-call costs and the prompt cache
     reports = [engine.clone(request).report for _ in range(max(1, args.repeats))]
     total = statistics.median(r.total_s for r in reports)
     score = statistics.median(r.score_s for r in reports)
     audio = statistics.median(r.audio_s for r in reports)
-    return {"chunks": len(reports[0].chunks), "audio_s": round(audio, 3), "total_s": round(total, 4),
-            "score_s": round(score, 4), "score_s_per_audio_s": round(score / audio, 4) if audio else None,
-            "score_share": round(score / total, 4) if total else None,
-            "similarity": reports[0].similarity, "error_rate": reports[0].error_rate}
+    return {
+        "chunks": len(reports[0].chunks),
+        "audio_s": round(audio, 3),
+        "total_s": round(total, 4),
+        "score_s": round(score, 4),
+        "score_s_per_audio_s": round(score / audio, 4) if audio else None,
+        "score_share": round(score / total, 4) if total else None,
+        "similarity": reports[0].similarity,
+        "error_rate": reports[0].error_rate,
+    }
 
 
 def _median_s(fn, repeats: int = 2) -> float:
@@ -115,10 +132,16 @@ def _real_shapes(engine, args: argparse.Namespace, scratch: Path) -> dict:
     clone_s = llm["estimated_32_layer_s"] + vocoder["s"]
     two_layer_clone_s = llm["two_layer_s"] + vocoder["s"]  # no extrapolation: a clone can only cost more
     score_s = score["paraformer_s"] + score["speaker_s"]
-    return {"output_seconds": seconds, "score": score, "llm": llm, "vocoder": vocoder,
-            "clone_s": round(clone_s, 3), "score_s": round(score_s, 3),
-            "score_share": round(score_s / clone_s, 4),
-            "score_share_bound_with_2_layer_llm": round(score_s / two_layer_clone_s, 4)}
+    return {
+        "output_seconds": seconds,
+        "score": score,
+        "llm": llm,
+        "vocoder": vocoder,
+        "clone_s": round(clone_s, 3),
+        "score_s": round(score_s, 3),
+        "score_share": round(score_s / clone_s, 4),
+        "score_share_bound_with_2_layer_llm": round(score_s / two_layer_clone_s, 4),
+    }
 
 
 def _real_score(engine, seconds: float, scratch: Path) -> dict:
@@ -145,12 +168,22 @@ def _real_score(engine, seconds: float, scratch: Path) -> dict:
     clip = prepare_for_tokenizer(prompt_prelude(output, sr), sr)
     encode_s = _median_s(lambda: vq02.encode(clip))  # the codes alone: what transcription adds on top
     speaker_s = _median_s(lambda: scorer.speaker_embedding(output, sr))
-    log.info("real-size Paraformer (%.0f M parameters): transcript of %.1f s in %.3f s; speaker %.3f s",
-             parameters / 1e6, seconds, paraformer_s, speaker_s)
-    return {"paraformer_parameters_m": round(parameters / 1e6, 1), "built_s": round(built_s, 1),
-            "paraformer_s": round(paraformer_s, 4), "paraformer_encoder_only_s": round(encode_s, 4),
-            "transcript_chars": len(transcript), "speaker_s": round(speaker_s, 4),
-            "speaker_model": "demo toy CAM++" if engine.demo else "the given CAM++"}
+    log.info(
+        "real-size Paraformer (%.0f M parameters): transcript of %.1f s in %.3f s; speaker %.3f s",
+        parameters / 1e6,
+        seconds,
+        paraformer_s,
+        speaker_s,
+    )
+    return {
+        "paraformer_parameters_m": round(parameters / 1e6, 1),
+        "built_s": round(built_s, 1),
+        "paraformer_s": round(paraformer_s, 4),
+        "paraformer_encoder_only_s": round(encode_s, 4),
+        "transcript_chars": len(transcript),
+        "speaker_s": round(speaker_s, 4),
+        "speaker_model": "demo toy CAM++" if engine.demo else "the given CAM++",
+    }
 
 
 def _real_llm(engine, args: argparse.Namespace, seconds: float, scratch: Path) -> dict:
@@ -172,11 +205,16 @@ def _real_llm(engine, args: argparse.Namespace, seconds: float, scratch: Path) -
         write_real_shape_model(folder, layers)
         (folder / "tokenizer.model").write_bytes((Path(llm_dir) / "tokenizer.model").read_bytes())
         llm = Step1LLM.load(folder, device=args.device)
-        prompt = build_clone_prompt(llm.tokenizer, "This is the reference sentence.", token_str(codes),
-                                    args.text)
+        prompt = build_clone_prompt(
+            llm.tokenizer, "This is the reference sentence.", token_str(codes), args.text
+        )
         timed = time_prefill_decode(llm, prompt, args.decode_tokens, repeats=1)
-        timings[layers] = (timed["prefill_s"], 1.0 / timed["decode_tokens_per_s"], len(prompt),
-                           str(llm.model.dtype).replace("torch.", ""))
+        timings[layers] = (
+            timed["prefill_s"],
+            1.0 / timed["decode_tokens_per_s"],
+            len(prompt),
+            str(llm.model.dtype).replace("torch.", ""),
+        )
         del llm
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -186,14 +224,29 @@ def _real_llm(engine, args: argparse.Namespace, seconds: float, scratch: Path) -
     tokens = seconds * AUDIO_TOKENS_PER_SECOND
     total = prefill + tokens * per_token
     two_layer = p2 + tokens * d2
-    log.info("real-shape LLM (%s): prefill %d tokens %.2f s, %.3f s per token at 32 layers -> %.1f s for "
-             "%.0f tokens", dtype, prompt_tokens, prefill, per_token, total, tokens)
-    return {"dtype": dtype, "prompt_tokens": prompt_tokens, "new_tokens": round(tokens),
-            "measured": {str(k): {"prefill_s": round(v[0], 4), "decode_s_per_token": round(v[1], 5)}
-                         for k, v in timings.items()},
-            "estimated_32_layer_prefill_s": round(prefill, 3),
-            "estimated_32_layer_decode_s_per_token": round(per_token, 5),
-            "estimated_32_layer_s": round(total, 3), "two_layer_s": round(two_layer, 3)}
+    log.info(
+        "real-shape LLM (%s): prefill %d tokens %.2f s, %.3f s per token at 32 layers -> %.1f s for "
+        "%.0f tokens",
+        dtype,
+        prompt_tokens,
+        prefill,
+        per_token,
+        total,
+        tokens,
+    )
+    return {
+        "dtype": dtype,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": round(tokens),
+        "measured": {
+            str(k): {"prefill_s": round(v[0], 4), "decode_s_per_token": round(v[1], 5)}
+            for k, v in timings.items()
+        },
+        "estimated_32_layer_prefill_s": round(prefill, 3),
+        "estimated_32_layer_decode_s_per_token": round(per_token, 5),
+        "estimated_32_layer_s": round(total, 3),
+        "two_layer_s": round(two_layer, 3),
+    }
 
 
 def _real_vocoder(args: argparse.Namespace, seconds: float) -> dict:
@@ -207,7 +260,9 @@ def _real_vocoder(args: argparse.Namespace, seconds: float) -> dict:
     timing_args = argparse.Namespace(seconds=seconds, prompt_seconds=REFERENCE_SECONDS, repeats=1)
     timed = time_decode(vocoder, timing_args, [10])
     per_audio_s = timed["flow_10_steps_s_per_audio_s"] + timed["hift_s_per_audio_s"]
-    return {"flow_10_steps_s_per_audio_s": timed["flow_10_steps_s_per_audio_s"],
-            "hift_s_per_audio_s": timed["hift_s_per_audio_s"],
-            "s": round(per_audio_s * timed["audio_seconds"], 3),
-            "audio_seconds": round(timed["audio_seconds"], 3)}
+    return {
+        "flow_10_steps_s_per_audio_s": timed["flow_10_steps_s_per_audio_s"],
+        "hift_s_per_audio_s": timed["hift_s_per_audio_s"],
+        "s": round(per_audio_s * timed["audio_seconds"], 3),
+        "audio_seconds": round(timed["audio_seconds"], 3),
+    }

@@ -49,12 +49,19 @@ def long_text(chars: int) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--long-chars", type=int, default=2000, help="length of the long text")
     parser.add_argument("--chunk-chars", type=int, default=200, help="text per LLM pass (--chunk-chars)")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="cap per chunk's LLM pass (default: 150 on demo/real-scale random weights)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="cap per chunk's LLM pass (default: 150 on demo/real-scale random weights)",
+    )
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--real-scale", action="store_true",
-                        help="real-size vocoder and real-width LLM layers with random weights")
+    parser.add_argument(
+        "--real-scale",
+        action="store_true",
+        help="real-size vocoder and real-width LLM layers with random weights",
+    )
     parser.add_argument("--llm-layers", type=int, default=2, help="--real-scale: LLM depth (real: 32)")
     parser.add_argument("--quick", action="store_true", help="a 600-character long text")
 
@@ -77,8 +84,7 @@ def _measure(engine, audio, sr: int, text: str, options) -> dict:
 
     out = {}
     for stream in (True, False):
-        request = CloneRequest(audio, sr, "a voice for the benchmark", text,
-                               _with(options, stream=stream))
+        request = CloneRequest(audio, sr, "a voice for the benchmark", text, _with(options, stream=stream))
         t0 = time.perf_counter()
         result = engine.clone(request)
         wall = time.perf_counter() - t0
@@ -121,29 +127,46 @@ def run(args: argparse.Namespace) -> dict:
             kind = "real"
         else:
             root, kind = locate_models(scratch / "none", scratch / "demo", write_demo_models).path, "demo"
-        engine = CloneEngine.load(root, EngineConfig(device=args.device, chunk_chars=args.chunk_chars),
-                                  cache_dir=scratch / "cache")
+        engine = CloneEngine.load(
+            root, EngineConfig(device=args.device, chunk_chars=args.chunk_chars), cache_dir=scratch / "cache"
+        )
         sr = 24000
         audio = np.asarray(synthetic_voice(10.0, sr, f0=120.0, seed=1))
         cap = args.max_new_tokens or (None if kind == "real" else 150)
         options = SynthesisOptions(seed=args.seed, max_new_tokens=cap)
-        engine.clone(CloneRequest(audio, sr, "a voice for the benchmark", "Warm up.",
-                                  _with(options, stream=True)))  # encodes the voice, warms every kernel
+        engine.clone(
+            CloneRequest(audio, sr, "a voice for the benchmark", "Warm up.", _with(options, stream=True))
+        )  # encodes the voice, warms every kernel
         engine.clone(CloneRequest(audio, sr, "a voice for the benchmark", "Warm up.", options))
         short = _measure(engine, audio, sr, SHORT_TEXT, options)
         long = _measure(engine, audio, sr, long_text(long_chars), options)
         device = engine.status()["device"]
     long["overhead"] = round(long["total_s"] / long["nonstream_total_s"], 4)
     result = {
-        "models": kind, "device": device, "llm_layers": args.llm_layers if args.real_scale else None,
-        "chunk_chars": args.chunk_chars, "max_new_tokens_per_chunk": cap,
-        "short": {**short, "chars": len(SHORT_TEXT)}, "long": {**long, "chars": long_chars},
+        "models": kind,
+        "device": device,
+        "llm_layers": args.llm_layers if args.real_scale else None,
+        "chunk_chars": args.chunk_chars,
+        "max_new_tokens_per_chunk": cap,
+        "short": {**short, "chars": len(SHORT_TEXT)},
+        "long": {**long, "chars": long_chars},
         "overhead": long["overhead"],
-        "targets": {"long_ttfa_share_max": 0.10, "overhead_max": 1.15,
-                    "long_ttfa_share_met": long["ttfa_share"] is not None and long["ttfa_share"] <= 0.10,
-                    "overhead_met": long["overhead"] <= 1.15},
+        "targets": {
+            "long_ttfa_share_max": 0.10,
+            "overhead_max": 1.15,
+            "long_ttfa_share_met": long["ttfa_share"] is not None and long["ttfa_share"] <= 0.10,
+            "overhead_met": long["overhead"] <= 1.15,
+        },
     }
-    log.info("stream bench (%s): short TTFA %.3f s of %.3f s; long TTFA %.3f s of %.3f s (%d chunks), "
-             "overhead %.3f", kind, short["ttfa_s"], short["total_s"], long["ttfa_s"], long["total_s"],
-             long["chunks"], long["overhead"])
+    log.info(
+        "stream bench (%s): short TTFA %.3f s of %.3f s; long TTFA %.3f s of %.3f s (%d chunks), "
+        "overhead %.3f",
+        kind,
+        short["ttfa_s"],
+        short["total_s"],
+        long["ttfa_s"],
+        long["total_s"],
+        long["chunks"],
+        long["overhead"],
+    )
     return result

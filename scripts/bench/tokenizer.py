@@ -36,7 +36,6 @@ import numpy as np
 log = logging.getLogger("bench.tokenizer")
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=100, help="cache-hit repeats (>= 50 for the median)")
     parser.add_argument("--cold-repeats", type=int, default=3, help="cold encodes per ORT option")
@@ -44,11 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-rate", type=int, default=44100, help="rate of the synthetic input clip")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--ort-threads", type=int, default=None)
-    parser.add_argument("--real-scale", action="store_true",
-                        help="also time one cold encode on random weights at the real model's scale")
+    parser.add_argument(
+        "--real-scale",
+        action="store_true",
+        help="also time one cold encode on random weights at the real model's scale",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--redis-url", default=None,
-                        help="Redis for the cache-hit comparison (default: a redis-server on a free port)")
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis for the cache-hit comparison (default: a redis-server on a free port)",
+    )
 
 
 def _clip(seconds: float, sr: int) -> np.ndarray:
@@ -111,8 +116,13 @@ def _cold(tok, audio: np.ndarray, sr: int, repeats: int, sessions: dict) -> dict
     out = {}
     for name in sessions:
         v6 = statistics.median(vq06[name])
-        out[name] = {"total_s": round(p + v2 + v6, 4), "prep_s": round(p, 4), "vq02_s": round(v2, 4),
-                     "vq06_s": round(v6, 4), "s_per_audio_s": round((p + v2 + v6) / seconds, 5)}
+        out[name] = {
+            "total_s": round(p + v2 + v6, 4),
+            "prep_s": round(p, 4),
+            "vq02_s": round(v2, 4),
+            "vq06_s": round(v6, 4),
+            "s_per_audio_s": round((p + v2 + v6) / seconds, 5),
+        }
     return out
 
 
@@ -132,8 +142,9 @@ def run(args: argparse.Namespace) -> dict:
         result["models"] = {"root": str(root), "demo": demo}
         cache = PromptCache(tmp / "cache")
         t = time.perf_counter()
-        tok = StepAudioTokenizer(root / "Step-Audio-Tokenizer", device=args.device,
-                                 ort_threads=args.ort_threads, cache=cache)
+        tok = StepAudioTokenizer(
+            root / "Step-Audio-Tokenizer", device=args.device, ort_threads=args.ort_threads, cache=cache
+        )
         result["load_s"] = round(time.perf_counter() - t, 3)
         result["device"] = str(tok.device)
         result["ort"] = dict(tok.vq06.info)
@@ -158,10 +169,13 @@ def run(args: argparse.Namespace) -> dict:
         result["cache_hit_new_upload_ms_median"] = round(statistics.median(upload), 3)
         result["cache_hit_new_upload_ms_min"] = round(min(upload), 3)  # a loaded machine shows in the median
         result["hash_ms_median"] = round(
-            _median_ms(lambda: prompt_key(first.audio_16k, tok.fingerprint), repeats), 3)
+            _median_ms(lambda: prompt_key(first.audio_16k, tok.fingerprint), repeats), 3
+        )
         result["raw_hash_ms_median"] = round(
-            _median_ms(lambda: hashlib.sha256(memoryview(audio).cast("B")).digest(), repeats), 3)
+            _median_ms(lambda: hashlib.sha256(memoryview(audio).cast("B")).digest(), repeats), 3
+        )
         from audio_prep import prepare_for_tokenizer, prompt_prelude
+
         prep = _timings_ms(lambda: prepare_for_tokenizer(prompt_prelude(audio, sr), sr), repeats)
         result["prep_ms_median"] = round(statistics.median(prep), 3)
         result["prep_ms_min"] = round(min(prep), 3)
@@ -179,9 +193,15 @@ def run(args: argparse.Namespace) -> dict:
         result["cold_s_per_audio_s"] = {k: v["s_per_audio_s"] for k, v in cold.items()}
         if args.real_scale:
             result["real_scale"] = _real_scale(tmp, audio, sr, args)
-    log.info("tokenizer bench: cache hit %.2f ms (after restart %.2f ms, new upload %.2f ms), hash %.2f ms, "
-             "cold %s s/s", result["cache_hit_ms_median"], result["cache_hit_after_restart_ms_median"],
-             result["cache_hit_new_upload_ms_median"], result["hash_ms_median"], result["cold_s_per_audio_s"])
+    log.info(
+        "tokenizer bench: cache hit %.2f ms (after restart %.2f ms, new upload %.2f ms), hash %.2f ms, "
+        "cold %s s/s",
+        result["cache_hit_ms_median"],
+        result["cache_hit_after_restart_ms_median"],
+        result["cache_hit_new_upload_ms_median"],
+        result["hash_ms_median"],
+        result["cold_s_per_audio_s"],
+    )
     return result
 
 
@@ -219,13 +239,20 @@ def _redis_hit(tok, audio: np.ndarray, sr: int, first, repeats: int, url: str | 
             hit(disk_cache, disk)
             hit(redis_cache, redis)
         get_ms = _median_ms(lambda: redis_cache.get(first.cache_key), repeats)
-        out = {"url": store.location, "started_here": server is not None,
-               "cache_hit_disk_ms_median": round(statistics.median(disk), 3),
-               "cache_hit_redis_ms_median": round(statistics.median(redis), 3),
-               "cache_get_redis_ms_median": round(get_ms, 3)}
+        out = {
+            "url": store.location,
+            "started_here": server is not None,
+            "cache_hit_disk_ms_median": round(statistics.median(disk), 3),
+            "cache_hit_redis_ms_median": round(statistics.median(redis), 3),
+            "cache_get_redis_ms_median": round(get_ms, 3),
+        }
         out["redis_vs_disk"] = round(out["cache_hit_redis_ms_median"] / out["cache_hit_disk_ms_median"], 2)
-        log.info("tokenizer bench: cache hit through Redis %.3f ms vs disk %.3f ms (x%.2f, target <= 2)",
-                 out["cache_hit_redis_ms_median"], out["cache_hit_disk_ms_median"], out["redis_vs_disk"])
+        log.info(
+            "tokenizer bench: cache hit through Redis %.3f ms vs disk %.3f ms (x%.2f, target <= 2)",
+            out["cache_hit_redis_ms_median"],
+            out["cache_hit_disk_ms_median"],
+            out["redis_vs_disk"],
+        )
         return out
     finally:
         tok.cache = disk_cache
@@ -258,10 +285,23 @@ def _real_scale(tmp: Path, audio: np.ndarray, sr: int, args: argparse.Namespace)
     t = time.perf_counter()
     tok.vq02.encode(audio_16k, batched=False)  # FunASR's per-chunk loop, as upstream runs it
     chunk_loop_s = round(time.perf_counter() - t, 4)
-    info = {"paraformer": asdict(REAL_PARAFORMER), "semantic_onnx": asdict(REAL_SEMANTIC), "file_mb": sizes,
-            "write_s": round(write_s, 2), "load_s": round(load_s, 2), "ort": made["tuned"][1], "cold": cold,
-            "cold_s_per_audio_s": {k: v["s_per_audio_s"] for k, v in cold.items()},
-            "vq02_batched_s": cold["tuned"]["vq02_s"], "vq02_chunk_loop_s": chunk_loop_s}
-    log.info("real-scale tokenizer: cold %s s per audio second (vq02 %.2f s, vq06 tuned %.2f s for %.0f s)",
-             info["cold_s_per_audio_s"], cold["tuned"]["vq02_s"], cold["tuned"]["vq06_s"], len(audio) / sr)
+    info = {
+        "paraformer": asdict(REAL_PARAFORMER),
+        "semantic_onnx": asdict(REAL_SEMANTIC),
+        "file_mb": sizes,
+        "write_s": round(write_s, 2),
+        "load_s": round(load_s, 2),
+        "ort": made["tuned"][1],
+        "cold": cold,
+        "cold_s_per_audio_s": {k: v["s_per_audio_s"] for k, v in cold.items()},
+        "vq02_batched_s": cold["tuned"]["vq02_s"],
+        "vq02_chunk_loop_s": chunk_loop_s,
+    }
+    log.info(
+        "real-scale tokenizer: cold %s s per audio second (vq02 %.2f s, vq06 tuned %.2f s for %.0f s)",
+        info["cold_s_per_audio_s"],
+        cold["tuned"]["vq02_s"],
+        cold["tuned"]["vq06_s"],
+        len(audio) / sr,
+    )
     return info

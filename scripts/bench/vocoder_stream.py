@@ -76,12 +76,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-seconds", type=float, default=3.0, help="prompt (reference) length (s)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated request seeds")
     parser.add_argument("--steps", type=int, default=10, help="Euler steps of the flow")
-    parser.add_argument("--weights", choices=("random", "model"), default="random",
-                        help="random: real-size random weights; model: --model-dir, ./checkpoints or demo")
+    parser.add_argument(
+        "--weights",
+        choices=("random", "model"),
+        default="random",
+        help="random: real-size random weights; model: --model-dir, ./checkpoints or demo",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true",
-                        help="1 seed, 3 s prompt, 5 s target, 2 Euler steps (~3 CPU-minutes on 2 cores)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 seed, 3 s prompt, 5 s target, 2 Euler steps (~3 CPU-minutes on 2 cores)",
+    )
 
 
 def synthetic_prompt(vocoder: Vocoder, seconds: float, rng: np.random.Generator) -> PromptFeatures:
@@ -98,8 +105,13 @@ def synthetic_prompt(vocoder: Vocoder, seconds: float, rng: np.random.Generator)
 
 
 def stream_once(
-    vocoder: Vocoder, tokens: list[int], prompt_tokens: list[int], prompt: PromptFeatures,
-    steps: int, seed: int, options: StreamOptions,
+    vocoder: Vocoder,
+    tokens: list[int],
+    prompt_tokens: list[int],
+    prompt: PromptFeatures,
+    steps: int,
+    seed: int,
+    options: StreamOptions,
 ) -> tuple[np.ndarray, list[StreamChunk], float]:
     """Stream ``tokens`` one group per call, then an empty last call: waveform, records (setup first),
     seconds."""
@@ -213,8 +225,10 @@ def measure_seed(vocoder: Vocoder, args: argparse.Namespace, seed: int) -> dict:
         log.info("seed %d %s: %d chunks in %.1f s", seed, name, len(chunks), seconds)
         unity = name + "+unity_crossfade" if name != "reference" else "unity_crossfade"
         for variant, audio in ((name, wave), (unity, rejoin(chunks, True))):
-            figures = {**wave_figures(vocoder, audio, nonstream, chunks),
-                       **flow_figures(chunks, nonstream_mel, prompt_mel.size(1))}
+            figures = {
+                **wave_figures(vocoder, audio, nonstream, chunks),
+                **flow_figures(chunks, nonstream_mel, prompt_mel.size(1)),
+            }
             figures["stream_s"] = round(seconds, 2)
             result["configs"][variant] = figures
             waves[variant] = audio

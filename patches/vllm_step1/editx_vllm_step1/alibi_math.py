@@ -15,8 +15,9 @@ import torch.nn.functional as F
 MAX_BIAS_ELEMENTS = 1 << 26
 
 
-def sqrt_alibi_bias(slopes: torch.Tensor, num_queries: int, num_keys: int,
-                    dtype: torch.dtype) -> torch.Tensor:
+def sqrt_alibi_bias(
+    slopes: torch.Tensor, num_queries: int, num_keys: int, dtype: torch.dtype
+) -> torch.Tensor:
     """Additive mask (NH, Tq, K): ``-slope_h * sqrt(i - j)`` for key j <= query i, ``-inf`` above.
 
     Built in float32 and cast to ``dtype``, as the reference code does (STEP1_FACTS §2.4).
@@ -28,8 +29,14 @@ def sqrt_alibi_bias(slopes: torch.Tensor, num_queries: int, num_keys: int,
     return bias.masked_fill((dist < 0)[None], float("-inf")).to(dtype)
 
 
-def sqrt_alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
-                         scale: float, max_bias_elements: int = MAX_BIAS_ELEMENTS) -> torch.Tensor:
+def sqrt_alibi_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slopes: torch.Tensor,
+    scale: float,
+    max_bias_elements: int = MAX_BIAS_ELEMENTS,
+) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v with the sqrt-ALiBi bias: q (NH, Tq, hd), k and v (G, K, hd)
     -> (NH, Tq, hd). Query head h reads KV group h // (NH / G)."""
     num_heads, num_queries, _ = q.shape
@@ -43,6 +50,7 @@ def sqrt_alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slop
         stop = min(num_queries, start + rows)
         visible = num_keys - (num_queries - stop)  # keys up to the chunk's last query position
         bias = sqrt_alibi_bias(slopes, stop - start, visible, q.dtype)
-        out[:, start:stop] = F.scaled_dot_product_attention(q[:, start:stop], k[:, :visible], v[:, :visible],
-                                                            attn_mask=bias, scale=scale)
+        out[:, start:stop] = F.scaled_dot_product_attention(
+            q[:, start:stop], k[:, :visible], v[:, :visible], attn_mask=bias, scale=scale
+        )
     return out

@@ -26,11 +26,23 @@ class Step1Config(PretrainedConfig):
 
     model_type = "step1"
 
-    def __init__(self, hidden_size: int = 3072, intermediate_size: int = 8192, num_attention_heads: int = 48,
-                 num_attention_groups: int = 4, num_hidden_layers: int = 32, max_seq_len: int = 32768,
-                 vocab_size: int = 74752, rms_norm_eps: float = 1e-5, bos_token_id: int = 1,
-                 pad_token_id: int = 0, eos_token_id: int = 3, initializer_range: float = 0.02,
-                 tie_word_embeddings: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        hidden_size: int = 3072,
+        intermediate_size: int = 8192,
+        num_attention_heads: int = 48,
+        num_attention_groups: int = 4,
+        num_hidden_layers: int = 32,
+        max_seq_len: int = 32768,
+        vocab_size: int = 74752,
+        rms_norm_eps: float = 1e-5,
+        bos_token_id: int = 1,
+        pad_token_id: int = 0,
+        eos_token_id: int = 3,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = False,
+        **kwargs,
+    ) -> None:
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
         self.num_attention_heads = num_attention_heads
@@ -40,8 +52,13 @@ class Step1Config(PretrainedConfig):
         self.vocab_size = vocab_size
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
-        super().__init__(bos_token_id=bos_token_id, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+        super().__init__(
+            bos_token_id=bos_token_id,
+            pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
 
 
 def register_config() -> None:

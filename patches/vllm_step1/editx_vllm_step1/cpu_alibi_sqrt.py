@@ -48,8 +48,10 @@ class SqrtAlibiCPUBackendImpl(CPUAttentionBackendImpl):
             if self.alibi_slopes is None:
                 raise ValueError("use_alibi_sqrt needs alibi_slopes")
             if self.is_fp8_kv_cache:
-                raise NotImplementedError("the sqrt-ALiBi CPU path keeps the KV cache in the model dtype; "
-                                          "start vLLM without --kv-cache-dtype fp8")
+                raise NotImplementedError(
+                    "the sqrt-ALiBi CPU path keeps the KV cache in the model dtype; "
+                    "start vLLM without --kv-cache-dtype fp8"
+                )
             if self.sliding_window != -1 or self.logits_soft_cap or self.sinks is not None:
                 raise NotImplementedError("the sqrt-ALiBi CPU path has no sliding window, softcap or sinks")
 
@@ -60,8 +62,14 @@ class SqrtAlibiCPUBackendImpl(CPUAttentionBackendImpl):
         key_cache, value_cache = kv_cache.view(num_blocks, num_kv_heads, block_size * 2, -1).chunk(2, dim=2)
         return key_cache, value_cache
 
-    def do_kv_cache_update(self, layer: torch.nn.Module, key: torch.Tensor, value: torch.Tensor,
-                           kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    def do_kv_cache_update(
+        self,
+        layer: torch.nn.Module,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
         """Write key/value (T, G, hd) into the paged cache at ``slot_mapping`` (T,): block * size + offset."""
         if not self.use_alibi_sqrt:
             return super().do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
@@ -75,14 +83,23 @@ class SqrtAlibiCPUBackendImpl(CPUAttentionBackendImpl):
         key_cache[blocks, :, offsets] = k.to(key_cache.dtype)
         value_cache[blocks, :, offsets] = v.to(value_cache.dtype)
 
-    def forward(self, layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                kv_cache: torch.Tensor, attn_metadata, output: torch.Tensor,
-                output_scale: torch.Tensor | None = None,
-                output_block_scale: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        layer,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata,
+        output: torch.Tensor,
+        output_scale: torch.Tensor | None = None,
+        output_block_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """query (T, NH, hd) -> output (T, NH, hd); keys and values come from the cache (written before)."""
         if not self.use_alibi_sqrt:
-            return super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
-                                   output_scale, output_block_scale)
+            return super().forward(
+                layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale
+            )
         if output_scale is not None or output_block_scale is not None:
             raise NotImplementedError("fused output quantization is not supported by the sqrt-ALiBi CPU path")
         if attn_metadata is None:  # profiling / warm-up run
@@ -99,7 +116,7 @@ class SqrtAlibiCPUBackendImpl(CPUAttentionBackendImpl):
             num_queries = q_end - q_start
             if num_queries <= 0 or num_keys <= 0:
                 continue
-            blocks = block_table[r, :(num_keys + block_size - 1) // block_size].long()
+            blocks = block_table[r, : (num_keys + block_size - 1) // block_size].long()
             # (blocks, G, block, hd) -> (G, keys, hd)
             shape = (self.num_kv_heads, -1, self.head_size)
             k = key_cache[blocks].transpose(0, 1).reshape(shape)[:, :num_keys]
@@ -120,18 +137,25 @@ class SqrtAlibiCPUMetadataBuilder(CPUAttentionMetadataBuilder):
     def __init__(self, kv_cache_spec, layer_names: list[str], vllm_config, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         layers = get_layers_from_vllm_config(vllm_config, Attention, layer_names)
-        self.torch_only = bool(layers) and all(getattr(layer.impl, "use_alibi_sqrt", False)
-                                               for layer in layers.values())
+        self.torch_only = bool(layers) and all(
+            getattr(layer.impl, "use_alibi_sqrt", False) for layer in layers.values()
+        )
 
     def build(self, common_prefix_len: int, common_attn_metadata, fast_build: bool = False):
         if not self.torch_only:
             return super().build(common_prefix_len, common_attn_metadata, fast_build)
         m = common_attn_metadata
         return CPUAttentionMetadata(
-            num_actual_tokens=m.num_actual_tokens, max_query_len=m.max_query_len,
-            query_start_loc=m.query_start_loc, max_seq_len=m.max_seq_len, seq_lens=m.seq_lens,
-            block_table=m.block_table_tensor, slot_mapping=m.slot_mapping, scheduler_metadata=None,
-            causal=m.causal if isinstance(m.causal, bool) else False)
+            num_actual_tokens=m.num_actual_tokens,
+            max_query_len=m.max_query_len,
+            query_start_loc=m.query_start_loc,
+            max_seq_len=m.max_seq_len,
+            seq_lens=m.seq_lens,
+            block_table=m.block_table_tensor,
+            slot_mapping=m.slot_mapping,
+            scheduler_metadata=None,
+            causal=m.causal if isinstance(m.causal, bool) else False,
+        )
 
 
 class SqrtAlibiCPUBackend(CPUAttentionBackend):
@@ -158,8 +182,10 @@ def register_cpu_backend() -> bool:
     if not current_platform.is_cpu():
         return False
     if CPUAttentionBackend.supports_alibi_sqrt():
-        log.info("vLLM's CPU attention supports use_alibi_sqrt itself; editx_vllm_step1's CPU patch is "
-                 "unused and can be dropped")
+        log.info(
+            "vLLM's CPU attention supports use_alibi_sqrt itself; editx_vllm_step1's CPU patch is "
+            "unused and can be dropped"
+        )
         return False
     register_backend(AttentionBackendEnum.CPU_ATTN, f"{__name__}.{SqrtAlibiCPUBackend.__name__}")
     return True

@@ -69,8 +69,9 @@ class RepetitionAwareLogitsProcessor(LogitsProcessor):
         return False  # it changes greedy choices too
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        def new_state(params: SamplingParams, prompt_ids: list[int] | None,
-                      output_ids: list[int]) -> _RequestState | None:
+        def new_state(
+            params: SamplingParams, prompt_ids: list[int] | None, output_ids: list[int]
+        ) -> _RequestState | None:
             settings = _settings(params)
             if settings is None:
                 return None
@@ -85,7 +86,7 @@ class RepetitionAwareLogitsProcessor(LogitsProcessor):
         cols: list[int] = []
         for row, state in self.requests.items():
             out = state.output
-            tail = out[-state.window:]
+            tail = out[-state.window :]
             need = state.window - len(tail)
             if need > 0:
                 tail = state.prompt_tail[-need:] + tail
