@@ -22,7 +22,18 @@ import json
 import logging
 from pathlib import Path
 
-STAGES = ("tokenizer", "llm", "llm_backends", "vocoder", "vocoder_stream", "clone", "stream", "scores", "all")
+STAGES = (
+    "tokenizer",
+    "resample",
+    "llm",
+    "llm_backends",
+    "vocoder",
+    "vocoder_stream",
+    "clone",
+    "stream",
+    "scores",
+    "all",
+)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
