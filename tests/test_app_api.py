@@ -626,3 +626,33 @@ def test_the_page_builds_with_named_api_endpoints(demo_models_root):
     assert len(names["clone"].outputs) == 2 and len(names["edit"].outputs) == 2
     assert names["clear_cache"].api_visibility == "undocumented"
     assert isinstance(demo, gr.Blocks)
+
+
+@pytest.mark.slow
+def test_destructive_events_called_by_fn_index_are_refused_without_the_admin_key(server, rest, tmp_path):
+    """Hiding an event from the API page does not block it: Gradio's queue still runs any event by
+    its position (fn_index). The clear and delete handlers check the key themselves."""
+    config = get_json(server.url + "/config")
+    index = {dep.get("api_name"): i for i, dep in enumerate(config["dependencies"])}
+    with voice_file(tmp_path, "kept.wav").open("rb") as f:
+        voice_id = rest.post(
+            "/v1/voices", files={"file": ("kept.wav", f, "audio/wav")}, data={"name": "Kept"}
+        ).json()["id"]
+    entries = get_json(server.url + "/health")["cache"]["entries"]
+    for api_name, data in (("clear_cache", [""]), ("delete_voice", [voice_id, ""])):
+        session = f"fn-index-{api_name}"
+        joined = httpx.post(
+            server.url + "/gradio_api/queue/join",
+            json={"data": data, "fn_index": index[api_name], "session_hash": session, "event_data": None},
+            timeout=30,
+        )
+        assert joined.status_code == 200, joined.text
+        with httpx.stream(
+            "GET", f"{server.url}/gradio_api/queue/data", params={"session_hash": session}, timeout=60
+        ) as s:
+            messages = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
+        done = [m for m in messages if m.get("msg") == "process_completed"]
+        assert done and done[-1]["success"] is False, messages
+        assert "admin key" in json.dumps(done[-1])
+    assert get_json(server.url + "/health")["cache"]["entries"] == entries
+    assert rest.get(f"/v1/voices/{voice_id}").status_code == 200
