@@ -20,7 +20,7 @@ from pathlib import Path
 import gradio as gr
 import soundfile as sf
 
-from audio_prep import read_audio
+from audio_read import read_audio
 from engine import CloneEngine
 from errors import EmptyGenerationError, InputError
 from preflight import Preflight

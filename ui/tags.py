@@ -11,7 +11,8 @@ sound tag goes at the end, where the person is typing.
 
 from __future__ import annotations
 
-from models.prompts import LANGUAGE_TAGS, PARALINGUISTIC_TAGS, split_language_tag
+from models.edit_tasks import LANGUAGE_TAGS, PARALINGUISTIC_TAGS
+from models.text_input import split_language_tag
 
 TAG_CHOICES = [(f"{tag} (language, goes first)", tag) for tag in LANGUAGE_TAGS] + [
     (f"{tag} (sound)", tag) for tag in PARALINGUISTIC_TAGS
