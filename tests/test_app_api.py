@@ -30,10 +30,12 @@ from scoring import NOT_SCORED
 from synthesis import Segment, SynthesisResult
 from tests.app_server import ROOT, free_port, get_json, running_app
 from ui.access import AdminGate
-from ui.adapter import EngineAdapter, cache_table, public_error, synthesis_options
+from ui.adapter import EngineAdapter
+from ui.cache_panel import cache_table
 from ui.reference_check import check_markdown
 from ui.tags import insert_tag
 from ui.timing import UploadEncode, score_row, timing_html, timing_rows
+from ui.values import public_error, synthesis_options
 from ui.versions import (
     add_version,
     chunk_details,

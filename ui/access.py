@@ -19,6 +19,9 @@ import gradio as gr
 
 from errors import AccessError
 
+# what the page sends as the admin key when a person answers "No" to "Clear?" or "Delete?"
+CANCELLED = "(cancelled)"
+
 
 class AdminGate:
     """The admin check of one served page (from settings: ``--api-key`` and where it listens)."""

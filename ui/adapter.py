@@ -1,18 +1,21 @@
-"""The one adapter between Gradio values and the engine: UI inputs -> validated request -> audio or error.
+"""The streaming side of the page: UI inputs -> validated request -> audio as it is made, or an error.
 
-ui/page.py lays out the components and wires each event to a method here; engine.py does the work.
-Methods take plain UI values (file paths, strings, numbers, the session's history) and return plain
-UI values. ``clone`` and ``edit`` are generators: each audio piece is yielded as it is made (the page
-plays it at once), then the whole file and a "details" JSON with the version id. Errors a person can
-fix become ``gr.Error`` with the engine's public message (never a server path or a traceback);
-anything else is logged with its traceback and shown as a short apology. Stop is a normal outcome:
-the audio made so far is kept as a version marked "stopped".
+    adapter = EngineAdapter(engine, outputs, gate)
+    for audio, details in adapter.clone(text, voice, reference_audio, reference_text, *options): ...
+
+ui/page.py wires the Clone and Edit buttons (the API endpoints /clone and /edit) and Stop to the
+methods here; engine.py does the work. Methods take plain UI values (file paths, strings, numbers)
+and return plain UI values. ``clone`` and ``edit`` are generators: each audio piece is yielded as it
+is made (the page plays it at once), then the whole file and a "details" JSON with the version id.
+Errors a person can fix become ``gr.Error`` with the engine's public message (never a server path or
+a traceback); anything else is logged with its traceback and shown as a short apology (ui/values.py).
+Stop is a normal outcome: the audio made so far is kept as a version marked "stopped". What the page
+shows afterwards is ui/outcomes.py's.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import threading
 import time
@@ -21,136 +24,29 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 
 from audio_read import read_audio
 from engine import CloneEngine
-from errors import (
-    AccessError,
-    EditXError,
-    EmptyGenerationError,
-    GenerationCancelled,
-    InputError,
-    NotFoundError,
-    OptionsError,
-    public_message,
-)
+from errors import GenerationCancelled, public_message
 from outputs import OutputStore
 from provenance import manifest_json
-from reports import StageReport
-from synthesis import AudioPiece, CloneRequest, EditRequest, Progress, SynthesisOptions
+from synthesis import AudioPiece, CloneRequest, EditRequest, Progress
 from ui.access import AdminGate
+from ui.outcomes import EDIT_SOURCE_UPLOAD
 from ui.reference import NEW_VOICE, reference_warning
-from ui.timing import UploadEncode, timing_html
-from ui.versions import (
-    add_version,
-    find_version,
-    result_details,
-    running_details,
-    version_choices,
-    version_summary,
-)
+from ui.values import public_error, synthesis_options, to_pcm16
+from ui.versions import result_details, running_details
 from wav_info import write_wav
 
 log = logging.getLogger(__name__)
 
-RANDOM_SEED = -1  # the page's "random seed" value (the API uses null)
 PROGRESS_EVERY_S = 0.5  # progress-only updates to the browser at most this often
-CANCELLED = "(cancelled)"  # what the page sends as the admin key when a person answers "No" to "Clear?"
-EDIT_SOURCE_VERSION = "a version from the history"
-EDIT_SOURCE_UPLOAD = "my own clip"
-PCM16_MAX = 32767
-
-
-def synthesis_options(
-    variant: str | None,
-    seed: float | None,
-    temperature: float,
-    top_p: float,
-    flow_steps: float,
-    max_new_tokens: float | None = None,
-    stream: bool = False,
-    best_of: float | None = 1,
-) -> SynthesisOptions:
-    """UI numbers (floats, maybe blank) -> validated ``SynthesisOptions``; a blank seed or -1 = random,
-    a blank or 0 max-new-tokens = no cap, a blank best-of = 1 take."""
-    if seed is not None and (isinstance(seed, str) or not math.isfinite(float(seed))):
-        raise OptionsError(f"the seed must be a whole number, got {seed!r}")
-    if seed is not None and float(seed) != int(float(seed)):
-        raise OptionsError(f"the seed must be a whole number, got {seed}")
-    if seed is not None and seed < RANDOM_SEED:
-        raise OptionsError(f"the seed must be -1 (random) or a whole number from 0, got {int(seed)}")
-    random_seed = seed is None or seed == RANDOM_SEED
-    cap = None
-    if max_new_tokens not in (None, "", 0):
-        if not math.isfinite(float(max_new_tokens)) or float(max_new_tokens) != int(float(max_new_tokens)):
-            raise OptionsError(f"max new tokens must be a whole number, got {max_new_tokens}")
-        cap = int(float(max_new_tokens))
-    return SynthesisOptions(
-        variant=variant or None,
-        seed=None if random_seed else int(seed),
-        temperature=float(temperature),
-        top_p=float(top_p),
-        flow_steps=int(round(float(flow_steps))),
-        max_new_tokens=cap,
-        stream=stream,
-        best_of=int(round(float(best_of or 1))),
-    ).validated()
-
-
-def to_pcm16(audio: np.ndarray, sample_rate: int) -> tuple[int, np.ndarray]:
-    """Float audio in [-1, 1] -> Gradio's (rate, int16 samples)."""
-    pcm = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * PCM16_MAX
-    return sample_rate, np.round(pcm).astype(np.int16)
-
-
-def cache_table(stats: dict) -> list[list[str]]:
-    """Prompt-cache statistics as [name, value] rows (time saved: encodes + vocoder features). The
-    store's location is the redacted one of ``Store.status`` (a folder name, never a server path)."""
-    saved = float(stats.get("time_saved_s", 0.0)) + float(stats.get("vocoder_prompt_time_saved_s", 0.0))
-    return [
-        ["hits", str(stats.get("hits", 0))],
-        ["misses", str(stats.get("misses", 0))],
-        ["hit rate", f"{100 * float(stats.get('hit_rate', 0.0)):.0f} %"],
-        ["entries", str(stats.get("entries", 0))],
-        ["size on disk", f"{int(stats.get('bytes', 0)) / 1e6:.2f} MB"],
-        ["time saved", f"{saved:.2f} s"],
-        ["vocoder prompt hits", str(stats.get("vocoder_prompt_hits", 0))],
-        ["stored in", str(stats.get("directory") or "memory only")],
-    ]
-
-
-def status_html(text: str, state: str = "idle") -> str:
-    """The line under the Clone / Edit button (the page's one progress and outcome indicator)."""
-    import html
-
-    return (
-        f'<div class="run-status" data-state="{state}" data-at="{time.time():.3f}">{html.escape(text)}</div>'
-    )
-
-
-def public_error(what: str, exc: BaseException) -> gr.Error:
-    """An engine exception as the message a person sees (details stay in the log)."""
-    if isinstance(exc, InputError):
-        log.warning("%s refused: %s", what, exc)
-        return gr.Error(public_message(exc), title="Please check the input", print_exception=False)
-    if isinstance(exc, EmptyGenerationError):
-        log.warning("%s produced no audio: %s", what, exc)
-        return gr.Error(public_message(exc), title="No audio was generated", print_exception=False)
-    if isinstance(exc, AccessError | NotFoundError | EditXError):
-        log.warning("%s refused: %s", what, exc)
-        return gr.Error(public_message(exc), title="Not done", print_exception=False)
-    log.error("%s failed", what, exc_info=exc)
-    return gr.Error(
-        "Something went wrong inside the app; the server log has the details. Try again, or "
-        "try another clip.",
-        title="Internal error",
-        print_exception=False,
-    )
 
 
 class EngineAdapter:
-    """Gradio event handlers over one ``CloneEngine`` and the output store it shares with the API."""
+    """The Clone / Edit run handlers and Stop over one ``CloneEngine``; it also holds what the page's
+    other handlers share: the output store (shared with the REST API), the admin gate and a folder
+    for the page's files."""
 
     def __init__(
         self, engine: CloneEngine, outputs: OutputStore | None = None, gate: AdminGate | None = None
@@ -363,88 +259,7 @@ class EngineAdapter:
         finally:
             path.unlink(missing_ok=True)  # Gradio has copied it into its own cache by now
 
-    # ---- after a run: the page's own view of it (not part of the API) ---------------------------
-
-    def clone_finished(self, details, history, voice, reference_audio, upload, edit_source):
-        """-> (status, timing table, history, version dropdown, cache rows, Edit button, Edit hint)."""
-        if not details or not details.get("version_id"):
-            text = (details or {}).get("message") or "Nothing was made."
-            return (
-                status_html(text, "stopped"),
-                "",
-                history,
-                gr.skip(),
-                self.cache_rows(),
-                gr.skip(),
-                gr.skip(),
-            )
-        history = add_version(history, details)
-        record = history[-1]
-        report = self._report(details["version_id"])
-        # the clip prepared at upload is the one cloned (Gradio's cache copy keeps the file name)
-        same_clip = (
-            voice in (None, "", NEW_VOICE)
-            and upload
-            and reference_audio
-            and upload.get("name") == Path(str(reference_audio)).name
-        )
-        encode = UploadEncode(**{k: v for k, v in upload.items() if k != "name"}) if same_clip else None
-        value = record["id"] if edit_source != EDIT_SOURCE_UPLOAD else None
-        return (
-            self._outcome(record, details),
-            timing_html(report, encode),
-            history,
-            gr.update(choices=version_choices(history), value=value),
-            self.cache_rows(),
-            gr.update(interactive=True),
-            gr.update(visible=False),
-        )
-
-    def edit_finished(self, details, history, clip):
-        """-> (status, timing table, history, version dropdown, A (before) audio, cache rows)."""
-        if not details or not details.get("version_id"):
-            text = (details or {}).get("message") or "Nothing was made."
-            return status_html(text, "stopped"), "", history, gr.skip(), gr.skip(), self.cache_rows()
-        source_id = details.get("source_version_id")
-        source = find_version(history, source_id)
-        if source is not None and not details.get("voice"):
-            details = details | {"voice": source["voice"]}
-        history = add_version(history, details)
-        record = history[-1]
-        before = self._audio_of(source_id) if source_id else clip
-        label = f"Before (v{source['number']})" if source else "Before (your clip)"
-        return (
-            self._outcome(record, details),
-            timing_html(self._report(details["version_id"])),
-            history,
-            gr.update(choices=version_choices(history), value=record["id"]),
-            gr.update(value=before, label=label),
-            self.cache_rows(),
-        )
-
-    def _outcome(self, record: dict, details: dict) -> str:
-        audio_s, total = details.get("audio_s", 0.0), details.get("timings", {}).get("total_s", 0.0)
-        if record["stopped"]:
-            gr.Info(f"Stopped: the {audio_s:.1f} s made so far are kept as v{record['number']}.")
-            return status_html(
-                f"Stopped: kept {audio_s:.1f} s of audio as v{record['number']} (stopped).", "stopped"
-            )
-        return status_html(f"Done: v{record['number']}, {audio_s:.1f} s of audio in {total:.1f} s.", "done")
-
-    def _report(self, version_id: str) -> StageReport | None:
-        try:
-            return self.outputs.get(version_id).report
-        except NotFoundError:
-            return None
-
-    def _audio_of(self, version_id: str):
-        try:
-            result = self.outputs.get(version_id)
-        except NotFoundError:
-            return None
-        return to_pcm16(result.audio, result.sample_rate)
-
-    # ---- stop, versions, cache ------------------------------------------------------------------
+    # ---- Stop -----------------------------------------------------------------------------------
 
     def stop(self, request: gr.Request = None) -> None:
         """Stop button: end this browser session's running clone or edit at the next token."""
@@ -455,54 +270,6 @@ class EngineAdapter:
             return
         flag.set()
         gr.Info("Stopping: the audio made so far is kept.")
-
-    def show_version(self, version_id, history):
-        """Version picked in the history -> (its audio, a summary line)."""
-        if not version_id:
-            return None, ""
-        try:
-            result = self.outputs.get(version_id)
-        except NotFoundError:
-            return None, "That version is no longer kept on the server (only the most recent ones are)."
-        return to_pcm16(result.audio, result.sample_rate), version_summary(
-            find_version(history, version_id), result.text
-        )
-
-    @staticmethod
-    def edit_source_changed(source, history):
-        """-> (version group, own clip group, version value, Edit button, hint)."""
-        own = source == EDIT_SOURCE_UPLOAD
-        newest = history[-1]["id"] if history else None
-        ready = own or bool(history)
-        return (
-            gr.update(visible=not own),
-            gr.update(visible=own),
-            None if own else newest,
-            gr.update(interactive=ready),
-            gr.update(visible=not ready),
-        )
-
-    def cache_rows(self) -> list[list[str]]:
-        return cache_table(self.engine.cache_stats())
-
-    def clear_cache(self, admin_key, request: gr.Request = None) -> list[list[str]]:
-        """Clear button (after the browser's confirmation): needs the admin key off loopback."""
-        if admin_key == CANCELLED:
-            gr.Info("The prompt cache was not cleared.")
-            return gr.skip()
-        try:
-            self.gate.check(admin_key, request, "clear the prompt cache")
-            removed = self.engine.clear_cache()
-        except Exception as exc:
-            raise public_error("clear cache", exc) from None
-        counters = removed.get("counters") or {}
-        hits, misses = int(counters.get("hits", 0)), int(counters.get("misses", 0))
-        size = removed["bytes"] / 1e6
-        gr.Info(
-            f"Prompt cache cleared: removed {removed['entries']} entries ({size:.2f} MB) "
-            f"and reset the counters (hits {hits}, misses {misses}). Library voices are kept."
-        )
-        return self.cache_rows()
 
     # ---- helpers --------------------------------------------------------------------------------
 

@@ -25,8 +25,8 @@ from engine import CloneEngine
 from errors import EmptyGenerationError, InputError
 from preflight import Preflight
 from synthesis import EditRequest, SynthesisResult
-from ui.adapter import public_error, synthesis_options
 from ui.reference import NEW_VOICE, TYPED_FOR_NEXT_CLIP
+from ui.values import public_error, synthesis_options
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import gradio as gr
 from audio_read import read_audio
 from engine import CloneEngine
 from errors import OptionsError
-from ui.access import AdminGate
-from ui.adapter import CANCELLED, public_error
+from ui.access import CANCELLED, AdminGate
 from ui.reference import NEW_VOICE
+from ui.values import public_error
 
 NEW_VOICE_LABEL = "New voice from the clip below"
 
