@@ -187,7 +187,8 @@ print(json.dumps({"growth_mb": growth_mb, "lengths": lengths, "cache_bytes": aud
 
 
 def test_odd_rates_resample_30_s_in_bounded_memory():
-    """1001 / 16001 / 22051 / 44101 / 383999 Hz, 30 s each, to 16 and 24 kHz: < 200 MB above the inputs, peak."""
+    """1001 / 16001 / 22051 / 44101 / 383999 Hz, 30 s each, to 16 and 24 kHz: under 200 MB above the
+    inputs at the peak."""
     rates = [[sr, new] for sr in (1001, 16001, 22051, 44101, 383999) for new in (16000, 24000)]
     done = subprocess.run(
         [sys.executable, "-c", _MEMORY_PROBE, json.dumps(rates)],
