@@ -20,7 +20,7 @@ import gradio as gr
 from demo.examples import Example
 from engine import CloneEngine
 from synthesis import MAX_BEST_OF
-from ui.controls import GPU_QUEUE, MANIFEST_LABEL, PRIVATE, QUICK, run_buttons
+from ui.controls import GPU_QUEUE, PRIVATE, QUICK, output_audio, result_panels, run_buttons
 from ui.panels import CacheView, LibraryView, cache_view, library_view, wire_library
 from ui.reference import FILE_TYPES, NEW_VOICE, ReferencePanel
 from ui.reference_check import FIXES, ReferenceCheck
@@ -192,17 +192,8 @@ def build_clone_tab(
                     label="Max new tokens per text chunk (0: no cap)",
                 )
             clone_btn, clone_stop, clone_status = run_buttons("clone")
-            clone_out = gr.Audio(
-                label="Speech",
-                type="filepath",
-                interactive=False,
-                buttons=["download"],
-                elem_id="clone-output",
-            )
-            clone_manifest = gr.File(label=MANIFEST_LABEL, interactive=False, elem_id="clone-manifest")
-            clone_timing = gr.HTML(label="Time per stage", elem_id="clone-timing")
-            with gr.Accordion("Details (as the API returns them)", open=False):
-                clone_details = gr.JSON(label="Details", elem_id="clone-details")
+            clone_out = output_audio("clone", "Speech")
+            clone_manifest, clone_timing, clone_details = result_panels("clone")
 
     return CloneTab(
         target=target,

@@ -27,3 +27,20 @@ def run_buttons(action: str, interactive: bool = True) -> tuple[gr.Button, gr.Bu
         stop = gr.Button("Stop", variant="secondary", elem_id=f"{action}-stop", scale=1)
     status = gr.HTML(status_html("Ready."), elem_id=f"{action}-status")
     return run, stop, status
+
+
+def output_audio(action: str, label: str) -> gr.Audio:
+    """A tab's result player (downloadable; elem id ``<action>-output``)."""
+    return gr.Audio(
+        label=label, type="filepath", interactive=False, buttons=["download"], elem_id=f"{action}-output"
+    )
+
+
+def result_panels(action: str) -> tuple[gr.File, gr.HTML, gr.JSON]:
+    """What follows a tab's result: the provenance file, the timing table and the API's details
+    (elem ids ``<action>-manifest``, ``<action>-timing``, ``<action>-details``)."""
+    manifest = gr.File(label=MANIFEST_LABEL, interactive=False, elem_id=f"{action}-manifest")
+    timing = gr.HTML(label="Time per stage", elem_id=f"{action}-timing")
+    with gr.Accordion("Details (as the API returns them)", open=False):
+        details = gr.JSON(label="Details", elem_id=f"{action}-details")
+    return manifest, timing, details

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from models.edit_tasks import EDIT_TASKS, TASKS_WITH_OPTION
-from ui.controls import MANIFEST_LABEL, PRIVATE, QUICK, run_buttons
+from ui.controls import PRIVATE, QUICK, output_audio, result_panels, run_buttons
 from ui.outcomes import EDIT_SOURCE_UPLOAD, EDIT_SOURCE_VERSION, Outcomes
 from ui.reference import FILE_TYPES, ReferencePanel
 
@@ -135,17 +135,8 @@ def build_edit_tab() -> EditTab:
                     buttons=["download"],
                     elem_id="edit-before",
                 )
-                edit_out = gr.Audio(
-                    label="Edited speech",
-                    type="filepath",
-                    interactive=False,
-                    buttons=["download"],
-                    elem_id="edit-output",
-                )
-            edit_manifest = gr.File(label=MANIFEST_LABEL, interactive=False, elem_id="edit-manifest")
-            edit_timing = gr.HTML(label="Time per stage", elem_id="edit-timing")
-            with gr.Accordion("Details (as the API returns them)", open=False):
-                edit_details = gr.JSON(label="Details", elem_id="edit-details")
+                edit_out = output_audio("edit", "Edited speech")
+            edit_manifest, edit_timing, edit_details = result_panels("edit")
 
     return EditTab(
         edit_source=edit_source,
