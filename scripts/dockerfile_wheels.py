@@ -27,7 +27,7 @@ log = logging.getLogger("check_dockerfile")  # the checker's log: this is its --
 
 UBUNTU_GLIBC = {"20.04": 31, "22.04": 35, "24.04": 39}  # glibc 2.N of the base tag's Ubuntu
 # sdists that build without a compiler (setup.py read by hand; crcmod's C part is optional).
-PURE_PYTHON_SDISTS = {"jieba", "antlr4-python3-runtime", "oss2", "crcmod"}
+PURE_PYTHON_SDISTS = {"jieba", "antlr4-python3-runtime", "oss2", "crcmod", "docopt"}  # docopt: for num2words
 
 
 @dataclass
