@@ -406,3 +406,25 @@ def test_other_variant_loads_on_first_use(engine):
         lambda seed: engine.clone(CloneRequest(voice(seed=13), SR, "words", "Hi.", options(seed)))
     )
     assert result.variant == "bnb-4bit" and "bnb-4bit" in engine.status()["variants_loaded"]
+
+
+def test_a_library_voice_made_with_other_models_is_re_encoded_once(engine, caplog):
+    """As at start-up after a model upgrade: a voice whose fingerprints are not the loaded models'
+    gets fresh tokens and features from its kept reference audio, once, with a log line."""
+    info = engine.voices.create_voice("Made before an upgrade", voice(seed=12, f0=160.0), SR, "words")
+    current = engine.voices.fingerprints()
+    made = engine.voices.library.get(info.id)
+    engine.voices.library.update(
+        info.id,
+        fingerprints={name: f"older-{value}" for name, value in current.items()},
+        vq02=[0] * len(made.vq02),
+        vocoder_features=None,
+    )
+    with caplog.at_level("INFO", logger="voice_prompts"):
+        assert engine.voices.refresh_voices() == 1
+    again = engine.voices.library.get(info.id)
+    kept, kept_sr = read_audio(made.audio_flac)  # re-encoding starts from the voice's stored FLAC
+    assert again.fingerprints == current and again.vocoder_features
+    assert again.vq02 == engine.tokenizer.encode(kept, kept_sr).vq02 != [0] * len(made.vq02)
+    assert any(info.id in r.getMessage() for r in caplog.records)
+    assert engine.voices.refresh_voices() == 0  # once: it now matches the models
