@@ -13,7 +13,6 @@
     ├── NotFoundError             a voice or an output id that does not exist (404)
     ├── TooLargeError             an upload over the size limit (413); also an InputError
     ├── BusyError                 the request queue is full: try again shortly (429)
-    ├── NotReadyError             the models are still loading (503)
     └── AccessError               a missing or wrong API key, or a destructive call not allowed (401/403)
 
 The input errors also derive from ``ValueError`` and the model-file error from ``RuntimeError``,
@@ -76,10 +75,6 @@ class TooLargeError(InputError):
 
 class BusyError(EditXError):
     """Every slot of the request queue is taken; the client should try again shortly."""
-
-
-class NotReadyError(EditXError):
-    """The models are still loading; the client should try again in a moment."""
 
 
 class AccessError(EditXError, PermissionError):

@@ -2,8 +2,9 @@
 
 Every /v1 route uses ``ApiRoute``, whose handler turns any exception into ``error_response``:
 bad input 400, a missing or wrong key 401, a forbidden destructive call 403, an unknown voice or
-output 404, an upload over the limit 413, a full queue 429, models still loading or a backend
-down 503, anything else 500 with a generic message. No traceback and no server path reaches a
+output 404, an upload over the limit 413, a full queue 429, a backend down 503 (the server opens
+its port only once the models are loaded, so no request meets a loading state), anything else 500
+with a generic message. No traceback and no server path reaches a
 client (``errors.public_message``); the server log keeps the details.
 """
 
@@ -28,7 +29,6 @@ from errors import (
     InputError,
     ModelFilesError,
     NotFoundError,
-    NotReadyError,
     OptionsError,
     TextInputError,
     TooLargeError,
@@ -46,7 +46,6 @@ STATUS: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (InputError, 400, "invalid_request_error", "invalid_request"),
     (NotFoundError, 404, "invalid_request_error", "not_found"),
     (BusyError, 429, "rate_limit_error", "queue_full"),
-    (NotReadyError, 503, "server_error", "loading"),
     (BackendUnavailable, 503, "server_error", "backend_unavailable"),
     (GenerationError, 500, "server_error", "no_audio"),
     (ModelFilesError, 500, "server_error", "model_files"),
