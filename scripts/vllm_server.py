@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -184,7 +185,7 @@ def start_server(
         options = cpu_options(options)
     port = port or free_port(host)
     url = f"http://{host}:{port}"
-    log_path = Path(log_path) if log_path else Path(f"/tmp/editx_vllm_server_{port}.log")
+    log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"editx_vllm_server_{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [python, "-m", SERVER_MODULE, *options.cli_args(model_dir), "--host", host, "--port", str(port)]
     env = {**os.environ, **options.environment()}
