@@ -24,12 +24,13 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from demo.llm_assets import REAL_LAYERS, REAL_SHAPES, write_checkpoint
-from model_layout import LLM_FOLDER, is_demo_models
+from model_layout import is_demo_models
 from models.audio_tokens import token_str
 from models.generation import GenerationOptions
 from models.llm import Step1LLM, estimate_weight_bytes, measured_weight_bytes
 from models.prompts import build_clone_prompt
 from models.step1 import Step1Config
+from scripts.bench import llm_dir
 
 log = logging.getLogger("bench.llm")
 
@@ -183,16 +184,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace, tmp: Path) -> dict:
-    root = Path(args.model_dir) if args.model_dir else Path("checkpoints")
-    if not (root / LLM_FOLDER / "config.json").is_file():
-        from demo import write_demo_models
-
-        root = write_demo_models(tmp / "demo", ("llm",))
-        log.info("no %s under %s: benchmarking the demo LLM", LLM_FOLDER, args.model_dir)
-    model_dir = root / LLM_FOLDER
+    model_dir = llm_dir(args.model_dir, tmp)
     result: dict = {
         "model_dir": str(model_dir),
-        "demo_models": is_demo_models(root),
+        "demo_models": is_demo_models(model_dir.parent),
         "torch_threads": torch.get_num_threads(),
         "device": args.device,
         "variants": {},

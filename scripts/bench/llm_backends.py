@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from model_layout import LLM_FOLDER, is_demo_models
+from model_layout import is_demo_models
 from models.audio_tokens import token_str
 from models.generation import GenerationOptions
 from models.llm import Step1LLM
@@ -40,6 +40,7 @@ from models.llm_vllm import VLLMStep1LLM
 from models.prompts import build_clone_prompt
 from models.vllm_options import VLLMEngineOptions
 from models.vocoder_stream import CHUNK_FRAMES, LOOKAHEAD_TOKENS, mixed_token_count
+from scripts.bench import llm_dir
 from scripts.vllm_server import PYTHON_ENV, start_server
 
 log = logging.getLogger("bench.llm_backends")
@@ -194,13 +195,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace, tmp: Path) -> dict:
-    root = Path(args.model_dir) if args.model_dir else Path("checkpoints")
-    if not (root / LLM_FOLDER / "config.json").is_file():
-        from scripts.make_demo_models import write_demo_models
-
-        root = write_demo_models(tmp / "demo", ("llm",))
-        log.info("no %s under %s: benchmarking the demo LLM", LLM_FOLDER, args.model_dir)
-    model_dir = root / LLM_FOLDER
+    model_dir = llm_dir(args.model_dir, tmp)
     levels = sorted({int(c) for c in args.concurrency.split(",")})
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = set(backends) - set(BACKENDS)
@@ -208,7 +203,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> dict:
         raise SystemExit(f"unknown backends {sorted(unknown)}; choose from {', '.join(BACKENDS)}")
     result: dict = {
         "model_dir": str(model_dir),
-        "demo_models": is_demo_models(root),
+        "demo_models": is_demo_models(model_dir.parent),
         "new_tokens_cap": args.new_tokens,
         "requests": args.requests,
         "cpu_count": os.cpu_count(),
