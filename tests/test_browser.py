@@ -169,6 +169,29 @@ def run(page, name: str, number: int) -> tuple[str, str]:
     pytest.fail(f"{name}: no seed produced audio")
 
 
+def until(page, script: str, what: str, watch: tuple[str, ...] = (), timeout_ms: int = 60_000) -> None:
+    """Wait for ``script`` (a quick page update: no model work); on a timeout fail with what the page
+    showed (its toasts and the text or value of each ``watch`` selector), not a bare timeout."""
+    from playwright.sync_api import TimeoutError as PageTimeout
+
+    try:
+        page.wait_for_function(script, timeout=timeout_ms)
+    except PageTimeout:
+        seen = {"toasts": page.locator(".toast-body").all_inner_texts()}
+        for selector in watch:
+            field = page.locator(f"{selector} input, {selector} textarea")
+            seen[selector] = (
+                field.first.input_value() if field.count() else page.locator(selector).inner_text()
+            )
+        pytest.fail(f"{what} did not happen within {timeout_ms / 1000:.0f} s; the page showed {seen}")
+
+
+def listed(name: str, present: bool = True) -> str:
+    """A page script: is ``name`` in the voice library panel's list (or, ``present=False``, not)?"""
+    found = f"document.querySelector('#library-list').innerText.includes('{name}')"
+    return f"() => {found} === {str(present).lower()}"
+
+
 def live(page, name: str = "clone") -> dict:
     return page.evaluate(f"editxLive.state('{name}')")
 
@@ -431,16 +454,18 @@ def test_a_saved_voice_survives_a_reload_and_clones(page, tmp_path):
     assert page.locator("#clone-timing td.stage").all_inner_texts()[1] == "voice library"
     assert live(page)["details"]["voice"] == "Night Narrator"
 
+    watch = ("#voice-select", "#voice-new-name", "#library-list")
     page.locator("#library-panel").get_by_text("Voice library").first.click()
-    page.locator("#voice-new-name input, #voice-new-name textarea").first.fill("Day Narrator")
+    new_name = page.locator("#voice-new-name input, #voice-new-name textarea").first
+    until(page, listed("Night Narrator"), "the opened library listing the picked voice", watch)
+    assert new_name.input_value() == "Night Narrator"  # picking the voice filled in its name
+    new_name.fill("Day Narrator")
     page.locator("#voice-rename").click()
-    page.wait_for_function("() => document.querySelector('#library-list').innerText.includes('Day Narrator')")
+    until(page, listed("Day Narrator"), "the renamed voice in the library list", watch)
     page.once("dialog", lambda d: d.accept())
     page.locator("#voice-delete").click()
     page.get_by_text("Deleted the voice 'Day Narrator'").wait_for()
-    page.wait_for_function(
-        "() => !document.querySelector('#library-list').innerText.includes('Day Narrator')"
-    )
+    until(page, listed("Day Narrator", False), "the deleted voice leaving the list", watch)
 
 
 def test_small_things_footer_and_edit_without_history(page):
