@@ -6,7 +6,6 @@ import json
 import logging
 import multiprocessing
 import os
-import pickle
 import shutil
 import sqlite3
 import subprocess
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from prompt_cache import MIB, PromptCache, decode_array, encode_array, prompt_key
+from tests.payloads import pickle_payload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,7 +195,7 @@ def test_entries_on_disk_stay_readable_after_a_failed_write(tmp_path, caplog, mo
 def test_pickled_rows_are_never_unpickled_and_are_removed(tmp_path):
     folder = tmp_path / "c"
     marker = tmp_path / "unpickled"
-    payload = pickle.dumps(_MakesDirectoryWhenUnpickled(str(marker)))
+    payload = pickle_payload(marker)
     cache = PromptCache(folder)
     cache.put("small", _entry(1))
     cache.put("big", _entry(2, pad=100_000))
@@ -214,16 +214,6 @@ def test_pickled_rows_are_never_unpickled_and_are_removed(tmp_path):
     assert left == (0,)
     assert not (folder / filename).exists()
     con.close()
-
-
-class _MakesDirectoryWhenUnpickled:
-    """A pickle payload: unpickling it creates a directory (what a tampered row could do, and worse)."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.makedirs, (self.path,))
 
 
 def test_a_value_file_outside_the_folder_is_neither_read_nor_deleted(tmp_path):

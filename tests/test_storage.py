@@ -15,6 +15,7 @@ from storage import COUNTERS, MemoryStore, open_store
 from storage.disk import DiskStore
 from storage.local_redis import LocalRedisServer, free_port
 from storage.redis_store import RedisStore, redact_url
+from tests.payloads import pickle_payload
 
 WAIT_S = 30.0  # upper bound for a background reconnect (a wait for a state, not a timing assertion)
 
@@ -119,31 +120,36 @@ def test_kept_namespace_is_never_evicted(store_factory):
     assert store.size("voices") >= 8 * 50_000
 
 
-def _corrupt(store, location: tuple, ns: str, key: str) -> None:
-    """Overwrite the stored value with bytes that are not JSON, behind the store's back."""
+def _corrupt(store, location: tuple, ns: str, key: str, payload: bytes, pickled: bool) -> None:
+    """Overwrite the stored value with ``payload`` behind the store's back (on disk in diskcache's
+    pickle mode when ``pickled``: the row a tampered cache.db would hold)."""
     if location[0] == "disk":
         con = sqlite3.connect(str(Path(location[1]) / "cache.db"))
         with con:
             con.execute(
-                "UPDATE Cache SET mode = 1, filename = NULL, size = 0, value = ? WHERE key = ?",
-                (b"{not json", f"{ns}:{key}"),
+                "UPDATE Cache SET mode = ?, filename = NULL, size = 0, value = ? WHERE key = ?",
+                (4 if pickled else 1, payload, f"{ns}:{key}"),
             )
         con.close()
     else:
         import redis
 
-        redis.Redis.from_url(location[1]).set(store.value_key(ns, key), b"{not json")
+        redis.Redis.from_url(location[1]).set(store.value_key(ns, key), payload)
 
 
-def test_corrupt_value_is_a_miss_and_removed(store_factory, caplog):
+@pytest.mark.parametrize("kind", ["not json", "pickle"])
+def test_corrupt_value_is_a_miss_and_removed(store_factory, caplog, tmp_path, kind):
+    marker = tmp_path / "unpickled"
+    payload = pickle_payload(marker) if kind == "pickle" else b"{not json"
     store = store_factory()
     _declare(store)
     store.put("prompts", "bad", _entry(1))
     store.put("prompts", "good", _entry(2))
-    _corrupt(store, store_factory.location, "prompts", "bad")
+    _corrupt(store, store_factory.location, "prompts", "bad", payload, kind == "pickle")
     with caplog.at_level(logging.WARNING):
         assert store.get("prompts", "bad") is None
     assert any("corrupt" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert not marker.exists(), "a stored pickle was executed"
     assert store.count("prompts") == 1 and store.keys("prompts") == ["good"]
     fresh = store_factory()
     _declare(fresh)
