@@ -2,7 +2,8 @@
 
 A declared ``Content-Length`` over the limit is refused (413) before anything is read; bodies without
 one are counted as they arrive. Uploaded clips are decoded within the engine's reference limits, and
-messages name the upload by its file name only.
+messages name the upload by its file name only. A form that cannot be parsed (no boundary, broken
+parts, a second file) is a 400 that says so.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import io
 import numpy as np
 from fastapi import Request
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from audio_read import load_audio
 from engine import CloneEngine
@@ -45,7 +48,16 @@ async def read_form(request: Request, limit: int):
         raise TooLargeError(f"the upload is {int(declared) / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise OptionsError("send this request as multipart/form-data")
-    return await request.form(max_files=1, max_fields=16, max_part_size=limit)
+    try:
+        return await request.form(max_files=1, max_fields=16, max_part_size=limit)
+    except (MultiPartException, HTTPException) as exc:  # HTTPException: Starlette's wrapper of the first
+        reason = str(getattr(exc, "detail", None) or getattr(exc, "message", None) or exc).split("\n")[0]
+        if "maximum size" in reason:
+            raise TooLargeError(f"a form field is over the {limit / 1e6:.0f} MB limit") from None
+        raise OptionsError(
+            f"the multipart form could not be read ({reason.rstrip('.')}); send the clip as the form "
+            "field 'file' with curl -F or any HTTP client's multipart option"
+        ) from None
 
 
 def int_or_none(value, name: str = "seed") -> int | None:

@@ -444,3 +444,18 @@ def test_a_null_seed_is_random_and_a_negative_one_is_refused(http, voice_id):
     assert len(seeds) == 2  # two fresh draws from 2**32 seeds
     refused = http.post("/v1/audio/speech", json={**body, "seed": -2})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "seed"
+
+
+def test_a_malformed_multipart_body_is_a_400_and_the_server_goes_on(http):
+    part = b'--b1\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    cases = {
+        "no boundary": ("multipart/form-data", b"just some bytes"),
+        "no part at all": ("multipart/form-data; boundary=b1", b"bytes without a single boundary line"),
+        "cut off": ("multipart/form-data; boundary=b1", part + b"RIFF\0\0"),
+        "two files": ("multipart/form-data; boundary=b1", part + b"x\r\n" + part + b"y\r\n--b1--\r\n"),
+    }
+    for what, (content_type, body) in cases.items():
+        response = http.post("/v1/voices", content=body, headers={"content-type": content_type})
+        assert response.status_code == 400, (what, response.status_code, response.text)
+        assert "multipart" in error_of(response)["message"] or "'file'" in error_of(response)["message"]
+    assert http.get("/health").status_code == 200
