@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -658,3 +659,34 @@ def test_destructive_events_called_by_fn_index_are_refused_without_the_admin_key
         assert "admin key" in json.dumps(done[-1])
     assert get_json(server.url + "/health")["cache"]["entries"] == entries
     assert rest.get(f"/v1/voices/{voice_id}").status_code == 200
+
+
+@pytest.mark.slow
+def test_a_full_page_queue_refuses_the_extra_run_with_a_message_and_finishes_the_others(
+    demo_models_root, tmp_path
+):
+    # one run at a time and one waiting: a third run while both slots are taken is refused at once
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from gradio_client.utils import QueueError
+
+    args = ["--concurrency", "1", "--queue-size", "1"]
+    with running_app(demo_models_root, tmp_path, args) as busy:
+        page = Client(busy.url, verbose=False)
+        wav = handle_file(str(voice_file(tmp_path)))
+        long_text = " ".join(["A sentence that keeps the only slot busy for a while."] * 6)
+        inputs = {"voice": "(new)", "reference_audio": wav, "reference_text": "some words here"}
+        runs = [page.submit(text=long_text, seed=0, max_new_tokens=60, api_name="/clone", **inputs)]
+        while runs[0].status().code.name not in ("PROCESSING", "ITERATING"):
+            time.sleep(0.05)
+        runs.append(page.submit(text="Hello.", seed=0, max_new_tokens=60, api_name="/clone", **inputs))
+        while runs[1].status().code.name != "IN_QUEUE":
+            time.sleep(0.05)
+        refused = page.submit(text="Hello.", seed=0, max_new_tokens=60, api_name="/clone", **inputs)
+        with pytest.raises(QueueError, match="Queue is full"):  # the page says "currently busy"
+            refused.result(timeout=120)
+        for run in runs:  # the running and the waiting one still finish (or say why not)
+            try:
+                run.result(timeout=600)
+            except AppError as exc:
+                assert "no audio" in str(exc).lower()
