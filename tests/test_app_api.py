@@ -690,3 +690,38 @@ def test_a_full_page_queue_refuses_the_extra_run_with_a_message_and_finishes_the
                 run.result(timeout=600)
             except AppError as exc:
                 assert "no audio" in str(exc).lower()
+
+
+@pytest.mark.slow
+def test_a_lone_surrogate_sent_as_the_page_sends_it_is_a_message(server, rest, tmp_path):
+    """A browser's JSON.stringify writes a lone surrogate as the escape \\ud800, which Python decodes
+    to a str that cannot be encoded: /clone through the page's queue answers with the reason."""
+    config = get_json(server.url + "/config")
+    index, clone_event = next(
+        (i, dep) for i, dep in enumerate(config["dependencies"]) if dep.get("api_name") == "clone"
+    )
+    defaults = {c["id"]: c.get("props", {}).get("value") for c in config["components"]}
+    data = [defaults.get(i) for i in clone_event["inputs"]]
+    with voice_file(tmp_path, "surrogate.wav").open("rb") as f:
+        voice_id = rest.post(
+            "/v1/voices", files={"file": ("s.wav", f, "audio/wav")}, data={"name": "Surrogate"}
+        ).json()["id"]
+    data[0], data[1] = "Hello \ud800 there.", voice_id  # text, voice (a library voice: no clip needed)
+    session = "lone-surrogate"
+    body = {"data": data, "fn_index": index, "session_hash": session, "event_data": None}
+    joined = httpx.post(
+        server.url + "/gradio_api/queue/join",
+        content=json.dumps(body).encode("ascii"),  # the escape, as a browser sends it
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert joined.status_code == 200, joined.text
+    with httpx.stream(
+        "GET", f"{server.url}/gradio_api/queue/data", params={"session_hash": session}, timeout=120
+    ) as s:
+        messages = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
+    done = [m for m in messages if m.get("msg") == "process_completed"]
+    assert done and done[-1]["success"] is False, messages
+    said = json.dumps(done[-1])
+    assert "not valid Unicode (position 6)" in said and "Traceback" not in said
+    assert rest.delete(f"/v1/voices/{voice_id}").status_code == 204
