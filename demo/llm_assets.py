@@ -219,5 +219,31 @@ def write(root: Path, seed: int, config: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.model").write_bytes(train_tokenizer(rng))
     (out / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
-    write_checkpoint(out, _weights(rng, config), config)
+    weights = _weights(rng, config)
+    write_checkpoint(out, weights, config)
+    if any(config[k] != CONFIG[k] for k in ("hidden_size", "num_hidden_layers")):
+        _calibrate_bias(out, weights, config)
     log.info("demo LLM written to %s in %.2f s", out, time.perf_counter() - start)
+
+
+def _calibrate_bias(out: Path, weights: dict[str, torch.Tensor], config: dict) -> None:
+    """BIAS_CHANNEL_NORMED holds at the tiny demo shapes only: a wider or deeper residual stream
+    divides the bias channel by a larger RMS, which shrinks every logit bias (a real-width random
+    model then mostly emits text ids and few audio groups). Measure the channel after the final
+    norm on a sample of ids and rescale lm_head's bias column to it, then rewrite the checkpoint."""
+    from models.llm import load_step1_model
+
+    model = load_step1_model(out, "base", "cpu", "bf16")
+    seen: list[float] = []
+    hook = model.model.norm.register_forward_hook(
+        lambda _module, _inputs, output: seen.append(output[0, :, BIAS_CHANNEL].float().mean().item())
+    )
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, config["vocab_size"], 32))[None]
+    with torch.no_grad():
+        model(input_ids=ids)
+    hook.remove()
+    del model
+    head = weights["lm_head.weight"]
+    head[:, BIAS_CHANNEL] = (head[:, BIAS_CHANNEL].float() * (BIAS_CHANNEL_NORMED / seen[0])).to(head.dtype)
+    write_checkpoint(out, weights, config)
+    log.info("demo LLM: bias channel %.3f after the final norm (tiny: %.1f)", seen[0], BIAS_CHANNEL_NORMED)

@@ -31,6 +31,7 @@ STAGES = (
     "vocoder_stream",
     "clone",
     "stream",
+    "ttfa",
     "scores",
     "all",
 )

@@ -385,3 +385,40 @@ def test_bnb_variant_needs_widths_in_multiples_of_32(llm_dir, tmp_path):
     assert variant_problem(other, "base") is None
     with pytest.raises(OptionsError, match="bnb-4bit variant cannot run this model"):
         load_step1_model(other, "bnb-4bit", "cpu")
+
+
+def test_demo_weights_of_other_shapes_keep_their_logit_biases(tmp_path):
+    # A deeper residual stream divides the bias channel by a larger RMS after the final norm; the
+    # writer measures that and rescales lm_head's bias column, so the audio/eos/text biases hold
+    # (a real-width random LLM otherwise samples text ids and few audio groups: scripts/bench/ttfa.py).
+    from demo.llm_assets import AUDIO_ID_OFFSET, BIAS_CHANNEL, EOT_ID, LOGIT_BIAS_AUDIO, LOGIT_BIAS_EOS
+    from demo.llm_assets import write as write_llm
+
+    write_llm(tmp_path, 0, {"num_hidden_layers": 12})
+    model = load_step1_model(tmp_path / "Step-Audio-EditX", "base", "cpu")
+    seen: list[torch.Tensor] = []
+    hook = model.model.norm.register_forward_hook(lambda _m, _i, out: seen.append(out[0, :, BIAS_CHANNEL]))
+    with torch.no_grad():
+        model(input_ids=torch.arange(100, 164)[None])
+    hook.remove()
+    channel = float(seen[0].float().mean())
+    head = model.lm_head.weight[:, BIAS_CHANNEL].detach().float()
+    assert abs(float(head[AUDIO_ID_OFFSET]) * channel - LOGIT_BIAS_AUDIO) < 0.1 * LOGIT_BIAS_AUDIO
+    assert abs(float(head[EOT_ID]) * channel - LOGIT_BIAS_EOS) < 0.1 * LOGIT_BIAS_EOS
+
+
+def test_ttfa_benchmark_quick_run_on_demo_models(demo_models_root):
+    import argparse
+
+    from scripts.bench import ttfa as bench
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", type=__import__("pathlib").Path)
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--model-dir", str(demo_models_root), "--quick", "--device", "cpu"])
+    result = bench.run(args)
+    assert result["models"] == "real" and result["device"] == "cpu"  # the given folder, not a new demo
+    long = result["long"]
+    assert long["chunks"] > 1 and long["generated"] > 0 and long["runs"] == 1
+    assert long["ttfa_s"] is None or 0 < long["ttfa_s"] <= long["total_s"]
+    assert result["targets"]["ttfa_max_s"] == 0.3

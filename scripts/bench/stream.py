@@ -66,14 +66,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a 600-character long text")
 
 
-def _write_real_scale(root: Path, llm_layers: int) -> Path:
+def write_real_scale(root: Path, llm_layers: int, tokenizer: bool = True) -> Path:
+    """Random weights in the real shapes (vocoder, LLM with ``llm_layers`` layers) under ``root``;
+    with ``tokenizer`` the demo tokenizer too (it only encodes the reference, and needs FunASR)."""
     from demo import write_demo_models
     from demo.llm_assets import REAL_SHAPES
     from demo.llm_assets import write as write_llm
     from demo.vocoder_assets import write as write_vocoder
     from models.cosyvoice_config import REAL_SIZES
 
-    write_demo_models(root, ("tokenizer",))  # the tokenizer only encodes the (cached) reference
+    if tokenizer:
+        write_demo_models(root, ("tokenizer",))
     write_llm(root, 0, {**REAL_SHAPES, "num_hidden_layers": llm_layers})
     write_vocoder(root, 0, REAL_SIZES)
     return root
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_stream_") as scratch:
         scratch = Path(scratch)
         if args.real_scale:
-            root, kind = _write_real_scale(scratch / "models", args.llm_layers), "real-scale"
+            root, kind = write_real_scale(scratch / "models", args.llm_layers), "real-scale"
         elif args.model_dir is not None or has_real_models(Path("checkpoints")):
             root = locate_models(args.model_dir or Path("checkpoints")).path
             kind = "real"
