@@ -20,7 +20,8 @@ to the chunk's voice prompt and error rate against the chunk's text (``ChunkRepo
 chunk, take)`` and the first take whose error rate is under ``accept_error_rate`` is kept, else
 the lowest error rate (ties: the highest similarity); its audio is emitted once it is chosen. The
 seeds and that choice live in ``takes.py``; the jobs come from ``jobs.py``; while streaming, the LLM
-samples ahead in a thread of its own (``prefetch.Prefetched``).
+samples ahead in a thread of its own (``prefetch.Prefetched``) on the CPU and with vLLM, and inline
+on a GPU (``runs_ahead``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 
 from audio_join import ChunkJoiner
 from audio_prep import VOCODER_SAMPLE_RATE
@@ -263,7 +265,7 @@ class Render:
         new = dropped_text = 0
         try:
             stream = self.llm.stream_ids(ids, generation, self.cancel)
-            if session is not None:  # sample the next tokens while the vocoder works on these
+            if session is not None and runs_ahead(self.llm):  # sample on while the vocoder works
                 stream = Prefetched(stream, PREFETCH_TOKENS)
             with contextlib.closing(stream):
                 while True:
@@ -276,7 +278,7 @@ class Render:
                         self.stopped = take.stopped = True
                         break
                     finally:
-                        if session is None:
+                        if not isinstance(stream, Prefetched):
                             self._add_llm(chunk_report, time.perf_counter() - t0)
                     new += 1
                     if token == self.llm.eos_id:
@@ -365,6 +367,18 @@ class Render:
         chunk_report.new_tokens += new
         self.report.new_tokens += new
         self.report.dropped_tokens += dropped
+
+
+def runs_ahead(llm: TokenStreamLLM) -> bool:
+    """Whether a streaming request samples the LLM in a thread of its own (``Prefetched``).
+
+    Yes for an LLM on the CPU (the vocoder gets the other cores meanwhile) and for vLLM (another
+    process). Not for a native LLM on a GPU: both models queue on the same CUDA stream, so the
+    thread buys no overlap, and on an H200 it cut the LLM from 122 to 15 tokens/s at real width
+    (scripts/benchmark.py ttfa, docs/STREAMING.md); there the groups are vocoded between tokens.
+    """
+    device = getattr(llm, "device", None)
+    return not (isinstance(device, torch.device) and device.type == "cuda")
 
 
 def _fmt(value: float | None) -> str:

@@ -190,3 +190,33 @@ def test_the_streaming_vocoder_plays_while_the_llm_is_still_sampling(engine, ref
     pieces = [e.audio for e in events if isinstance(e, AudioPiece)]
     assert len(pieces) > 1 and np.array_equal(np.concatenate(pieces), result.audio)
     assert len(result.audio) == 2880 * len(result.audio_tokens) // 5
+
+
+def test_streaming_inline_as_on_a_gpu_makes_the_same_audio_as_with_the_llm_thread(
+    engine, reference, monkeypatch
+):
+    # A native LLM on a GPU streams inline (render.runs_ahead): the groups are vocoded between
+    # tokens instead of beside an LLM thread. Same seed, same tokens, same pieces, same audio.
+    import copy
+
+    import torch
+
+    import render
+
+    llm = engine.llm(None)
+    assert render.runs_ahead(llm)  # the CPU: a thread of its own
+    on_gpu = copy.copy(llm)
+    on_gpu.device = torch.device("cuda", 0)
+    assert not render.runs_ahead(on_gpu)
+
+    request = CloneRequest(
+        reference, SR, "a test voice", LONG_TEXT, SynthesisOptions(seed=5, stream=True, **OPTIONS)
+    )
+    threaded_events, threaded = run(engine, request)
+    monkeypatch.setattr(render, "runs_ahead", lambda _llm: False)
+    inline_events, inline = run(engine, request)
+    assert inline.audio_tokens == threaded.audio_tokens and len(inline.audio_tokens)
+    assert np.array_equal(inline.audio, threaded.audio)
+    pieces = [len(e.audio) for e in inline_events if isinstance(e, AudioPiece)]
+    assert pieces == [len(e.audio) for e in threaded_events if isinstance(e, AudioPiece)]
+    assert len(pieces) > 1 and inline.report.llm_s > 0 and inline.report.vocoder_s > 0
