@@ -10,6 +10,8 @@ the vocoder's own prompt features), and then times what every request with that 
 installed (a bare GPU machine). ``scripts/benchmark.py stream`` measures the same through the whole
 engine, tokenizer included.
 
+``llm``: tokens/s of one LLM pass sampled in the calling thread and in a prefetch thread (the
+render loop's two ways to stream; ``streams_inline`` says which it takes on this device).
 Figures per text (a short sentence, and a long multi-chunk text): ``ttfa_s`` (request start to
 the first audio piece), ``total_s``, ``audio_s``, the LLM and vocoder seconds, tokens, chunks; each
 the median of ``--repeats`` runs after one warm-up. Models: --model-dir / ./checkpoints when they
@@ -102,6 +104,29 @@ def render_once(llm, vocoder, voice, text: str, options, config) -> dict:
     }
 
 
+def llm_rates(llm, voice, text: str, cap: int | None, seed: int) -> dict:
+    """Tokens/s of the same LLM pass sampled in this thread and in a ``Prefetched`` thread (how
+    the render loop streams on the CPU): on a GPU the two differ, see ``render.runs_ahead``."""
+    import contextlib
+
+    from models.generation import GenerationOptions
+    from prefetch import Prefetched
+
+    prompt = llm.clone_prompt(voice.text, voice.token_str, text)
+    generation = GenerationOptions(seed=seed, max_new_tokens=cap or 150)
+    rates = {}
+    for name in ("own_thread", "prefetch_thread"):
+        t0 = time.perf_counter()
+        ids = llm.stream_ids(prompt, generation)
+        if name == "prefetch_thread":
+            ids = Prefetched(ids, 256)
+        with contextlib.closing(ids):
+            count = sum(1 for _ in ids)
+        rates[f"{name}_tokens_per_s"] = round(count / (time.perf_counter() - t0), 2)
+    rates["prompt_tokens"] = len(prompt)
+    return rates
+
+
 def _median(runs: list[dict]) -> dict:
     """Each figure's median over the runs that have it (None where none has)."""
     out = {}
@@ -128,6 +153,7 @@ def run(args: argparse.Namespace) -> dict:
     from llm_registry import native_loader
     from model_layout import VOCODER_FOLDER
     from models.vocoder import Vocoder
+    from render import runs_ahead
     from scripts.bench.stream import SHORT_TEXT, long_text
     from synthesis import EngineConfig, SynthesisOptions
 
@@ -144,6 +170,7 @@ def run(args: argparse.Namespace) -> dict:
         cap = args.max_new_tokens or (None if kind == "real" else 150)
         options = SynthesisOptions(seed=args.seed, max_new_tokens=cap, stream=True).resolved(config, False)
         render_once(llm, vocoder, voice, "Warm up.", options, config)  # kernels, caches, allocator
+        rates = llm_rates(llm, voice, SHORT_TEXT, cap, args.seed)
         texts = {"short": SHORT_TEXT, "long": long_text(long_chars)}
         figures = {
             name: _median([render_once(llm, vocoder, voice, text, options, config) for _ in range(repeats)])
@@ -165,6 +192,8 @@ def run(args: argparse.Namespace) -> dict:
         "load_s": round(load_s, 2),
         "chunk_chars": args.chunk_chars,
         "max_new_tokens_per_chunk": cap,
+        "llm": rates,
+        "streams_inline": not runs_ahead(llm),
         **figures,
         "targets": {
             "ttfa_max_s": TARGET_TTFA_S,
