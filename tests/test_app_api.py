@@ -631,6 +631,27 @@ def test_the_page_builds_with_named_api_endpoints(demo_models_root):
     assert isinstance(demo, gr.Blocks)
 
 
+def queue_run(url: str, body: dict, session: str) -> dict:
+    """One event through Gradio's queue as the page runs it (join, then read the session's event
+    stream) -> its ``process_completed`` message. The body is sent as ASCII JSON: a lone surrogate
+    goes as its escape, as a browser's JSON.stringify writes it."""
+    body = {**body, "session_hash": session, "event_data": None}
+    joined = httpx.post(
+        url + "/gradio_api/queue/join",
+        content=json.dumps(body).encode("ascii"),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert joined.status_code == 200, joined.text
+    with httpx.stream(
+        "GET", f"{url}/gradio_api/queue/data", params={"session_hash": session}, timeout=120
+    ) as s:
+        messages = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
+    done = [m for m in messages if m.get("msg") == "process_completed"]
+    assert done, messages
+    return done[-1]
+
+
 @pytest.mark.slow
 def test_destructive_events_called_by_fn_index_are_refused_without_the_admin_key(server, rest, tmp_path):
     """Hiding an event from the API page does not block it: Gradio's queue still runs any event by
@@ -643,20 +664,8 @@ def test_destructive_events_called_by_fn_index_are_refused_without_the_admin_key
         ).json()["id"]
     entries = get_json(server.url + "/health")["cache"]["entries"]
     for api_name, data in (("clear_cache", [""]), ("delete_voice", [voice_id, ""])):
-        session = f"fn-index-{api_name}"
-        joined = httpx.post(
-            server.url + "/gradio_api/queue/join",
-            json={"data": data, "fn_index": index[api_name], "session_hash": session, "event_data": None},
-            timeout=30,
-        )
-        assert joined.status_code == 200, joined.text
-        with httpx.stream(
-            "GET", f"{server.url}/gradio_api/queue/data", params={"session_hash": session}, timeout=60
-        ) as s:
-            messages = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
-        done = [m for m in messages if m.get("msg") == "process_completed"]
-        assert done and done[-1]["success"] is False, messages
-        assert "admin key" in json.dumps(done[-1])
+        done = queue_run(server.url, {"data": data, "fn_index": index[api_name]}, f"fn-index-{api_name}")
+        assert done["success"] is False and "admin key" in json.dumps(done)
     assert get_json(server.url + "/health")["cache"]["entries"] == entries
     assert rest.get(f"/v1/voices/{voice_id}").status_code == 200
 
@@ -707,21 +716,7 @@ def test_a_lone_surrogate_sent_as_the_page_sends_it_is_a_message(server, rest, t
             "/v1/voices", files={"file": ("s.wav", f, "audio/wav")}, data={"name": "Surrogate"}
         ).json()["id"]
     data[0], data[1] = "Hello \ud800 there.", voice_id  # text, voice (a library voice: no clip needed)
-    session = "lone-surrogate"
-    body = {"data": data, "fn_index": index, "session_hash": session, "event_data": None}
-    joined = httpx.post(
-        server.url + "/gradio_api/queue/join",
-        content=json.dumps(body).encode("ascii"),  # the escape, as a browser sends it
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
-    assert joined.status_code == 200, joined.text
-    with httpx.stream(
-        "GET", f"{server.url}/gradio_api/queue/data", params={"session_hash": session}, timeout=120
-    ) as s:
-        messages = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: ")]
-    done = [m for m in messages if m.get("msg") == "process_completed"]
-    assert done and done[-1]["success"] is False, messages
-    said = json.dumps(done[-1])
-    assert "not valid Unicode (position 6)" in said and "Traceback" not in said
+    done = queue_run(server.url, {"data": data, "fn_index": index}, "lone-surrogate")
+    said = json.dumps(done)
+    assert done["success"] is False and "not valid Unicode (position 6)" in said and "Traceback" not in said
     assert rest.delete(f"/v1/voices/{voice_id}").status_code == 204

@@ -341,15 +341,9 @@ def test_one_stray_token_costs_at_most_one_group(n, pos, stray):
 
 
 def test_benchmark_quick_run_on_demo_models(demo_llm_root):
-    import argparse
-
     from scripts.bench import llm as bench
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model-dir", type=__import__("pathlib").Path)
-    bench.add_arguments(parser)
-    args = parser.parse_args(["--model-dir", str(demo_llm_root), "--quick", "--threads", "1"])
-    result = bench.run(args)
+    result = bench.run(bench_args(bench, "--model-dir", str(demo_llm_root), "--quick", "--threads", "1"))
     assert set(result["variants"]) == {"base", "bnb-4bit"} and "real_shape" not in result
     for figures in result["variants"].values():
         assert figures["prefill_tokens_per_s"] > 0 and figures["decode_tokens_per_s"] > 0
@@ -408,17 +402,23 @@ def test_demo_weights_of_other_shapes_keep_their_logit_biases(tmp_path):
 
 
 def test_ttfa_benchmark_quick_run_on_demo_models(demo_models_root):
-    import argparse
-
     from scripts.bench import ttfa as bench
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model-dir", type=__import__("pathlib").Path)
-    bench.add_arguments(parser)
-    args = parser.parse_args(["--model-dir", str(demo_models_root), "--quick", "--device", "cpu"])
-    result = bench.run(args)
+    result = bench.run(bench_args(bench, "--model-dir", str(demo_models_root), "--quick", "--device", "cpu"))
     assert result["models"] == "real" and result["device"] == "cpu"  # the given folder, not a new demo
     long = result["long"]
     assert long["chunks"] > 1 and long["generated"] > 0 and long["runs"] == 1
     assert long["ttfa_s"] is None or 0 < long["ttfa_s"] <= long["total_s"]
     assert result["targets"]["ttfa_max_s"] == 0.3
+
+
+def bench_args(stage, *argv: str):
+    """``argv`` parsed as ``scripts/benchmark.py <stage>`` parses it (common options included)."""
+    import argparse
+
+    from scripts.benchmark import add_common_arguments
+
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    stage.add_arguments(parser)
+    return parser.parse_args(list(argv))

@@ -49,21 +49,26 @@ def long_text(chars: int) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--long-chars", type=int, default=2000, help="length of the long text")
     parser.add_argument("--chunk-chars", type=int, default=200, help="text per LLM pass (--chunk-chars)")
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    add_scale_arguments(parser)
+    parser.add_argument("--quick", action="store_true", help="a 600-character long text")
+
+
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """--max-new-tokens, --real-scale and --llm-layers (this stage's and ``ttfa``'s)."""
     parser.add_argument(
         "--max-new-tokens",
         type=int,
         default=None,
         help="cap per chunk's LLM pass (default: 150 on demo/real-scale random weights)",
     )
-    parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--real-scale",
         action="store_true",
         help="real-size vocoder and real-width LLM layers with random weights",
     )
     parser.add_argument("--llm-layers", type=int, default=2, help="--real-scale: LLM depth (real: 32)")
-    parser.add_argument("--quick", action="store_true", help="a 600-character long text")
 
 
 def write_real_scale(root: Path, llm_layers: int, tokenizer: bool = True) -> Path:

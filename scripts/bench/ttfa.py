@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scripts.bench.stream import add_scale_arguments
+
 log = logging.getLogger("bench.ttfa")
 
 TARGET_TTFA_S = 0.3  # with a cached voice on a GPU (the brief's target; not met on CPU)
@@ -41,18 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per text (median reported)")
     parser.add_argument("--chunk-chars", type=int, default=200)
     parser.add_argument("--long-chars", type=int, default=1200, help="length of the long text")
-    parser.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=None,
-        help="cap per chunk's LLM pass (default: 150 on demo/real-scale random weights)",
-    )
-    parser.add_argument(
-        "--real-scale",
-        action="store_true",
-        help="real-size vocoder and real-width LLM layers with random weights",
-    )
-    parser.add_argument("--llm-layers", type=int, default=2, help="--real-scale: LLM depth (real: 32)")
+    add_scale_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="one timed run per text, a 400-character text")
 
 
