@@ -38,7 +38,7 @@ from lru import LRU
 from model_layout import COSYVOICE_CONFIG_FILE, FLOW_FILE, HIFT_FILE, SPEAKER_FILE
 from models.audio_tokens import AUDIO_CODES, GROUP_SIZE, VQ02_CODES, VQ06_PER_GROUP
 from models.cosyvoice_config import load_cosyvoice_config
-from models.device import pick_device, pick_dtype
+from models.device import enable_tf32, pick_device, pick_dtype
 from models.flow import MEL_BINS, CausalMaskedDiffWithXvec, StepHook
 from models.hift import HiFTGenerator, SineDraws, fold_weight_norm
 from models.mel import MelConfig, log_mel_spectrogram, mel_filters
@@ -226,6 +226,8 @@ class Vocoder:
             )
         torch_device = pick_device(device)
         torch_dtype = vocoder_dtype(torch_device, dtype)
+        if torch_device.type == "cuda":  # fp32 convolutions and matmuls on tensor cores
+            enable_tf32()
         config_text = config_path.read_text()
         flow, hift, mel_conf = build_networks(config_text, "meta")
         load_state_dict_checked(flow, cosyvoice_dir / FLOW_FILE)
