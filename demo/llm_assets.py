@@ -220,20 +220,23 @@ def write(root: Path, seed: int, config: dict | None = None) -> None:
     (out / "tokenizer.model").write_bytes(train_tokenizer(rng))
     (out / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
     weights = _weights(rng, config)
-    write_checkpoint(out, weights, config)
     if any(config[k] != CONFIG[k] for k in ("hidden_size", "num_hidden_layers")):
-        _calibrate_bias(out, weights, config)
+        _calibrate_bias(weights, config)
+    write_checkpoint(out, weights, config)
     log.info("demo LLM written to %s in %.2f s", out, time.perf_counter() - start)
 
 
-def _calibrate_bias(out: Path, weights: dict[str, torch.Tensor], config: dict) -> None:
+def _calibrate_bias(weights: dict[str, torch.Tensor], config: dict) -> None:
     """BIAS_CHANNEL_NORMED holds at the tiny demo shapes only: a wider or deeper residual stream
     divides the bias channel by a larger RMS, which shrinks every logit bias (a real-width random
     model then mostly emits text ids and few audio groups). Measure the channel after the final
-    norm on a sample of ids and rescale lm_head's bias column to it, then rewrite the checkpoint."""
-    from models.llm import load_step1_model
+    norm on a sample of ids (the model built on ``weights`` themselves, before anything is written)
+    and rescale lm_head's bias column in ``weights`` to it."""
+    from models.step1 import Step1Config, Step1ForCausalLM
 
-    model = load_step1_model(out, "base", "cpu", "bf16")
+    with torch.device("meta"):
+        model = Step1ForCausalLM(Step1Config(**config))
+    model.load_state_dict(weights, assign=True)
     seen: list[float] = []
     hook = model.model.norm.register_forward_hook(
         lambda _module, _inputs, output: seen.append(output[0, :, BIAS_CHANNEL].float().mean().item())
@@ -245,5 +248,4 @@ def _calibrate_bias(out: Path, weights: dict[str, torch.Tensor], config: dict) -
     del model
     head = weights["lm_head.weight"]
     head[:, BIAS_CHANNEL] = (head[:, BIAS_CHANNEL].float() * (BIAS_CHANNEL_NORMED / seen[0])).to(head.dtype)
-    write_checkpoint(out, weights, config)
     log.info("demo LLM: bias channel %.3f after the final norm (tiny: %.1f)", seen[0], BIAS_CHANNEL_NORMED)
