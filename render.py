@@ -33,7 +33,6 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 
 from audio_join import ChunkJoiner
 from audio_prep import VOCODER_SAMPLE_RATE
@@ -377,8 +376,7 @@ def runs_ahead(llm: TokenStreamLLM) -> bool:
     thread buys no overlap, and on an H200 it cut the LLM from 122 to 15 tokens/s at real width
     (scripts/benchmark.py ttfa, docs/STREAMING.md); there the groups are vocoded between tokens.
     """
-    device = getattr(llm, "device", None)
-    return not (isinstance(device, torch.device) and device.type == "cuda")
+    return getattr(getattr(llm, "device", None), "type", None) != "cuda"  # vLLM's device is a str
 
 
 def _fmt(value: float | None) -> str:

@@ -71,6 +71,7 @@ def render_once(llm, vocoder, voice, text: str, options, config) -> dict:
     from jobs import clone_jobs
     from render import Render
     from reports import StageReport
+    from synthesis import AudioPiece
     from text_split import split_text
 
     started = time.perf_counter()
@@ -79,7 +80,7 @@ def render_once(llm, vocoder, voice, text: str, options, config) -> dict:
     render = Render(llm, vocoder, jobs, options, options.seed, None, report, started)
     first = None
     for event in render.events():
-        if first is None and getattr(event, "audio", None) is not None and len(event.audio):
+        if first is None and isinstance(event, AudioPiece) and len(event.audio):
             first = time.perf_counter() - started
     total = time.perf_counter() - started
     return {
