@@ -90,6 +90,7 @@ def load(settings: Settings):
         dtype=settings.dtype,
         llm_backend=settings.llm_backend,
         llm_url=settings.llm_url,
+        llm_decode=settings.llm_decode,
         vllm=vllm_options(settings),
         scores=settings.scores,
     )

@@ -349,6 +349,7 @@ class CloneEngine:
             "device": self.llms.device(),
             "llm_backend": self.config.llm_backend,
             "llm_repetition_rule": self.llms.applies_repetition_rule,
+            "llm_decode": self.llms.decode(),
             "llm_backends_loaded": self.llms.loaded_backends,
             "variant": self.config.variant,
             "variants_loaded": self.loaded_variants,

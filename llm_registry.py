@@ -94,6 +94,11 @@ class LLMRegistry:
         """Whether every loaded LLM samples with the repetition-aware rule."""
         return all(llm.applies_repetition_rule for llm in self._llms.values())
 
+    def decode(self) -> str:
+        """How the default variant's LLM decodes: dynamic, static or graphs (native), or "vllm"."""
+        llm = self._llms.get((self.config.llm_backend, self.config.variant))
+        return getattr(llm, "decode", self.config.llm_backend)
+
     def device(self) -> str:
         """The device the default variant's LLM runs on (e.g. "cpu", "cuda:0"); for an LLM without
         one in this process (vLLM), the device ``--device`` resolves to here."""
@@ -130,8 +135,16 @@ def native_loader(model_root: Path, config: EngineConfig) -> LLMLoader:
     def load_llm(variant: str) -> Step1LLM:
         folder = llm_dir_for(model_root, variant)
         t0 = time.perf_counter()
-        llm = Step1LLM.load(folder, variant=variant, device=config.device, dtype=config.dtype)
-        log.info("loaded LLM %s from %s (%.2f s)", variant, folder, time.perf_counter() - t0)
+        llm = Step1LLM.load(
+            folder, variant=variant, device=config.device, dtype=config.dtype, decode=config.llm_decode
+        )
+        log.info(
+            "loaded LLM %s from %s, %s decoding (%.2f s)",
+            variant,
+            folder,
+            llm.decode,
+            time.perf_counter() - t0,
+        )
         return llm
 
     return load_llm

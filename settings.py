@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from model_layout import LLM_BACKENDS, VARIANTS, VLLM_VARIANTS
+from model_layout import DECODE_MODES, LLM_BACKENDS, VARIANTS, VLLM_VARIANTS
 from models.text_input import DEFAULT_MAX_TEXT_CHARS
 from prompt_cache import MIB
 from text_split import DEFAULT_CHUNK_CHARS, MAX_CHUNK_CHARS, MIN_CHUNK_CHARS
@@ -36,6 +36,7 @@ class Settings:
     variant: str = "base"
     llm_backend: str = "native"
     llm_url: str | None = None
+    llm_decode: str = "auto"
     vllm_gpu_memory_utilization: float = 0.9
     vllm_max_model_len: int = 8192
     vllm_max_num_seqs: int = 16
@@ -81,6 +82,12 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ),
     ("--llm-backend", "llm_backend", str, "native (our Step1 model, CPU or GPU) or vllm (batching)"),
     ("--llm-url", "llm_url", str, "vllm: a running `vllm serve` (http://host:8000); empty: in-process"),
+    (
+        "--llm-decode",
+        "llm_decode",
+        str,
+        "native: auto (CUDA graphs on a GPU, else dynamic), dynamic, static or graphs",
+    ),
     (
         "--vllm-gpu-memory-utilization",
         "vllm_gpu_memory_utilization",
@@ -234,6 +241,10 @@ def validate(values: dict) -> list[str]:
         problems.append(
             f"--variant must be one of {', '.join(variants)} with the {values['llm_backend']} "
             f"backend, got {values['variant']!r}"
+        )
+    if values["llm_decode"] not in DECODE_MODES:
+        problems.append(
+            f"--llm-decode must be one of {', '.join(DECODE_MODES)}, got {values['llm_decode']!r}"
         )
     if values["llm_url"] and values["llm_backend"] != "vllm":
         problems.append("--llm-url needs --llm-backend vllm")

@@ -267,6 +267,7 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     llm_backend: str = "native"  # "native" (our Step1 model) or "vllm"
+    llm_decode: str = "auto"  # native: auto, dynamic, static or graphs (models/static_decode.py)
     llm_url: str | None = None  # vllm: a `vllm serve` server; None runs vLLM's engine in this process
     vllm: VLLMEngineOptions | None = None  # vllm in-process engine settings (None: the defaults)
     scores: bool = True  # score every output (similarity, error rate); off: --no-scores

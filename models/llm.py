@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 from transformers import BitsAndBytesConfig, LogitsProcessor, LogitsProcessorList
-from transformers.cache_utils import DynamicCache
 from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -34,6 +33,7 @@ from model_layout import VARIANTS
 from models.device import pick_device, pick_dtype
 from models.generation import REPETITION_THRESHOLD, REPETITION_WINDOW, GenerationOptions, TokenStreamLLM
 from models.prompts import StepTextTokenizer
+from models.static_decode import DynamicDecoder, make_static_decoder, resolve_decode_mode
 from models.step1 import Step1Config, Step1ForCausalLM
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,10 @@ class RepetitionAwareLogitsProcessor(LogitsProcessor):
             return scores
         window = input_ids[:, -self.window :]
         last = window[:, -1:]
-        ratio = (window == last).sum(dim=1).float() / self.window
-        rows = torch.nonzero(ratio > self.threshold).flatten()
-        scores[rows, last[rows, 0]] = float("-inf")
+        ratio = (window == last).sum(dim=1, keepdim=True).float() / self.window
+        # No host synchronisation (a GPU step stays queued): mask in place through a where.
+        current = scores.gather(1, last)
+        scores.scatter_(1, last, torch.where(ratio > self.threshold, float("-inf"), current))
         return scores
 
 
@@ -82,9 +83,7 @@ def sample_from_scores(scores: torch.Tensor, generator: torch.Generator | None) 
     idx = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=scores.shape[-1] - 1)
     # Guard against rounding at the top end: fall back to the most likely id of the row.
     bad = ~torch.isfinite(scores.gather(1, idx))
-    if bool(bad.any()):
-        idx[bad] = scores.argmax(dim=-1, keepdim=True)[bad]
-    return idx
+    return torch.where(bad, scores.argmax(dim=-1, keepdim=True), idx)  # no host synchronisation
 
 
 def estimate_weight_bytes(
@@ -289,7 +288,13 @@ class Step1LLM(TokenStreamLLM):
     applies_repetition_rule = True
 
     def __init__(
-        self, model: torch.nn.Module, tokenizer: StepTextTokenizer, variant: str, model_dir: Path
+        self,
+        model: torch.nn.Module,
+        tokenizer: StepTextTokenizer,
+        variant: str,
+        model_dir: Path,
+        decode: str = "auto",
+        static_capacity: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -300,17 +305,31 @@ class Step1LLM(TokenStreamLLM):
         # held while a generation is suspended between tokens; a plain Lock, since a server may resume
         # the generator (and so release it) on another worker thread
         self._lock = threading.Lock()
+        quantized = getattr(model.config, "quantization_config", None) is not None
+        # static buffers (CUDA graphs on a GPU) for generations up to the default length limit;
+        # a request allowed more ids decodes with the growing cache
+        capacity = static_capacity or GenerationOptions().max_length
+        self._static = make_static_decoder(
+            model, resolve_decode_mode(decode, self.device, quantized), capacity
+        )
+        self.decode = self._static.mode if self._static is not None else "dynamic"
 
     @classmethod
     def load(
-        cls, model_dir: Path, variant: str = "base", device: str = "auto", dtype: str = "auto"
+        cls,
+        model_dir: Path,
+        variant: str = "base",
+        device: str = "auto",
+        dtype: str = "auto",
+        decode: str = "auto",
     ) -> Step1LLM:
-        """Load the model and its tokenizer.model from ``model_dir`` (the Step-Audio-EditX folder)."""
+        """Load the model and its tokenizer.model from ``model_dir`` (the Step-Audio-EditX folder);
+        ``decode``: auto, dynamic, static or graphs (models/static_decode.py)."""
         model_dir = Path(model_dir)
         model = load_step1_model(model_dir, variant, device, dtype)
         if getattr(model.config, "quantization_config", None) is not None:
             variant = "bnb-4bit"
-        return cls(model, StepTextTokenizer(model_dir / "tokenizer.model"), variant, model_dir)
+        return cls(model, StepTextTokenizer(model_dir / "tokenizer.model"), variant, model_dir, decode)
 
     def _processors(self, options: GenerationOptions) -> LogitsProcessorList:
         # Same order as transformers' generate(): custom processor, then temperature, top-k, top-p.
@@ -345,22 +364,26 @@ class Step1LLM(TokenStreamLLM):
         if options.max_new_tokens is not None:
             limit = min(limit, len(prompt_ids) + options.max_new_tokens)
         with self._lock, torch.inference_mode():
-            seq = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-            cache = DynamicCache(config=self.model.config)
-            logits = self.model(seq, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-            n_new = 0
-            while seq.shape[1] < limit:
-                if cancel is not None and cancel.is_set():
-                    raise GenerationCancelled(f"generation cancelled after {n_new} tokens")
-                scores = processors(seq, logits[:, -1].float())
-                if generator is None:
-                    nxt = scores.argmax(dim=-1, keepdim=True)
-                else:
-                    nxt = sample_from_scores(scores, generator)
-                seq = torch.cat([seq, nxt], dim=1)
-                token = int(nxt)
-                n_new += 1
-                yield token
-                if token == self.eos_id:
-                    return
-                logits = self.model(nxt, past_key_values=cache, use_cache=True).logits
+            decoder = self._static if self._static is not None and self._static.fits(limit) else None
+            decoder = decoder or DynamicDecoder(self.model)
+            try:
+                logits = decoder.start(prompt_ids)
+                seq = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+                n_new = 0
+                while seq.shape[1] < limit:
+                    if cancel is not None and cancel.is_set():
+                        raise GenerationCancelled(f"generation cancelled after {n_new} tokens")
+                    scores = processors(seq, logits.float())
+                    if generator is None:
+                        nxt = scores.argmax(dim=-1, keepdim=True)
+                    else:
+                        nxt = sample_from_scores(scores, generator)
+                    seq = torch.cat([seq, nxt], dim=1)
+                    token = int(nxt)
+                    n_new += 1
+                    yield token
+                    if token == self.eos_id:
+                        return
+                    logits = decoder.next(nxt)
+            finally:
+                decoder.close()

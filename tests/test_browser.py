@@ -573,6 +573,8 @@ def test_the_page_names_the_llm_backend_and_variant(page, server):
     health = server.health()
     assert f"LLM backend {health['llm_backend']}" in line and f"variant {health['variant']}" in line
     assert health["llm_backend"] in ("native", "vllm")
+    if health["llm_backend"] == "native":  # the CPU's default: the growing cache, no CUDA graphs
+        assert health["llm_decode"] == "dynamic" and "(dynamic decoding)" in line
 
 
 def test_insert_tag_puts_sounds_at_the_end_and_the_language_first(page):

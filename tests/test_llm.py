@@ -410,6 +410,10 @@ def test_ttfa_benchmark_quick_run_on_demo_models(demo_models_root):
     assert long["chunks"] > 1 and long["generated"] > 0 and long["runs"] == 1
     assert long["ttfa_s"] is None or 0 < long["ttfa_s"] <= long["total_s"]
     assert result["targets"]["ttfa_max_s"] == 0.3
+    assert result["decode"] == "dynamic"  # the CPU's default
+    rates = result["llm"]["decode_tokens_per_s"]
+    assert rates["dynamic"] > 0 and rates["static"] > 0
+    assert rates["static_vs_dynamic"] == pytest.approx(rates["static"] / rates["dynamic"], abs=0.01)
 
 
 def bench_args(stage, *argv: str):

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from models.generation import GenerationOptions
 from models.llm import Step1LLM
 from models.prompts import EDIT_SYSTEM_PROMPT, StepTextTokenizer, encode_edit_prompt
+from models.static_decode import StaticDecoder
 from models.step1 import alibi_bias, alibi_slopes
 
 ATOL = 1e-4
@@ -118,6 +119,28 @@ def test_conformance_llm_own_greedy_loop(llm, ref):
             break  # the repetition rule may change the choice from here on
         assert new[step] == token, f"step {step}"
         seq.append(token)
+
+
+def test_conformance_llm_static_decoding(llm, ref):
+    """The static decoder (models/static_decode.py: preallocated keys/values, fixed-shape steps, the
+    protocol a CUDA graph replays) teacher-forced over the reference's greedy ids gives its step
+    logits; the first bucket ends halfway through the new ids, so the steps cross into the second."""
+    prompt = ref["gen_prompt_ids"].tolist()
+    new = ref["gen_new_ids"].tolist()
+    capacity = len(prompt) + len(new)
+    decoder = StaticDecoder(llm.model, capacity, smallest=len(prompt) + len(new) // 2)
+    assert len(decoder.buckets) == 2
+    steps = []
+    with torch.inference_mode():
+        steps.append(decoder.start(prompt).clone())
+        for token in new[:-1]:
+            steps.append(decoder.next(torch.tensor([[token]])).clone())
+    step_logits = torch.cat(steps).float()
+    np.testing.assert_allclose(
+        step_logits[:, ref["logit_cols"]].numpy(), ref["gen_step_logits_cols"], atol=ATOL, rtol=RTOL
+    )
+    np.testing.assert_array_equal(step_logits.argmax(-1).numpy(), ref["gen_step_argmax"])
+    np.testing.assert_allclose(step_logits[0].numpy(), ref["gen_step0_logits"], atol=ATOL, rtol=RTOL)
 
 
 def test_conformance_llm_incremental_decoding(llm, ref):

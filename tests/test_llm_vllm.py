@@ -516,6 +516,7 @@ def test_the_app_on_the_vllm_backend_streams_then_survives_the_server_dying(
         ):
             health = app.health()
             assert health["llm_backend"] == "vllm" and health["llm_repetition_rule"] is True
+            assert health["llm_decode"] == "vllm"  # vLLM decodes: no native decode mode applies
             buffer = io.BytesIO()
             sf.write(buffer, synthetic_voice(3.0, 22050, seed=5), 22050, format="WAV")
             voice = http.post(

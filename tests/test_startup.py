@@ -11,14 +11,22 @@ import torch
 from tests.app_server import ROOT, free_port
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid here")
-def test_device_cuda_on_a_machine_without_cuda_prints_a_message(demo_models_root, tmp_path):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: these flags are valid here")
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--device", "cuda"], ["CUDA is not available on this machine", "--device cpu"]),
+        (["--llm-decode", "graphs"], ["--llm-decode graphs needs a CUDA device", "static or dynamic"]),
+    ],
+)
+def test_a_cuda_only_flag_on_a_machine_without_cuda_prints_a_message(
+    demo_models_root, tmp_path, flags, message
+):
     proc = subprocess.run(
         [
             sys.executable,
             str(ROOT / "app.py"),
-            "--device",
-            "cuda",
+            *flags,
             "--model-dir",
             str(demo_models_root),
             "--cache-dir",
@@ -36,5 +44,5 @@ def test_device_cuda_on_a_machine_without_cuda_prints_a_message(demo_models_root
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output[-2000:]
-    assert "CUDA is not available on this machine" in output and "--device cpu" in output
+    assert all(part in output for part in message), output[-2000:]
     assert "Traceback" not in output

@@ -211,9 +211,12 @@ def _wire_runs(
 
 
 def model_line(engine: CloneEngine) -> str:
-    """The model info line: the default variant and the LLM backend ("native" or "vllm")."""
+    """The model info line: the default variant, the LLM backend ("native" or "vllm") and, for the
+    native one, how it decodes (dynamic, static or CUDA graphs)."""
     demo = " · demo models (random weights)" if engine.demo else ""
+    decode = engine.llms.decode()
+    decode = f" ({decode} decoding)" if decode != engine.config.llm_backend else ""
     return (
         f"Model: Step-Audio-EditX · variant **{engine.config.variant}** · LLM backend "
-        f"**{engine.config.llm_backend}**{demo}"
+        f"**{engine.config.llm_backend}**{decode}{demo}"
     )

@@ -11,7 +11,10 @@ installed (a bare GPU machine). ``scripts/benchmark.py stream`` measures the sam
 engine, tokenizer included.
 
 ``llm``: tokens/s of one LLM pass sampled in the calling thread and in a prefetch thread (the
-render loop's two ways to stream; ``streams_inline`` says which it takes on this device).
+render loop's two ways to stream; ``streams_inline`` says which it takes on this device), and in
+the calling thread with each decode mode (models/static_decode.py: the growing cache, and the fixed
+buffers, replayed as CUDA graphs on a GPU), with their ratio. ``decode`` is the mode the render
+loop ran with (``--llm-decode``).
 Figures per text (a short sentence, and a long multi-chunk text): ``ttfa_s`` (request start to
 the first audio piece), ``total_s``, ``audio_s``, the LLM and vocoder seconds, tokens, chunks; each
 the median of ``--repeats`` runs after one warm-up. Models: --model-dir / ./checkpoints when they
@@ -42,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per text (median reported)")
     parser.add_argument("--chunk-chars", type=int, default=200)
+    parser.add_argument(
+        "--llm-decode", default="auto", help="auto (graphs on CUDA, else dynamic), dynamic, static or graphs"
+    )
     parser.add_argument("--long-chars", type=int, default=1200, help="length of the long text")
     add_scale_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="one timed run per text, a 400-character text")
@@ -116,7 +122,31 @@ def llm_rates(llm, voice, text: str, cap: int | None, seed: int) -> dict:
             count = sum(1 for _ in ids)
         rates[f"{name}_tokens_per_s"] = round(count / (time.perf_counter() - t0), 2)
     rates["prompt_tokens"] = len(prompt)
+    rates["decode_tokens_per_s"] = decode_rates(llm, prompt, generation)
     return rates
+
+
+def decode_rates(llm, prompt: list[int], generation) -> dict:
+    """Tokens/s of the same pass in this thread with the growing cache and with the fixed buffers
+    (CUDA graphs on a GPU, eager elsewhere): same weights, same ids (greedy and sampled alike)."""
+    from models.llm import Step1LLM
+
+    fixed = "graphs" if llm.device.type == "cuda" else "static"
+    out = {}
+    for mode in ("dynamic", fixed):
+        other = (
+            llm
+            if llm.decode == mode
+            else Step1LLM(llm.model, llm.tokenizer, llm.variant, llm.model_dir, mode)
+        )
+        sum(1 for _ in other.stream_ids(prompt, generation))  # warm-up: kernels, allocator
+        t0 = time.perf_counter()
+        count = sum(1 for _ in other.stream_ids(prompt, generation))
+        out[other.decode] = round(count / (time.perf_counter() - t0), 2)
+    names = list(out)
+    if len(names) == 2:
+        out[f"{names[1]}_vs_{names[0]}"] = round(out[names[1]] / out[names[0]], 2)
+    return out
 
 
 def _median(runs: list[dict]) -> dict:
@@ -153,7 +183,7 @@ def run(args: argparse.Namespace) -> dict:
     repeats = 1 if args.quick else max(1, args.repeats)
     with tempfile.TemporaryDirectory(prefix="bench_ttfa_") as scratch:
         root, kind = _models(args, Path(scratch))
-        config = EngineConfig(device=args.device, chunk_chars=args.chunk_chars)
+        config = EngineConfig(device=args.device, chunk_chars=args.chunk_chars, llm_decode=args.llm_decode)
         t0 = time.perf_counter()
         llm = native_loader(root, config)(config.variant)
         vocoder = Vocoder.load(root / VOCODER_FOLDER, device=config.device, dtype=config.dtype)
@@ -184,6 +214,7 @@ def run(args: argparse.Namespace) -> dict:
         "load_s": round(load_s, 2),
         "chunk_chars": args.chunk_chars,
         "max_new_tokens_per_chunk": cap,
+        "decode": llm.decode,
         "llm": rates,
         "streams_inline": not runs_ahead(llm),
         **figures,

@@ -1,0 +1,261 @@
+"""Decoding Step1 one token at a time: a growing cache, or preallocated buffers replayed as CUDA graphs.
+
+    decoder = make_decoder(model, mode, capacity)    # DynamicDecoder or StaticDecoder
+    logits = decoder.start(prompt_ids)               # (1, V): the prompt's last position
+    logits = decoder.next(token)                     # (1, V) after one more id, token (1, 1)
+
+Why a second way: one decode step runs ~20 small kernels per layer, launched from Python. On an
+H200 a step of 8 real-width layers took 4.5 ms (launch-bound: the weights take well under 1 ms to
+read), so 32 layers spend ~18 ms a token and the first streamed audio, which needs 15 tokens and the
+lookahead, waits ~0.3 s for the LLM alone. A CUDA graph replays a whole step with one launch, but it
+needs fixed shapes and fixed addresses, which the growing ``DynamicCache`` has not.
+
+``StaticDecoder`` keeps every layer's keys and values in one buffer allocated for ``capacity`` ids
+(the longest prompt + generation it serves). A step attends over the first K slots, K the smallest
+bucket (256, 512, ... capacity) that holds the current position; the slots past the position are
+masked by the ALiBi bias, built from a position tensor inside the step. Inputs (the token and its
+position) are copied into fixed tensors and the logits come out of a fixed tensor, so one step per
+bucket can be captured once (at load, before anything else runs on the GPU) and replayed. Without
+CUDA the same protocol runs eagerly ("static"): that is how the CPU tests check it.
+
+Numerics: the prefill is the model's own forward (the buffers stand in for its cache). A step
+computes what ``Step1Model.forward`` computes for one token: the same bias values (fp32, then
+rounded), the same projections and norms; attention groups the 12 query heads of a KV group as 12
+query rows instead of repeating the keys 12 times, which changes only the order of floating-point
+sums (tests/test_llm_conformance.py checks the step logits against the reference fixture).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache
+
+from errors import OptionsError
+from model_layout import DECODE_MODES
+from models.step1 import alibi_slopes
+
+log = logging.getLogger(__name__)
+
+MIN_BUCKET = 256  # fewest key slots a step attends over; buckets double up to the capacity
+
+
+def resolve_decode_mode(mode: str, device: torch.device, quantized: bool) -> str:
+    """The mode to run: ``auto`` is graphs on CUDA for an unquantized model, else dynamic."""
+    if mode not in DECODE_MODES:
+        raise OptionsError(f"--llm-decode must be one of {', '.join(DECODE_MODES)}, got {mode!r}")
+    if mode == "graphs" and device.type != "cuda":
+        raise OptionsError("--llm-decode graphs needs a CUDA device (use static or dynamic on the CPU)")
+    if mode == "auto":
+        return "graphs" if device.type == "cuda" and not quantized else "dynamic"
+    return mode
+
+
+class DynamicDecoder:
+    """The plain way: transformers' ``DynamicCache`` grows by one id per step."""
+
+    mode = "dynamic"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.device = model.get_input_embeddings().weight.device
+        self.cache: DynamicCache | None = None
+
+    def start(self, prompt_ids: list[int]) -> torch.Tensor:
+        seq = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        self.cache = DynamicCache(config=self.model.config)
+        return self.model(seq, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    def next(self, token: torch.Tensor) -> torch.Tensor:
+        return self.model(token, past_key_values=self.cache, use_cache=True).logits[:, -1]
+
+    def close(self) -> None:
+        self.cache = None
+
+
+class _PrefillCache:
+    """Stands in for a transformers cache during the prefill: ``Step1Model.forward`` asks its length
+    once and hands each layer's new keys/values to ``update``, which writes them into the buffers."""
+
+    def __init__(self, kv: torch.Tensor) -> None:
+        self.kv = kv  # (layers, 2, 1, capacity, G·hd)
+        self.length = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, ...]:
+        end = self.length + keys.shape[1]
+        self.kv[layer_idx, 0, :, self.length : end] = keys
+        self.kv[layer_idx, 1, :, self.length : end] = values
+        if layer_idx == self.kv.shape[0] - 1:
+            self.length = end
+        return self.kv[layer_idx, 0, :, :end], self.kv[layer_idx, 1, :, :end]
+
+
+def buckets_for(capacity: int, smallest: int = MIN_BUCKET) -> list[int]:
+    """Key-slot counts a step may attend over: ``smallest`` doubling, and ``capacity`` last."""
+    out = []
+    size = max(1, smallest)
+    while size < capacity:
+        out.append(size)
+        size *= 2
+    return [*out, capacity]
+
+
+class StaticDecoder:
+    """Preallocated keys/values and one fixed-shape step per bucket (a CUDA graph when ``graphs``).
+
+    One generation at a time (the LLM's lock): the buffers and the fixed tensors are shared.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, capacity: int, graphs: bool = False, smallest: int = MIN_BUCKET
+    ) -> None:
+        config = model.config
+        core = model.model
+        weight = core.embed_tokens.weight
+        self.model = model
+        self.device = weight.device
+        self.capacity = int(capacity)
+        self.groups = config.num_attention_groups
+        self.repeat = config.num_attention_heads // self.groups
+        self.head_dim = config.head_dim
+        self.buckets = buckets_for(self.capacity, smallest)
+        self.mode = "graphs" if graphs else "static"
+        with torch.inference_mode():  # every later use is in inference mode too
+            shape = (config.num_hidden_layers, 2, 1, self.capacity, self.groups * self.head_dim)
+            self.kv = torch.zeros(shape, dtype=weight.dtype, device=self.device)
+            self.slots = torch.arange(self.capacity, device=self.device)
+            self.slopes = alibi_slopes(config.num_attention_heads).to(self.device)[:, None]
+            self.token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+            self.position = torch.zeros((1,), dtype=torch.long, device=self.device)
+        self.length = 0
+        self.runners: dict[int, Callable[[], torch.Tensor]] = {}
+        if graphs:
+            self._capture_all()
+        else:
+            for keys in self.buckets:
+                self.runners[keys] = self._eager_runner(keys)
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.kv.numel() * self.kv.element_size()
+
+    def _step(self, keys: int) -> torch.Tensor:
+        """One token (``self.token`` at ``self.position``) through every layer, attending over the
+        first ``keys`` slots -> logits (1, V). Fixed shapes, no host synchronisation."""
+        core = self.model.model
+        x = core.embed_tokens(self.token)  # (1, 1, H)
+        distance = (self.position - self.slots[:keys]).to(torch.float32)  # (K,)
+        bias = -self.slopes * torch.sqrt(distance.clamp(min=0))[None]  # (NH, K) fp32, as alibi_bias
+        bias = bias.masked_fill((distance < 0)[None], float("-inf")).to(x.dtype)
+        # Query head h = g·repeat + r uses KV group g: its 12 heads become 12 query rows of group g.
+        bias = bias.view(1, self.groups, self.repeat, keys)
+        for i, layer in enumerate(core.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(1, self.groups, self.repeat, self.head_dim)
+            self.kv[i, 0].index_copy_(1, self.position, attn.k_proj(h))
+            self.kv[i, 1].index_copy_(1, self.position, attn.v_proj(h))
+            k = self.kv[i, 0, :, :keys].view(1, keys, self.groups, self.head_dim).transpose(1, 2)
+            v = self.kv[i, 1, :, :keys].view(1, keys, self.groups, self.head_dim).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (1, G, repeat, hd)
+            x = x + attn.o_proj(out.reshape(1, 1, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.model.lm_head(core.norm(x))[:, -1]
+
+    def _eager_runner(self, keys: int) -> Callable[[], torch.Tensor]:
+        """The graph's protocol without a graph: the step writes into one fixed output tensor."""
+        out: list[torch.Tensor] = []
+
+        def run() -> torch.Tensor:
+            logits = self._step(keys)
+            if not out:
+                out.append(logits.clone())
+            return out[0].copy_(logits)
+
+        return run
+
+    def _capture_all(self) -> None:
+        """Capture one step per bucket (nothing else may use the GPU meanwhile: call at load)."""
+        t0 = time.perf_counter()
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream(self.device)
+        with torch.inference_mode():
+            for keys in self.buckets:
+                stream.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(stream):  # warm-up outside the graph (allocator, kernels)
+                    for _ in range(2):
+                        self._step(keys)
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                    out = self._step(keys)
+                self.runners[keys] = self._replayer(graph, out)
+            torch.cuda.synchronize(self.device)
+        log.info(
+            "LLM decode: %d CUDA graphs (%s key slots, %.0f MB of keys/values) captured in %.2f s",
+            len(self.buckets),
+            "/".join(map(str, self.buckets)),
+            self.kv_bytes / 1e6,
+            time.perf_counter() - t0,
+        )
+
+    @staticmethod
+    def _replayer(graph: torch.cuda.CUDAGraph, out: torch.Tensor) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            graph.replay()
+            return out
+
+        return run
+
+    def bucket(self, keys_needed: int) -> int:
+        """The smallest bucket with room for ``keys_needed`` key slots."""
+        for keys in self.buckets:
+            if keys >= keys_needed:
+                return keys
+        raise ValueError(f"{keys_needed} ids do not fit the decoder's {self.capacity} slots")
+
+    def fits(self, total_ids: int) -> bool:
+        return total_ids <= self.capacity
+
+    def start(self, prompt_ids: list[int]) -> torch.Tensor:
+        """Prefill with the model's own forward, its keys/values written into the buffers."""
+        if not self.fits(len(prompt_ids)):
+            raise ValueError(f"a {len(prompt_ids)}-id prompt does not fit {self.capacity} slots")
+        cache = _PrefillCache(self.kv)
+        seq = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        logits = self.model(seq, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        self.length = cache.length
+        return logits
+
+    def next(self, token: torch.Tensor) -> torch.Tensor:
+        """Logits after ``token`` (1, 1); the returned tensor is overwritten by the next step."""
+        keys = self.bucket(self.length + 1)
+        self.token.copy_(token)
+        self.position.fill_(self.length)
+        logits = self.runners[keys]()
+        self.length += 1
+        return logits
+
+    def close(self) -> None:
+        self.length = 0
+
+
+def make_static_decoder(model: torch.nn.Module, mode: str, capacity: int) -> StaticDecoder | None:
+    """The model's static decoder for ``mode`` (None for dynamic); graphs that fail to capture fall
+    back to the same buffers run eagerly, said in the log."""
+    if mode == "dynamic":
+        return None
+    if mode == "graphs":
+        try:
+            return StaticDecoder(model, capacity, graphs=True)
+        except (RuntimeError, AssertionError) as exc:  # e.g. a kernel that cannot be captured
+            log.warning("LLM decode: CUDA graph capture failed (%s); running the same steps eagerly", exc)
+            torch.cuda.synchronize()
+    return StaticDecoder(model, capacity, graphs=False)
