@@ -91,6 +91,7 @@ def load(settings: Settings):
         llm_backend=settings.llm_backend,
         llm_url=settings.llm_url,
         llm_decode=settings.llm_decode,
+        llm_prefix_cache_mb=settings.llm_prefix_cache_mb,
         vllm=vllm_options(settings),
         scores=settings.scores,
     )

@@ -350,6 +350,7 @@ class CloneEngine:
             "llm_backend": self.config.llm_backend,
             "llm_repetition_rule": self.llms.applies_repetition_rule,
             "llm_decode": self.llms.decode(),
+            "llm_prefix_cache": _merged([store.stats() for store in self.llms.prefix_stores()]),
             "llm_backends_loaded": self.llms.loaded_backends,
             "variant": self.config.variant,
             "variants_loaded": self.loaded_variants,
@@ -371,7 +372,19 @@ class CloneEngine:
     def clear_cache(self) -> dict:
         """Empty the prompt cache and reset its counters (library voices stay); returns what was removed
         (``VoicePrompts.clear_cache``)."""
+        for store in self.llms.prefix_stores():  # what the LLM kept of those voices goes too
+            store.clear()
         return self.voices.clear_cache()
+
+
+def _merged(stats: list[dict]) -> dict | None:
+    """Figures of several stores summed (None when there is none)."""
+    if not stats:
+        return None
+    return {
+        key: round(sum(s[key] for s in stats), 1) if key == "mb" else sum(s[key] for s in stats)
+        for key in stats[0]
+    }
 
 
 def _collect(events: Iterator[StreamEvent], progress: ProgressFn | None) -> SynthesisResult:

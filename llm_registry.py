@@ -94,6 +94,10 @@ class LLMRegistry:
         """Whether every loaded LLM samples with the repetition-aware rule."""
         return all(llm.applies_repetition_rule for llm in self._llms.values())
 
+    def prefix_stores(self) -> list:
+        """The loaded native LLMs' stores of voices' prompt keys/values (models/decode.py)."""
+        return [store for llm in self._llms.values() if (store := getattr(llm, "prefixes", None)) is not None]
+
     def decode(self) -> str:
         """How the default variant's LLM decodes: dynamic, static or graphs (native), or "vllm"."""
         llm = self._llms.get((self.config.llm_backend, self.config.variant))
@@ -136,7 +140,12 @@ def native_loader(model_root: Path, config: EngineConfig) -> LLMLoader:
         folder = llm_dir_for(model_root, variant)
         t0 = time.perf_counter()
         llm = Step1LLM.load(
-            folder, variant=variant, device=config.device, dtype=config.dtype, decode=config.llm_decode
+            folder,
+            variant=variant,
+            device=config.device,
+            dtype=config.dtype,
+            decode=config.llm_decode,
+            prefix_cache_mb=config.llm_prefix_cache_mb,
         )
         log.info(
             "loaded LLM %s from %s, %s decoding (%.2f s)",

@@ -58,7 +58,7 @@ VARIANTS = ("base", "bnb-4bit")
 VLLM_VARIANTS = ("base", "awq")
 ALL_VARIANTS = ("base", "bnb-4bit", "awq")
 LLM_BACKENDS = ("native", "vllm")
-# how the native backend decodes (models/static_decode.py): auto is graphs on CUDA, else dynamic
+# how the native backend decodes (models/decode.py): auto is graphs on CUDA, else dynamic
 DECODE_MODES = ("auto", "dynamic", "static", "graphs")
 DOWNLOAD_HINT = "python scripts/download_models.py --out {root}"
 

@@ -37,6 +37,7 @@ class Settings:
     llm_backend: str = "native"
     llm_url: str | None = None
     llm_decode: str = "auto"
+    llm_prefix_cache_mb: float = 256.0
     vllm_gpu_memory_utilization: float = 0.9
     vllm_max_model_len: int = 8192
     vllm_max_num_seqs: int = 16
@@ -87,6 +88,13 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "llm_decode",
         str,
         "native: auto (CUDA graphs on a GPU, else dynamic), dynamic, static or graphs",
+    ),
+    (
+        "--llm-prefix-cache-mb",
+        "llm_prefix_cache_mb",
+        float,
+        "native: MB of recent voices' prompt keys/values kept, so a repeated voice skips most of the "
+        "prefill (0: none)",
     ),
     (
         "--vllm-gpu-memory-utilization",
@@ -260,6 +268,8 @@ def validate(values: dict) -> list[str]:
     for name in ("cache_max_entries", "max_text_chars", "concurrency", "queue_size"):
         if values[name] < 1:
             problems.append(f"--{name.replace('_', '-')} must be at least 1, got {values[name]}")
+    if not values["llm_prefix_cache_mb"] >= 0:
+        problems.append(f"--llm-prefix-cache-mb must be 0 or more, got {values['llm_prefix_cache_mb']}")
     if not values["cache_max_mb"] > 0:
         problems.append(f"--cache-max-mb must be positive, got {values['cache_max_mb']}")
     if not (MIN_CHUNK_CHARS <= values["chunk_chars"] <= MAX_CHUNK_CHARS):

@@ -267,7 +267,8 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     llm_backend: str = "native"  # "native" (our Step1 model) or "vllm"
-    llm_decode: str = "auto"  # native: auto, dynamic, static or graphs (models/static_decode.py)
+    llm_decode: str = "auto"  # native: auto, dynamic, static or graphs (models/decode.py)
+    llm_prefix_cache_mb: float = 256.0  # native: voices' prompt keys/values kept (0: none)
     llm_url: str | None = None  # vllm: a `vllm serve` server; None runs vLLM's engine in this process
     vllm: VLLMEngineOptions | None = None  # vllm in-process engine settings (None: the defaults)
     scores: bool = True  # score every output (similarity, error rate); off: --no-scores

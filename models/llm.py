@@ -30,10 +30,10 @@ from transformers.generation.logits_process import (
 
 from errors import GenerationCancelled, ModelFilesError, OptionsError, TextInputError
 from model_layout import VARIANTS
+from models.decode import DynamicDecoder, PrefixStore, make_static_decoder, resolve_decode_mode
 from models.device import pick_device, pick_dtype
 from models.generation import REPETITION_THRESHOLD, REPETITION_WINDOW, GenerationOptions, TokenStreamLLM
 from models.prompts import StepTextTokenizer
-from models.static_decode import DynamicDecoder, make_static_decoder, resolve_decode_mode
 from models.step1 import Step1Config, Step1ForCausalLM
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ NESTED_CODE = 256  # fp32 entries of the 8-bit code book of the nested absmax
 # bitsandbytes' CPU 4-bit kernels on CPUs with AVX-512-BF16/AMX pack the weights in blocks of 32
 # output rows and assert N % 32 == 0; every real Step1 width is a multiple of it.
 BNB_CPU_BLOCK_N = 32
+# keys/values of voices' prompt turns kept between requests: ~14 MB a voice at the real shapes in
+# bf16 (32 layers × 2 × ~420 ids × 256 × 2 bytes), twice that in fp32
+DEFAULT_PREFIX_CACHE_MB = 256.0
 
 
 class RepetitionAwareLogitsProcessor(LogitsProcessor):
@@ -295,6 +298,7 @@ class Step1LLM(TokenStreamLLM):
         model_dir: Path,
         decode: str = "auto",
         static_capacity: int | None = None,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -313,6 +317,8 @@ class Step1LLM(TokenStreamLLM):
             model, resolve_decode_mode(decode, self.device, quantized), capacity
         )
         self.decode = self._static.mode if self._static is not None else "dynamic"
+        # keys/values of recent voices' prompt turns (models/decode.py); 0 MB keeps none
+        self.prefixes = PrefixStore(int(prefix_cache_mb * 1e6)) if prefix_cache_mb > 0 else None
 
     @classmethod
     def load(
@@ -322,14 +328,17 @@ class Step1LLM(TokenStreamLLM):
         device: str = "auto",
         dtype: str = "auto",
         decode: str = "auto",
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
     ) -> Step1LLM:
         """Load the model and its tokenizer.model from ``model_dir`` (the Step-Audio-EditX folder);
-        ``decode``: auto, dynamic, static or graphs (models/static_decode.py)."""
+        ``decode``: auto, dynamic, static or graphs; ``prefix_cache_mb``: the bound of the voices'
+        prompt keys/values kept between requests (models/decode.py)."""
         model_dir = Path(model_dir)
         model = load_step1_model(model_dir, variant, device, dtype)
         if getattr(model.config, "quantization_config", None) is not None:
             variant = "bnb-4bit"
-        return cls(model, StepTextTokenizer(model_dir / "tokenizer.model"), variant, model_dir, decode)
+        tokenizer = StepTextTokenizer(model_dir / "tokenizer.model")
+        return cls(model, tokenizer, variant, model_dir, decode, prefix_cache_mb=prefix_cache_mb)
 
     def _processors(self, options: GenerationOptions) -> LogitsProcessorList:
         # Same order as transformers' generate(): custom processor, then temperature, top-k, top-p.
@@ -367,7 +376,7 @@ class Step1LLM(TokenStreamLLM):
             decoder = self._static if self._static is not None and self._static.fits(limit) else None
             decoder = decoder or DynamicDecoder(self.model)
             try:
-                logits = decoder.start(prompt_ids)
+                logits = decoder.start(prompt_ids, self.prefixes)
                 seq = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
                 n_new = 0
                 while seq.shape[1] < limit:

@@ -296,8 +296,10 @@ def test_example_voice_was_cached_by_the_warm_up(server, client):
 def test_clearing_the_cache_needs_the_admin_key_off_loopback(server, client):
     from gradio_client.exceptions import AppError
 
-    before = get_json(server.url + "/health")["cache"]
+    health = get_json(server.url + "/health")
+    before = health["cache"]
     assert before["entries"] >= 1 and before["misses"] >= 1
+    assert health["llm_prefix_cache"]["entries"] >= 1  # the clones so far kept their voices' turns
     for key in ("", "wrong-key-000"):
         with pytest.raises(AppError, match="admin key"):
             client.predict(key, api_name="/clear_cache")
@@ -315,6 +317,8 @@ def test_clearing_the_cache_needs_the_admin_key_off_loopback(server, client):
     assert "/" not in table["stored in"]
     after = get_json(server.url + "/health")["cache"]
     assert after["entries"] == 0 and after["hits"] == 0 and after.get("vocoder_prompt_hits", 0) == 0
+    prefixes = get_json(server.url + "/health")["llm_prefix_cache"]
+    assert prefixes == {"entries": 0, "mb": 0.0, "hits": 0, "misses": 0}
 
 
 @pytest.mark.slow

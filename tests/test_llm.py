@@ -414,6 +414,9 @@ def test_ttfa_benchmark_quick_run_on_demo_models(demo_models_root):
     rates = result["llm"]["decode_tokens_per_s"]
     assert rates["dynamic"] > 0 and rates["static"] > 0
     assert rates["static_vs_dynamic"] == pytest.approx(rates["static"] / rates["dynamic"], abs=0.01)
+    first = result["llm"]["first_token_s"]
+    assert first["new_voice"] > 0 and first["known_voice"] > 0
+    assert first["speedup"] == pytest.approx(first["new_voice"] / first["known_voice"], rel=0.02)
 
 
 def bench_args(stage, *argv: str):

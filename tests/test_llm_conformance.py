@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from models.decode import StaticDecoder
 from models.generation import GenerationOptions
 from models.llm import Step1LLM
 from models.prompts import EDIT_SYSTEM_PROMPT, StepTextTokenizer, encode_edit_prompt
-from models.static_decode import StaticDecoder
 from models.step1 import alibi_bias, alibi_slopes
 
 ATOL = 1e-4
@@ -122,7 +122,7 @@ def test_conformance_llm_own_greedy_loop(llm, ref):
 
 
 def test_conformance_llm_static_decoding(llm, ref):
-    """The static decoder (models/static_decode.py: preallocated keys/values, fixed-shape steps, the
+    """The static decoder (models/decode.py: preallocated keys/values, fixed-shape steps, the
     protocol a CUDA graph replays) teacher-forced over the reference's greedy ids gives its step
     logits; the first bucket ends halfway through the new ids, so the steps cross into the second."""
     prompt = ref["gen_prompt_ids"].tolist()

@@ -12,9 +12,10 @@ engine, tokenizer included.
 
 ``llm``: tokens/s of one LLM pass sampled in the calling thread and in a prefetch thread (the
 render loop's two ways to stream; ``streams_inline`` says which it takes on this device), and in
-the calling thread with each decode mode (models/static_decode.py: the growing cache, and the fixed
-buffers, replayed as CUDA graphs on a GPU), with their ratio. ``decode`` is the mode the render
-loop ran with (``--llm-decode``).
+the calling thread with each decode mode (models/decode.py: the growing cache, and the fixed
+buffers, replayed as CUDA graphs on a GPU), with their ratio; and seconds to the first id for a
+new voice and for a known one (its prompt turn's keys/values reused). ``decode`` is the mode the
+render loop ran with (``--llm-decode``).
 Figures per text (a short sentence, and a long multi-chunk text): ``ttfa_s`` (request start to
 the first audio piece), ``total_s``, ``audio_s``, the LLM and vocoder seconds, tokens, chunks; each
 the median of ``--repeats`` runs after one warm-up. Models: --model-dir / ./checkpoints when they
@@ -123,7 +124,30 @@ def llm_rates(llm, voice, text: str, cap: int | None, seed: int) -> dict:
         rates[f"{name}_tokens_per_s"] = round(count / (time.perf_counter() - t0), 2)
     rates["prompt_tokens"] = len(prompt)
     rates["decode_tokens_per_s"] = decode_rates(llm, prompt, generation)
+    rates["first_token_s"] = first_token_times(llm, prompt, generation)
     return rates
+
+
+def first_token_times(llm, prompt: list[int], generation) -> dict:
+    """Seconds to the first id for a voice the LLM has not seen (its turn prefilled and kept) and
+    for the same voice again (its turn's keys/values copied from the store), medians of 3."""
+    import contextlib
+
+    def first_id() -> float:
+        t0 = time.perf_counter()
+        with contextlib.closing(llm.stream_ids(prompt, generation)) as ids:
+            next(ids)
+        return time.perf_counter() - t0
+
+    if llm.prefixes is None:
+        return {"new_voice": round(statistics.median(first_id() for _ in range(3)), 4)}
+    new = []
+    for _ in range(3):
+        llm.prefixes.clear()
+        new.append(first_id())
+    known = statistics.median(first_id() for _ in range(3))
+    new_s = statistics.median(new)
+    return {"new_voice": round(new_s, 4), "known_voice": round(known, 4), "speedup": round(new_s / known, 2)}
 
 
 def decode_rates(llm, prompt: list[int], generation) -> dict:

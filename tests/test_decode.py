@@ -1,4 +1,4 @@
-"""Static decoding (models/static_decode.py) on the demo LLM: the same ids and logits as the growing
+"""Static decoding (models/decode.py) on the demo LLM: the same ids and logits as the growing
 cache, across bucket boundaries, with the fixed-tensor protocol a CUDA graph replays."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import torch
 
 from errors import GenerationCancelled, OptionsError
 from models.audio_tokens import token_str
+from models.decode import DynamicDecoder, StaticDecoder, buckets_for, first_turn_length, resolve_decode_mode
 from models.generation import GenerationOptions
 from models.llm import Step1LLM
 from models.prompts import build_clone_prompt
-from models.static_decode import DynamicDecoder, StaticDecoder, buckets_for, resolve_decode_mode
 
 PROMPT_TOKENS = token_str([c for g in range(12) for c in (g, 1000 - g, 1024 + g, 2048 + g, 4000 + g)])
 
@@ -129,3 +129,74 @@ def test_clone_through_the_static_decoder_matches(dynamic):
     a = dynamic.clone("hello there", PROMPT_TOKENS, "How are you today?", options)
     b = static.clone("hello there", PROMPT_TOKENS, "How are you today?", options)
     assert a.audio_tokens and a.audio_tokens == b.audio_tokens
+
+
+# --- the voices' prompt turns kept between requests -------------------------------------------------
+
+
+def with_store(dynamic: Step1LLM, decode: str, mb: float = 64.0, capacity: int = 2048) -> Step1LLM:
+    return Step1LLM(
+        dynamic.model,
+        dynamic.tokenizer,
+        "base",
+        dynamic.model_dir,
+        decode=decode,
+        static_capacity=capacity,
+        prefix_cache_mb=mb,
+    )
+
+
+def test_the_first_turn_is_the_voice():
+    assert first_turn_length([1, 4, 10, 11, 3, 4, 20, 3, 4, 30]) == 5
+    assert first_turn_length([1, 4, 10, 11]) == 0  # no end of turn
+    assert first_turn_length([1, 4, 10, 3]) == 0  # nothing after it to prefill
+
+
+def test_split_prefill_gives_the_one_pass_logits(dynamic, prompt):
+    split = first_turn_length(prompt)
+    assert 0 < split < len(prompt) - 5  # the clone prompt's voice turn, then the target turn
+    with torch.inference_mode():
+        whole = dynamic.model(torch.tensor([prompt])).logits[0, -1]
+        for decoder in (DynamicDecoder(dynamic.model), StaticDecoder(dynamic.model, 1024)):
+            assert float((decoder.start(prompt) - whole).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("decode", ["dynamic", "static"])
+def test_a_repeated_voice_reuses_its_turn_and_samples_the_same_ids(dynamic, decode):
+    llm = with_store(dynamic, decode)
+    store = llm.prefixes
+    options = GenerationOptions(seed=3, max_new_tokens=40)
+    first = llm.clone_prompt("hello there", PROMPT_TOKENS, "How are you today?")
+    other_text = llm.clone_prompt(
+        "hello there", PROMPT_TOKENS, "A different sentence, longer than the first."
+    )
+    other_voice = llm.clone_prompt("another voice", PROMPT_TOKENS, "How are you today?")
+    cold = list(llm.stream_ids(first, options))
+    assert store.stats() | {"mb": 0} == {"entries": 1, "mb": 0, "hits": 0, "misses": 1}
+    assert list(llm.stream_ids(first, options)) == cold  # from the store: the same ids
+    assert list(llm.stream_ids(other_text, options)) == list(dynamic.stream_ids(other_text, options))
+    assert store.hits == 2 and store.misses == 1
+    list(llm.stream_ids(other_voice, options))
+    assert store.stats()["entries"] == 2 and store.misses == 2
+    bare = with_store(dynamic, "dynamic", mb=0)
+    assert bare.prefixes is None and list(bare.stream_ids(first, options)) == cold  # no store: the same
+
+
+def test_the_store_is_bounded_by_bytes(dynamic, prompt):
+    llm = with_store(dynamic, "dynamic", mb=0.001)  # smaller than one voice's turn: keeps the last
+    options = GenerationOptions(seed=1, max_new_tokens=5)
+    for text in ("voice one", "voice two", "voice three"):
+        list(llm.stream_ids(llm.clone_prompt(text, PROMPT_TOKENS, "Hi."), options))
+    stats = llm.prefixes.stats()
+    assert stats["entries"] == 1 and stats["misses"] == 3
+
+
+def test_a_turn_kept_by_the_static_decoder_serves_the_growing_cache(dynamic, prompt):
+    """A request too long for the buffers decodes with the growing cache, from the same store."""
+    options = GenerationOptions(seed=6, max_new_tokens=30)
+    llm = with_store(dynamic, "static", capacity=len(prompt) + 10)
+    short = GenerationOptions(seed=6, max_new_tokens=5)
+    list(llm.stream_ids(prompt, short))  # fits the buffers: the static decoder stores the turn
+    assert llm.prefixes.misses == 1
+    assert list(llm.stream_ids(prompt, options)) == list(dynamic.stream_ids(prompt, options))
+    assert llm.prefixes.hits == 1

@@ -1,8 +1,16 @@
-"""Decoding Step1 one token at a time: a growing cache, or preallocated buffers replayed as CUDA graphs.
+"""Decoding Step1 one token at a time: a growing cache, or preallocated buffers replayed as CUDA graphs;
+and the keys/values of a prompt's first turn kept for the next prompt that starts with it.
 
-    decoder = make_decoder(model, mode, capacity)    # DynamicDecoder or StaticDecoder
-    logits = decoder.start(prompt_ids)               # (1, V): the prompt's last position
+    static = make_static_decoder(model, mode, capacity)   # a StaticDecoder, or None for dynamic
+    decoder = static or DynamicDecoder(model)
+    logits = decoder.start(prompt_ids, prefixes)     # (1, V): the prompt's last position
     logits = decoder.next(token)                     # (1, V) after one more id, token (1, 1)
+
+Prefix reuse: a clone prompt's first turn (the system turn) holds the voice: its transcript and its
+audio tokens, some 400 of a prompt's ~450 ids. Every prefill runs in two passes, that turn and then
+the rest, and a ``PrefixStore`` keeps the first pass's keys/values by the turn's ids. A request with
+a known voice copies them in and runs only the second pass. Both ways compute the same numbers (the
+same passes with the same shapes), so a voice's first request and its repeats sample the same ids.
 
 Why a second way: one decode step runs ~20 small kernels per layer, launched from Python. On an
 H200 a step of 8 real-width layers took 4.5 ms (launch-bound: the weights take well under 1 ms to
@@ -27,8 +35,10 @@ sums (tests/test_llm_conformance.py checks the step logits against the reference
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from array import array
 from collections.abc import Callable
 
 import torch
@@ -36,7 +46,9 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from errors import OptionsError
+from lru import LRU
 from model_layout import DECODE_MODES
+from models.prompts import EOT_ID
 from models.step1 import alibi_slopes
 
 log = logging.getLogger(__name__)
@@ -55,6 +67,55 @@ def resolve_decode_mode(mode: str, device: torch.device, quantized: bool) -> str
     return mode
 
 
+def first_turn_length(prompt_ids: list[int]) -> int:
+    """Ids up to and including the prompt's first end of turn (0 when none comes before its last id):
+    the part a clone prompt shares with every other prompt for the same voice."""
+    try:
+        end = prompt_ids.index(EOT_ID) + 1
+    except ValueError:
+        return 0
+    return end if end < len(prompt_ids) else 0
+
+
+class PrefixStore:
+    """Keys/values of prompts' first turns by their ids, (layers, 2, 1, T, G·hd) each; bounded by
+    bytes (least recently used first out). Safe across threads."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._entries: LRU[str, torch.Tensor] = LRU(
+            max_entries=4096, max_bytes=max(1, int(max_bytes)), size_of=lambda t: t.numel() * t.element_size()
+        )
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(ids: list[int]) -> str:
+        return hashlib.sha256(array("q", ids).tobytes()).hexdigest()
+
+    def get(self, ids: list[int]) -> torch.Tensor | None:
+        kv = self._entries.get(self.key(ids))
+        if kv is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return kv
+
+    def put(self, ids: list[int], kv: torch.Tensor) -> None:
+        self._entries.put(self.key(ids), kv)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.hits = self.misses = 0
+
+    def stats(self) -> dict:
+        return {
+            "entries": len(self._entries),
+            "mb": round(self._entries.bytes / 1e6, 1),
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+
 class DynamicDecoder:
     """The plain way: transformers' ``DynamicCache`` grows by one id per step."""
 
@@ -65,10 +126,25 @@ class DynamicDecoder:
         self.device = model.get_input_embeddings().weight.device
         self.cache: DynamicCache | None = None
 
-    def start(self, prompt_ids: list[int]) -> torch.Tensor:
-        seq = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        self.cache = DynamicCache(config=self.model.config)
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        seq = torch.tensor([ids], dtype=torch.long, device=self.device)
         return self.model(seq, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    def start(self, prompt_ids: list[int], prefixes: PrefixStore | None = None) -> torch.Tensor:
+        self.cache = DynamicCache(config=self.model.config)
+        split = first_turn_length(prompt_ids)
+        if split:
+            head = prompt_ids[:split]
+            kv = prefixes.get(head) if prefixes is not None else None
+            if kv is None:
+                self._forward(head)
+                if prefixes is not None:
+                    layers = self.cache.layers
+                    prefixes.put(head, torch.stack([torch.stack([la.keys, la.values]) for la in layers]))
+            else:
+                for i, layer_kv in enumerate(kv):  # update stores these; later steps concatenate anew
+                    self.cache.update(layer_kv[0], layer_kv[1], i)
+        return self._forward(prompt_ids[split:])
 
     def next(self, token: torch.Tensor) -> torch.Tensor:
         return self.model(token, past_key_values=self.cache, use_cache=True).logits[:, -1]
@@ -224,15 +300,30 @@ class StaticDecoder:
     def fits(self, total_ids: int) -> bool:
         return total_ids <= self.capacity
 
-    def start(self, prompt_ids: list[int]) -> torch.Tensor:
-        """Prefill with the model's own forward, its keys/values written into the buffers."""
+    def start(self, prompt_ids: list[int], prefixes: PrefixStore | None = None) -> torch.Tensor:
+        """Prefill with the model's own forward, its keys/values written into the buffers (the first
+        turn's copied in from ``prefixes`` when known there)."""
         if not self.fits(len(prompt_ids)):
             raise ValueError(f"a {len(prompt_ids)}-id prompt does not fit {self.capacity} slots")
         cache = _PrefillCache(self.kv)
-        seq = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        logits = self.model(seq, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        split = first_turn_length(prompt_ids)
+        if split:
+            head = prompt_ids[:split]
+            kv = prefixes.get(head) if prefixes is not None else None
+            if kv is None:
+                self._prefill(head, cache)
+                if prefixes is not None:
+                    prefixes.put(head, self.kv[:, :, :, :split].clone())
+            else:
+                self.kv[:, :, :, :split].copy_(kv)
+                cache.length = split
+        logits = self._prefill(prompt_ids[split:], cache)
         self.length = cache.length
         return logits
+
+    def _prefill(self, ids: list[int], cache: _PrefillCache) -> torch.Tensor:
+        seq = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return self.model(seq, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     def next(self, token: torch.Tensor) -> torch.Tensor:
         """Logits after ``token`` (1, 1); the returned tensor is overwritten by the next step."""
