@@ -116,7 +116,34 @@ class PrefixStore:
         }
 
 
-class DynamicDecoder:
+class _Prefill:
+    """The prefill both decoders share: the first turn (from ``prefixes`` when it is there), then the
+    rest. A decoder says how to begin, extend its cache by ids, export and import a turn."""
+
+    model: torch.nn.Module
+    device: torch.device
+
+    def start(self, prompt_ids: list[int], prefixes: PrefixStore | None = None) -> torch.Tensor:
+        """Logits (1, V) at the prompt's last position, its keys/values cached."""
+        self._begin(len(prompt_ids))
+        split = first_turn_length(prompt_ids)
+        if split:
+            head = prompt_ids[:split]
+            kv = prefixes.get(head) if prefixes is not None else None
+            if kv is None:
+                self._extend(head)
+                if prefixes is not None:
+                    prefixes.put(head, self._export(split))
+            else:
+                self._import(kv)
+        return self._extend(prompt_ids[split:])
+
+    def _forward(self, ids: list[int], cache: object) -> torch.Tensor:
+        seq = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return self.model(seq, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+
+class DynamicDecoder(_Prefill):
     """The plain way: transformers' ``DynamicCache`` grows by one id per step."""
 
     mode = "dynamic"
@@ -126,25 +153,18 @@ class DynamicDecoder:
         self.device = model.get_input_embeddings().weight.device
         self.cache: DynamicCache | None = None
 
-    def _forward(self, ids: list[int]) -> torch.Tensor:
-        seq = torch.tensor([ids], dtype=torch.long, device=self.device)
-        return self.model(seq, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-
-    def start(self, prompt_ids: list[int], prefixes: PrefixStore | None = None) -> torch.Tensor:
+    def _begin(self, prompt_length: int) -> None:
         self.cache = DynamicCache(config=self.model.config)
-        split = first_turn_length(prompt_ids)
-        if split:
-            head = prompt_ids[:split]
-            kv = prefixes.get(head) if prefixes is not None else None
-            if kv is None:
-                self._forward(head)
-                if prefixes is not None:
-                    layers = self.cache.layers
-                    prefixes.put(head, torch.stack([torch.stack([la.keys, la.values]) for la in layers]))
-            else:
-                for i, layer_kv in enumerate(kv):  # update stores these; later steps concatenate anew
-                    self.cache.update(layer_kv[0], layer_kv[1], i)
-        return self._forward(prompt_ids[split:])
+
+    def _extend(self, ids: list[int]) -> torch.Tensor:
+        return self._forward(ids, self.cache)
+
+    def _export(self, length: int) -> torch.Tensor:
+        return torch.stack([torch.stack([layer.keys, layer.values]) for layer in self.cache.layers])
+
+    def _import(self, kv: torch.Tensor) -> None:
+        for i, layer_kv in enumerate(kv):  # update keeps these; later steps concatenate anew
+            self.cache.update(layer_kv[0], layer_kv[1], i)
 
     def next(self, token: torch.Tensor) -> torch.Tensor:
         return self.model(token, past_key_values=self.cache, use_cache=True).logits[:, -1]
@@ -183,7 +203,7 @@ def buckets_for(capacity: int, smallest: int = MIN_BUCKET) -> list[int]:
     return [*out, capacity]
 
 
-class StaticDecoder:
+class StaticDecoder(_Prefill):
     """Preallocated keys/values and one fixed-shape step per bucket (a CUDA graph when ``graphs``).
 
     One generation at a time (the LLM's lock): the buffers and the fixed tensors are shared.
@@ -211,6 +231,7 @@ class StaticDecoder:
             self.token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
             self.position = torch.zeros((1,), dtype=torch.long, device=self.device)
         self.length = 0
+        self.prefill: _PrefillCache | None = None  # the cache ``start`` fills
         self.runners: dict[int, Callable[[], torch.Tensor]] = {}
         if graphs:
             self._capture_all()
@@ -300,30 +321,24 @@ class StaticDecoder:
     def fits(self, total_ids: int) -> bool:
         return total_ids <= self.capacity
 
-    def start(self, prompt_ids: list[int], prefixes: PrefixStore | None = None) -> torch.Tensor:
-        """Prefill with the model's own forward, its keys/values written into the buffers (the first
-        turn's copied in from ``prefixes`` when known there)."""
-        if not self.fits(len(prompt_ids)):
-            raise ValueError(f"a {len(prompt_ids)}-id prompt does not fit {self.capacity} slots")
-        cache = _PrefillCache(self.kv)
-        split = first_turn_length(prompt_ids)
-        if split:
-            head = prompt_ids[:split]
-            kv = prefixes.get(head) if prefixes is not None else None
-            if kv is None:
-                self._prefill(head, cache)
-                if prefixes is not None:
-                    prefixes.put(head, self.kv[:, :, :, :split].clone())
-            else:
-                self.kv[:, :, :, :split].copy_(kv)
-                cache.length = split
-        logits = self._prefill(prompt_ids[split:], cache)
-        self.length = cache.length
+    # The prefill (``start``) is the model's own forward, its keys/values written into the buffers.
+    def _begin(self, prompt_length: int) -> None:
+        if not self.fits(prompt_length):
+            raise ValueError(f"a {prompt_length}-id prompt does not fit {self.capacity} slots")
+        self.prefill = _PrefillCache(self.kv)
+        self.length = 0
+
+    def _extend(self, ids: list[int]) -> torch.Tensor:
+        logits = self._forward(ids, self.prefill)
+        self.length = self.prefill.length
         return logits
 
-    def _prefill(self, ids: list[int], cache: _PrefillCache) -> torch.Tensor:
-        seq = torch.tensor([ids], dtype=torch.long, device=self.device)
-        return self.model(seq, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    def _export(self, length: int) -> torch.Tensor:
+        return self.kv[:, :, :, :length].clone()
+
+    def _import(self, kv: torch.Tensor) -> None:
+        self.kv[:, :, :, : kv.shape[3]].copy_(kv)
+        self.prefill.length = self.length = kv.shape[3]
 
     def next(self, token: torch.Tensor) -> torch.Tensor:
         """Logits after ``token`` (1, 1); the returned tensor is overwritten by the next step."""
