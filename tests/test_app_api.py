@@ -621,6 +621,7 @@ def test_the_page_builds_with_named_api_endpoints(demo_models_root):
             llm_backend="native",
         ),
         available_variants=lambda: ["base"],
+        llms=SimpleNamespace(decode=lambda: "dynamic"),
         vocoder=SimpleNamespace(sample_rate=24000),
         scorer=object(),
         voices=SimpleNamespace(list_voices=lambda: []),

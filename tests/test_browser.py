@@ -387,6 +387,28 @@ def test_input_errors_show_at_their_field_and_messages_show_no_paths(page, tmp_p
     assert "/tmp" not in toasts
 
 
+def test_a_lone_surrogate_in_the_text_box_gets_a_message_and_keeps_the_text(page, tmp_path):
+    """Half of a UTF-16 pair cannot be typed: Chromium's text input turns it into U+FFFD. A script
+    (a paste handler, an extension) can still put one in the box; the browser then sends it as the
+    JSON escape \\ud800, and the clone is refused with the reason while the text stays."""
+    upload_reference(page, voice_wav(tmp_path, "surrogate.wav", seed=9))
+    box = page.locator("#target-text textarea")
+    box.click()
+    page.keyboard.insert_text("Hello \ud800 there")
+    assert box.evaluate("el => el.value.charCodeAt(6)") == 0xFFFD  # typed: replaced by the browser
+    box.evaluate(
+        """el => { el.value = 'Hello \\ud800 there';
+                   el.dispatchEvent(new Event('input', {bubbles: true})); }"""
+    )
+    page.locator("#clone-button").click()
+    shown = """() => [...document.querySelectorAll('.toast-body, #target-text')]
+        .some(e => e.innerText.includes('not valid Unicode (position 6)'))"""
+    until(page, shown, "the lone surrogate's message", ("#target-text",))
+    assert box.evaluate("el => el.value.length === 13 && el.value.charCodeAt(6) === 0xd800")  # kept
+    toasts = " ".join(page.locator(".toast-body").all_inner_texts())
+    assert "Traceback" not in toasts and "/tmp" not in toasts
+
+
 def test_mp3_webm_and_mp4_uploads_are_accepted(page, tmp_path):
     # MP3 is audio/mpeg to the browser: the audio player takes it
     ready = upload_reference(page, encoded_voice(tmp_path, "voice.mp3", "libmp3lame", 44100))
