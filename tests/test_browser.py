@@ -151,6 +151,12 @@ def run(page, name: str, number: int) -> tuple[str, str]:
             set_option(page, "#seed", str(seed))
             if name == "edit":
                 page.get_by_role("tab", name="Edit").click()
+        # a state left by an earlier run (an error) must not count as this run's end: mark it first
+        page.evaluate(
+            "(name) => { const s = document.querySelector(`#${name}-status .run-status`);"
+            " if (s) s.dataset.state = 'clicked'; }",
+            name,
+        )
         page.locator(f"#{name}-button").click()
         page.wait_for_function(
             """([name, n]) => { const s = document.querySelector(`#${name}-status .run-status`);
@@ -619,3 +625,56 @@ def test_insert_tag_puts_sounds_at_the_end_and_the_language_first(page):
     pick("[Korean] (language, goes first)")  # one language tag: the new one replaces the old
     shows("[Korean] That is so funny [Laughter] [chuckle]")
     assert box.input_value() == "[Korean] That is so funny [Laughter] [chuckle]"
+
+
+def test_a_full_queue_says_busy_in_the_page_and_the_page_stays_usable(browser, demo_models_root, tmp_path):
+    """One run at a time and one waiting (two API runs take both): Clone in the page gets Gradio's
+    "currently busy" message at once, the status line does not hang, and Clone works again after."""
+    import time
+
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    args = ["--concurrency", "1", "--queue-size", "1"]
+    (tmp_path / "busy_app").mkdir()
+    with running_app(demo_models_root, tmp_path / "busy_app", args) as busy:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        page.goto(busy.url)
+        page.wait_for_selector("#clone-button")
+        wav = voice_wav(tmp_path, "busy.wav", seed=12)
+        upload_reference(page, wav)  # the page is ready before the queue fills
+        page.locator("#target-text textarea").fill("Hello from the page.")
+        set_option(page, "#max-new-tokens", "40")
+
+        client = Client(busy.url, verbose=False)
+        inputs = {"voice": "(new)", "reference_audio": handle_file(str(wav)), "reference_text": "some words"}
+        long_text = " ".join(["A sentence that keeps the only slot busy for a while."] * 8)
+        runs = [client.submit(text=long_text, seed=0, max_new_tokens=60, api_name="/clone", **inputs)]
+        while runs[0].status().code.name not in ("PROCESSING", "ITERATING"):
+            time.sleep(0.05)
+        runs.append(client.submit(text="Hello.", seed=0, max_new_tokens=60, api_name="/clone", **inputs))
+        while runs[1].status().code.name != "IN_QUEUE":
+            time.sleep(0.05)
+
+        page.locator("#clone-button").click()
+        busy_toast = """() => [...document.querySelectorAll('.toast-body')]
+            .some(t => t.innerText.includes('currently busy'))"""
+        until(page, busy_toast, "Gradio's busy message", ("#clone-status",))
+        assert not runs[0].done()  # refused while the slot was still taken, not after
+        until(
+            page,
+            "() => document.querySelector('#clone-status .run-status').dataset.state !== 'running'",
+            "the status line leaving 'running'",
+            ("#clone-status",),
+        )
+        for job in runs:  # the running and the waiting one finish (or say why not)
+            try:
+                job.result(timeout=600)
+            except AppError as exc:
+                assert "no audio" in str(exc).lower()
+        for close in page.locator(".toast-close").all():
+            close.click()
+        assert run(page, "clone", 1)[0] == "done"  # the queue has room again: Clone works
+        assert "Traceback" not in page.content()
+        page.close()
