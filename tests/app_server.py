@@ -96,3 +96,20 @@ def running_app(model_dir: Path, work: Path, extra: list[str] | None = None) -> 
         yield server
     finally:
         server.stop()
+
+
+BUSY_ARGS = ["--concurrency", "1", "--queue-size", "1"]  # one run at a time, one waiting
+
+
+def fill_the_queue(client, inputs: dict, sentences: int = 6) -> list:
+    """Through ``client`` (a gradio_client Client of an app started with ``BUSY_ARGS``): a long
+    ``/clone`` that takes the only slot, then a short one that takes the only waiting place; returns
+    both jobs once they are running and waiting."""
+    long_text = " ".join(["A sentence that keeps the only slot busy for a while."] * sentences)
+    runs = [client.submit(text=long_text, seed=0, max_new_tokens=60, api_name="/clone", **inputs)]
+    while runs[0].status().code.name not in ("PROCESSING", "ITERATING"):
+        time.sleep(0.05)
+    runs.append(client.submit(text="Hello.", seed=0, max_new_tokens=60, api_name="/clone", **inputs))
+    while runs[1].status().code.name != "IN_QUEUE":
+        time.sleep(0.05)
+    return runs

@@ -11,7 +11,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +28,7 @@ from preflight import preflight
 from reports import ChunkReport, StageReport, TakeScore
 from scoring import NOT_SCORED
 from synthesis import Segment, SynthesisResult
-from tests.app_server import ROOT, free_port, get_json, running_app
+from tests.app_server import BUSY_ARGS, ROOT, fill_the_queue, free_port, get_json, running_app
 from ui.access import AdminGate
 from ui.adapter import EngineAdapter
 from ui.cache_panel import cache_table
@@ -684,18 +683,11 @@ def test_a_full_page_queue_refuses_the_extra_run_with_a_message_and_finishes_the
     from gradio_client.exceptions import AppError
     from gradio_client.utils import QueueError
 
-    args = ["--concurrency", "1", "--queue-size", "1"]
-    with running_app(demo_models_root, tmp_path, args) as busy:
+    with running_app(demo_models_root, tmp_path, BUSY_ARGS) as busy:
         page = Client(busy.url, verbose=False)
         wav = handle_file(str(voice_file(tmp_path)))
-        long_text = " ".join(["A sentence that keeps the only slot busy for a while."] * 6)
         inputs = {"voice": "(new)", "reference_audio": wav, "reference_text": "some words here"}
-        runs = [page.submit(text=long_text, seed=0, max_new_tokens=60, api_name="/clone", **inputs)]
-        while runs[0].status().code.name not in ("PROCESSING", "ITERATING"):
-            time.sleep(0.05)
-        runs.append(page.submit(text="Hello.", seed=0, max_new_tokens=60, api_name="/clone", **inputs))
-        while runs[1].status().code.name != "IN_QUEUE":
-            time.sleep(0.05)
+        runs = fill_the_queue(page, inputs)
         refused = page.submit(text="Hello.", seed=0, max_new_tokens=60, api_name="/clone", **inputs)
         with pytest.raises(QueueError, match="Queue is full"):  # the page says "currently busy"
             refused.result(timeout=120)

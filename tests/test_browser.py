@@ -26,7 +26,7 @@ import pytest
 import soundfile as sf
 
 from demo.examples import synthetic_voice
-from tests.app_server import ROOT, running_app
+from tests.app_server import BUSY_ARGS, ROOT, fill_the_queue, running_app
 from text_split import PAUSE_CLAUSE_S, PAUSE_PARAGRAPH_S, PAUSE_SENTENCE_S, PAUSE_WORD_S, split_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -630,14 +630,11 @@ def test_insert_tag_puts_sounds_at_the_end_and_the_language_first(page):
 def test_a_full_queue_says_busy_in_the_page_and_the_page_stays_usable(browser, demo_models_root, tmp_path):
     """One run at a time and one waiting (two API runs take both): Clone in the page gets Gradio's
     "currently busy" message at once, the status line does not hang, and Clone works again after."""
-    import time
-
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    args = ["--concurrency", "1", "--queue-size", "1"]
     (tmp_path / "busy_app").mkdir()
-    with running_app(demo_models_root, tmp_path / "busy_app", args) as busy:
+    with running_app(demo_models_root, tmp_path / "busy_app", BUSY_ARGS) as busy:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.set_default_timeout(STEP_TIMEOUT_MS)
         page.goto(busy.url)
@@ -649,13 +646,7 @@ def test_a_full_queue_says_busy_in_the_page_and_the_page_stays_usable(browser, d
 
         client = Client(busy.url, verbose=False)
         inputs = {"voice": "(new)", "reference_audio": handle_file(str(wav)), "reference_text": "some words"}
-        long_text = " ".join(["A sentence that keeps the only slot busy for a while."] * 8)
-        runs = [client.submit(text=long_text, seed=0, max_new_tokens=60, api_name="/clone", **inputs)]
-        while runs[0].status().code.name not in ("PROCESSING", "ITERATING"):
-            time.sleep(0.05)
-        runs.append(client.submit(text="Hello.", seed=0, max_new_tokens=60, api_name="/clone", **inputs))
-        while runs[1].status().code.name != "IN_QUEUE":
-            time.sleep(0.05)
+        runs = fill_the_queue(client, inputs, sentences=8)
 
         page.locator("#clone-button").click()
         busy_toast = """() => [...document.querySelectorAll('.toast-body')]
